@@ -1,0 +1,138 @@
+// Assembles the appliance from its layers for each mode:
+//   serve — front proxy + worker pool + admin (the whole nginx → uWSGI → app stack)
+//   pool  — the worker pool alone on its uwsgi socket (for an external nginx or a remote proxy)
+//   proxy — the front proxy alone, routing to pools elsewhere
+// and owns the process's signals: SIGTERM/SIGINT drain and exit 0, SIGHUP reloads the workers.
+
+import type { StratumConfig } from './config/schema.ts';
+import { AdminServer, sendJson } from './admin/server.ts';
+import { createLogger, type Logger } from './observability/log.ts';
+import { Supervisor } from './pool/supervisor.ts';
+import { RouteTable, type RouteEntry } from './proxy/routes.ts';
+import { FrontProxy } from './proxy/server.ts';
+import type { Upstream } from './proxy/upstream.ts';
+import { ExternalUwsgiUpstream, PoolUpstream } from './proxy/upstream-uwsgi.ts';
+import { HttpUpstream } from './proxy/upstream-http.ts';
+import { StaticUpstream } from './proxy/upstream-static.ts';
+
+type Mode = 'serve' | 'pool' | 'proxy';
+
+export function buildRoutes(config: StratumConfig, pool: Supervisor | null): RouteTable<Upstream> {
+  const poolUpstream = pool ? new PoolUpstream(pool, config) : null;
+  const entries: RouteEntry<Upstream>[] = config.routes.map((route, index) => {
+    const t = route.targets[0]!;
+    let upstream: Upstream;
+    switch (t.kind) {
+      case 'pool':
+        if (!poolUpstream) throw new Error(`routes.${index}.target: "pool" needs stratum serve`);
+        upstream = poolUpstream;
+        break;
+      case 'uwsgi':
+        upstream = new ExternalUwsgiUpstream(route.targets.map((x) => (x as { address: typeof t.address }).address), config);
+        break;
+      case 'http':
+        upstream = new HttpUpstream(t.url, config);
+        break;
+      case 'static':
+        upstream = new StaticUpstream(t.root);
+        break;
+    }
+    return { route, index, upstream, label: `${route.host ?? ''}${route.path}` };
+  });
+  return new RouteTable(entries);
+}
+
+async function run(config: StratumConfig, mode: Mode): Promise<void> {
+  const log = createLogger(config.log.level);
+  const pool = mode === 'proxy' ? null : new Supervisor(config, log, { publicSocket: true });
+  const admin = new AdminServer(config);
+  let ready = false;
+  let proxy: FrontProxy | null = null;
+
+  admin.add({ method: 'GET', path: '/livez', public: true, handler: (_q, res) => sendJson(res, 200, { status: 'ok' }) });
+  admin.add({
+    method: 'GET', path: '/readyz', public: true,
+    handler: (_q, res) => {
+      const serving = pool ? pool.workers.some((w) => w.state === 'idle' || w.state === 'busy') : true;
+      sendJson(res, ready && serving ? 200 : 503, { status: ready && serving ? 'ready' : 'not ready' });
+    },
+  });
+  if (pool) {
+    admin.add({ method: 'GET', path: '/stats', handler: (_q, res) => sendJson(res, 200, pool.stats()) });
+    admin.add({
+      method: 'POST', path: '/reload',
+      handler: (_q, res) => {
+        void pool.reload();
+        sendJson(res, 202, { status: 'reloading' });
+      },
+    });
+  }
+
+  if (pool) {
+    pool.on('worker-fatal', (_rec, msg: { message: string; code?: string }) => {
+      if (!ready) {
+        log.fatal({ code: msg.code }, msg.message);
+      }
+    });
+    await pool.start().catch(async (err: Error & { code?: string }) => {
+      await pool.stop().catch(() => {});
+      throw err;
+    });
+  }
+  let frontUrl: string | undefined;
+  if (mode !== 'pool') {
+    proxy = new FrontProxy(config, buildRoutes(config, pool), log, accessLog(config, log));
+    frontUrl = await proxy.listen();
+  }
+  const adminUrl = await admin.listen();
+  ready = true;
+  log.info({
+    front: frontUrl,
+    admin: adminUrl,
+    pool: pool?.publicLabel ?? undefined,
+    workers: pool?.workers.map((w) => w.pid),
+  }, 'stratum ready');
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    ready = false;
+    log.info({ signal }, 'draining');
+    const grace = config.pool.gracefulTimeout * 1000;
+    await proxy?.close(grace);
+    await pool?.stop();
+    admin.close();
+    log.info('stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    if (pool) void pool.reload();
+  });
+}
+
+function accessLog(config: StratumConfig, log: Logger) {
+  if (!config.log.access) return {};
+  return {
+    onResponse(ctx: import('./proxy/upstream.ts').ProxyContext) {
+      const end = performance.now();
+      log.info({
+        type: 'access',
+        method: ctx.req.method,
+        path: ctx.req.url,
+        status: ctx.res.statusCode,
+        bytes: ctx.bytesOut,
+        route: ctx.routeLabel,
+        upstream: ctx.upstreamLabel,
+        requestId: ctx.forward.requestId,
+        ms: Math.round((end - ctx.startAt) * 1000) / 1000,
+      }, 'request');
+    },
+  };
+}
+
+export const runServe = (config: StratumConfig) => run(config, 'serve');
+export const runPool = (config: StratumConfig) => run(config, 'pool');
+export const runProxy = (config: StratumConfig) => run(config, 'proxy');

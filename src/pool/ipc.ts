@@ -1,0 +1,33 @@
+// Messages between the master and its workers over the cluster IPC channel. Kept small and
+// infrequent: per-request traffic never crosses IPC for requests our proxy sends (the master
+// already knows them); only foreign requests (nginx on the shared socket) are announced, so
+// harakiri can see them.
+
+import type { Address } from '../config/schema.ts';
+
+/** Everything a worker needs, passed in the STRATUM_WORKER environment variable as JSON. */
+export interface WorkerSpec {
+  id: number;
+  generation: number;
+  app: { module: string; export: string };
+  /** The shared uwsgi socket for foreign clients (nginx), or null (proxy-only pool use). */
+  publicAddress: Address | null;
+  /** This worker's own socket, where our proxy keeps connections. */
+  privatePath: string;
+  maxVarsSize: number;
+  maxRequests: number;
+  statusIntervalMs: number;
+}
+
+export type WorkerMessage =
+  | { type: 'ready'; pid: number; publicAddress: string | null }
+  | { type: 'status'; requests: number; inflight: number; exceptions: number; rss: number; totalMs: number; heapUsed: number; eventLoopP99Ms: number }
+  | { type: 'foreign-start'; rid: number; method: string; path: string; requestId: string; at: number }
+  | { type: 'foreign-end'; rid: number }
+  | { type: 'recycle'; reason: 'max-requests' | 'reload-on-rss' }
+  | { type: 'fatal'; message: string; code?: string };
+
+export type MasterMessage =
+  | { type: 'drain'; graceMs: number };
+
+export const WORKER_ENV = 'STRATUM_WORKER';

@@ -1,0 +1,415 @@
+// The master's side of the worker pool (uWSGI's master): forks workers with the cluster module
+// in SCHED_NONE mode — the master binds the shared uwsgi socket once, every worker accepts on it
+// (pre-fork, as uWSGI does) — and supervises them: respawn with capped back-off, harakiri,
+// graceful recycling (max-requests, reload-on-rss), rolling reload, and the bounded listen
+// queue in front of the workers for our own proxy.
+
+import cluster, { type Worker } from 'node:cluster';
+import { EventEmitter } from 'node:events';
+import { chmodSync, existsSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
+import { parseAddress, type Address, type StratumConfig } from '../config/schema.ts';
+import { PoolOverloaded, PoolUnavailable, StratumError } from '../errors.ts';
+import { UwsgiClient } from '../uwsgi/client.ts';
+import { WORKER_ENV, type MasterMessage, type WorkerMessage, type WorkerSpec } from './ipc.ts';
+
+export type WorkerState = 'starting' | 'idle' | 'busy' | 'draining';
+
+export interface WorkerRecord {
+  id: number;
+  pid: number;
+  generation: number;
+  state: WorkerState;
+  worker: Worker;
+  client: UwsgiClient;
+  /** Requests our proxy has in flight on this worker (authoritative for balancing). */
+  inflight: number;
+  /** Requests counted by the worker itself (includes foreign ones), from its last status. */
+  requests: number;
+  workerInflight: number;
+  exceptions: number;
+  harakiri: number;
+  rss: number;
+  totalMs: number;
+  eventLoopP99Ms: number;
+  startedAt: number;
+  respawns: number;
+  /** Foreign (nginx) requests in flight, announced by the worker, for harakiri. */
+  foreign: Map<number, { method: string; path: string; requestId: string; at: number }>;
+  exitExpected: boolean;
+  ready: Promise<void>;
+}
+
+export interface PoolStats {
+  workers: Array<{
+    id: number; pid: number; state: WorkerState; requests: number; inflight: number; exceptions: number;
+    harakiri: number; rss: number; avgMs: number; startedAt: string; respawns: number; generation: number;
+  }>;
+  queue: number;
+  queueLimit: number;
+  rejected: number;
+  reloads: number;
+  respawns: number;
+  harakiriKills: number;
+  recycles: number;
+  socket: string | null;
+}
+
+interface Waiter {
+  resolve(w: WorkerRecord): void;
+  reject(err: StratumError): void;
+  timer: NodeJS.Timeout | null;
+}
+
+const WORKER_MAIN = fileURLToPath(new URL('./worker.ts', import.meta.url));
+
+export class Supervisor extends EventEmitter {
+  readonly config: StratumConfig;
+  readonly log: Logger;
+  readonly runDir: string;
+  readonly publicAddress: Address | null;
+  publicLabel: string | null = null;
+  #slots: Array<WorkerRecord | null>;
+  #byWorker = new Map<Worker, WorkerRecord>();
+  #queue: Waiter[] = [];
+  #rejected = 0;
+  #reloads = 0;
+  #respawns = 0;
+  #harakiriKills = 0;
+  #recycles = 0;
+  #crashStreak = new Map<number, { count: number; last: number }>();
+  #stopping = false;
+  #generation = 0;
+  #harakiriTimer: NodeJS.Timeout | null = null;
+
+  constructor(config: StratumConfig, log: Logger, opts: { publicSocket: boolean }) {
+    super();
+    this.config = config;
+    this.log = log;
+    this.runDir = mkdtempSync(path.join(os.tmpdir(), 'stratum-'));
+    const socket = config.pool.socket;
+    this.publicAddress = !opts.publicSocket ? null
+      : socket === null ? { kind: 'unix', path: path.join(this.runDir, 'pool.sock') }
+      : parseAddress(socket, 'pool.socket');
+    this.#slots = new Array(config.pool.workers).fill(null);
+  }
+
+  get workers(): WorkerRecord[] {
+    return this.#slots.filter((w): w is WorkerRecord => w !== null);
+  }
+
+  async start(): Promise<void> {
+    cluster.schedulingPolicy = cluster.SCHED_NONE;
+    cluster.setupPrimary({ exec: WORKER_MAIN, args: [], silent: false });
+    if (this.publicAddress?.kind === 'unix') await removeStaleSocket(this.publicAddress.path);
+    const started = this.#slots.map((_, i) => this.#spawn(i + 1, 0));
+    await Promise.all(started.map((w) => w.ready));
+    this.#harakiriTimer = setInterval(() => this.#checkHarakiri(), 250);
+    this.#harakiriTimer.unref();
+  }
+
+  #spawn(id: number, respawns: number): WorkerRecord {
+    const generation = this.#generation;
+    const spec: WorkerSpec = {
+      id,
+      generation,
+      app: { module: path.resolve(this.config.app.module!), export: this.config.app.export },
+      publicAddress: this.publicAddress,
+      privatePath: path.join(this.runDir, `w${id}-${generation}-${respawns}-${Date.now() % 1e6}.sock`),
+      maxVarsSize: this.config.pool.bufferSize,
+      maxRequests: this.config.pool.maxRequests,
+      statusIntervalMs: 500,
+    };
+    const worker = cluster.fork({ [WORKER_ENV]: JSON.stringify(spec) });
+    const client = new UwsgiClient({ kind: 'unix', path: spec.privatePath }, {
+      negotiate: true,
+      connectTimeoutMs: this.config.proxy.connectTimeout * 1000,
+      readTimeoutMs: this.config.proxy.readTimeout * 1000,
+      maxIdle: this.config.pool.maxInflight,
+    });
+    let markReady!: () => void;
+    let markFailed!: (err: Error) => void;
+    const rec: WorkerRecord = {
+      id, pid: worker.process.pid ?? 0, generation, state: 'starting', worker, client,
+      inflight: 0, requests: 0, workerInflight: 0, exceptions: 0, harakiri: 0, rss: 0, totalMs: 0, eventLoopP99Ms: 0,
+      startedAt: Date.now(), respawns, foreign: new Map(), exitExpected: false,
+      ready: new Promise<void>((res, rej) => { markReady = res; markFailed = rej; }),
+    };
+    rec.ready.catch(() => {});
+    this.#slots[id - 1] = rec;
+    this.#byWorker.set(worker, rec);
+    worker.on('message', (msg: WorkerMessage) => this.#onMessage(rec, msg, markReady, markFailed));
+    worker.on('exit', (code, signal) => {
+      markFailed(new PoolUnavailable());
+      this.#onExit(rec, code, signal);
+    });
+    return rec;
+  }
+
+  #onMessage(rec: WorkerRecord, msg: WorkerMessage, markReady: () => void, markFailed: (e: Error) => void): void {
+    switch (msg.type) {
+      case 'ready': {
+        if (msg.publicAddress && !this.publicLabel) {
+          this.publicLabel = msg.publicAddress;
+          if (this.publicAddress?.kind === 'unix') chmodSync(this.publicAddress.path, parseInt(this.config.pool.socketMode, 8));
+        }
+        rec.state = 'idle';
+        markReady();
+        this.log.debug({ worker: rec.id, pid: rec.pid }, 'worker ready');
+        this.emit('worker-ready', rec);
+        this.#pump();
+        break;
+      }
+      case 'status':
+        rec.requests = msg.requests;
+        rec.workerInflight = msg.inflight;
+        rec.exceptions = msg.exceptions;
+        rec.rss = msg.rss;
+        rec.totalMs = msg.totalMs;
+        rec.eventLoopP99Ms = msg.eventLoopP99Ms;
+        if (rec.state !== 'draining' && rec.state !== 'starting') rec.state = rec.inflight + msg.inflight > 0 ? 'busy' : 'idle';
+        if (this.config.pool.reloadOnRss > 0 && msg.rss > this.config.pool.reloadOnRss * 1024 * 1024 && rec.state !== 'draining') {
+          this.log.info({ worker: rec.id, pid: rec.pid, rss: msg.rss }, 'worker passed reload-on-rss: recycling');
+          this.recycle(rec, 'reload-on-rss');
+        }
+        break;
+      case 'foreign-start':
+        rec.foreign.set(msg.rid, { method: msg.method, path: msg.path, requestId: msg.requestId, at: msg.at });
+        break;
+      case 'foreign-end':
+        rec.foreign.delete(msg.rid);
+        break;
+      case 'recycle':
+        if (rec.state !== 'draining') this.recycle(rec, msg.reason);
+        break;
+      case 'fatal':
+        this.log.error({ worker: rec.id, pid: rec.pid, code: msg.code }, `worker failed to start: ${msg.message}`);
+        markFailed(Object.assign(new Error(msg.message), { code: msg.code }));
+        this.emit('worker-fatal', rec, msg);
+        break;
+    }
+  }
+
+  #onExit(rec: WorkerRecord, code: number | null, signal: string | null): void {
+    this.#byWorker.delete(rec.worker);
+    rec.client.close();
+    const wasCurrent = this.#slots[rec.id - 1] === rec;
+    const expected = rec.exitExpected;
+    if (!expected) this.log.warn({ worker: rec.id, pid: rec.pid, code, signal }, 'worker died');
+    this.emit('worker-exit', rec, { code, signal, expected });
+    if (!wasCurrent || this.#stopping) {
+      if (wasCurrent) this.#slots[rec.id - 1] = null;
+      this.#pump();
+      return;
+    }
+    this.#slots[rec.id - 1] = null;
+    // Respawn at once; a crash loop (deaths soon after start) backs off exponentially, capped.
+    const streak = this.#crashStreak.get(rec.id) ?? { count: 0, last: 0 };
+    const crashedYoung = !expected && Date.now() - rec.startedAt < 5_000;
+    streak.count = crashedYoung ? streak.count + 1 : 0;
+    streak.last = Date.now();
+    this.#crashStreak.set(rec.id, streak);
+    const delay = streak.count === 0 ? 0 : Math.min(100 * 2 ** (streak.count - 1), 10_000);
+    if (delay > 0) this.log.error({ worker: rec.id, crashes: streak.count, delayMs: delay }, 'worker crash loop: backing off');
+    this.#respawns++;
+    const respawn = () => {
+      if (this.#stopping || this.#slots[rec.id - 1]) return;
+      this.#spawn(rec.id, rec.respawns + 1);
+    };
+    if (delay === 0) respawn();
+    else setTimeout(respawn, delay).unref();
+  }
+
+  /** Graceful recycle: the replacement starts first, then the old worker drains. */
+  recycle(rec: WorkerRecord, reason: string): Promise<void> {
+    if (rec.state === 'draining' || this.#slots[rec.id - 1] !== rec) return Promise.resolve();
+    this.#recycles++;
+    this.log.info({ worker: rec.id, pid: rec.pid, reason }, 'recycling worker');
+    rec.state = 'draining';
+    const next = this.#spawn(rec.id, rec.respawns + 1);
+    next.ready.then(
+      () => this.#drain(rec),
+      () => this.#drain(rec),
+    );
+    return new Promise<void>((resolve) => rec.worker.once('exit', () => resolve()));
+  }
+
+  #drain(rec: WorkerRecord): void {
+    rec.state = 'draining';
+    rec.exitExpected = true;
+    const msg: MasterMessage = { type: 'drain', graceMs: this.config.pool.gracefulTimeout * 1000 };
+    try {
+      rec.worker.send(msg);
+    } catch {
+      rec.worker.process.kill('SIGKILL');
+    }
+    // Whatever happens inside, the worker is gone after the grace period.
+    setTimeout(() => {
+      if (!rec.worker.isDead()) rec.worker.process.kill('SIGKILL');
+    }, this.config.pool.gracefulTimeout * 1000 + 2_000).unref();
+  }
+
+  /** Rolling reload: replace workers one by one with freshly loaded code; none fails a request. */
+  async reload(): Promise<void> {
+    this.#reloads++;
+    this.#generation++;
+    this.log.info({ generation: this.#generation }, 'rolling reload');
+    for (const rec of [...this.workers]) {
+      if (rec.state === 'draining') continue;
+      await this.recycle(rec, 'reload');
+    }
+  }
+
+  /** Kill a worker at once (harakiri); its slot is refilled by the exit handler. */
+  kill(rec: WorkerRecord, why: string): void {
+    this.log.warn({ worker: rec.id, pid: rec.pid, why }, 'killing worker');
+    rec.worker.process.kill('SIGKILL');
+  }
+
+  noteHarakiri(rec: WorkerRecord, info: { method: string; path: string; requestId: string }): void {
+    rec.harakiri++;
+    this.#harakiriKills++;
+    this.log.error({ worker: rec.id, pid: rec.pid, method: info.method, path: info.path, requestId: info.requestId, harakiri: this.config.pool.harakiri }, 'harakiri: request ran past its limit, killing worker');
+    this.emit('harakiri', rec, info);
+    rec.worker.process.kill('SIGKILL');
+  }
+
+  #checkHarakiri(): void {
+    const limit = this.config.pool.harakiri * 1000;
+    if (limit <= 0) return;
+    const now = Date.now();
+    for (const rec of this.workers) {
+      for (const [, r] of rec.foreign) {
+        if (now - r.at > limit) {
+          this.noteHarakiri(rec, r);
+          break;
+        }
+      }
+    }
+  }
+
+  // --- dispatch: least in-flight, bounded listen queue ------------------------------------
+
+  /** A worker with spare capacity, least in flight first, or null. */
+  #pick(): WorkerRecord | null {
+    let best: WorkerRecord | null = null;
+    const cap = this.config.pool.maxInflight;
+    for (const rec of this.#slots) {
+      if (!rec || (rec.state !== 'idle' && rec.state !== 'busy') || rec.inflight >= cap) continue;
+      if (!best || rec.inflight < best.inflight) best = rec;
+    }
+    return best;
+  }
+
+  /**
+   * Reserve a slot on a worker. Resolves at once when one has capacity; otherwise waits in the
+   * bounded queue; when the queue is full, rejects at once with 503 (PoolOverloaded).
+   */
+  acquire(timeoutMs: number): Promise<WorkerRecord> | WorkerRecord {
+    if (this.#queue.length === 0) {
+      const rec = this.#pick();
+      if (rec) {
+        this.#take(rec);
+        return rec;
+      }
+    }
+    if (this.#stopping) return Promise.reject(new PoolUnavailable());
+    if (this.#queue.length >= this.config.pool.listen) {
+      this.#rejected++;
+      this.emit('rejected');
+      return Promise.reject(new PoolOverloaded(this.#queue.length));
+    }
+    return new Promise<WorkerRecord>((resolve, reject) => {
+      const waiter: Waiter = { resolve, reject, timer: null };
+      waiter.timer = setTimeout(() => {
+        const i = this.#queue.indexOf(waiter);
+        if (i >= 0) this.#queue.splice(i, 1);
+        reject(new PoolUnavailable());
+      }, timeoutMs);
+      this.#queue.push(waiter);
+    });
+  }
+
+  release(rec: WorkerRecord): void {
+    rec.inflight--;
+    if (rec.state === 'busy' && rec.inflight === 0 && rec.workerInflight === 0) rec.state = 'idle';
+    this.#pump();
+  }
+
+  #take(rec: WorkerRecord): void {
+    rec.inflight++;
+    if (rec.state === 'idle') rec.state = 'busy';
+  }
+
+  #pump(): void {
+    while (this.#queue.length > 0) {
+      const rec = this.#pick();
+      if (!rec) return;
+      const waiter = this.#queue.shift()!;
+      if (waiter.timer) clearTimeout(waiter.timer);
+      this.#take(rec);
+      waiter.resolve(rec);
+    }
+  }
+
+  get queueLength(): number {
+    return this.#queue.length;
+  }
+
+  stats(): PoolStats {
+    return {
+      workers: this.workers.map((w) => ({
+        id: w.id, pid: w.pid, state: w.state, requests: w.requests, inflight: Math.max(w.inflight, w.workerInflight),
+        exceptions: w.exceptions, harakiri: w.harakiri, rss: w.rss,
+        avgMs: w.requests > 0 ? Math.round((w.totalMs / w.requests) * 100) / 100 : 0,
+        startedAt: new Date(w.startedAt).toISOString(), respawns: w.respawns, generation: w.generation,
+      })),
+      queue: this.#queue.length,
+      queueLimit: this.config.pool.listen,
+      rejected: this.#rejected,
+      reloads: this.#reloads,
+      respawns: this.#respawns,
+      harakiriKills: this.#harakiriKills,
+      recycles: this.#recycles,
+      socket: this.publicLabel,
+    };
+  }
+
+  get counters() {
+    return { rejected: this.#rejected, reloads: this.#reloads, respawns: this.#respawns, harakiriKills: this.#harakiriKills, recycles: this.#recycles };
+  }
+
+  /** SIGTERM: stop taking work, let every worker finish what it has, within the grace period. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    if (this.#harakiriTimer) clearInterval(this.#harakiriTimer);
+    for (const w of this.#queue.splice(0)) {
+      if (w.timer) clearTimeout(w.timer);
+      w.reject(new PoolUnavailable());
+    }
+    const exits = this.workers.map((rec) => new Promise<void>((resolve) => {
+      if (rec.worker.isDead()) return resolve();
+      rec.worker.once('exit', () => resolve());
+      this.#drain(rec);
+    }));
+    await Promise.all(exits);
+    try {
+      rmSync(this.runDir, { recursive: true, force: true });
+    } catch {}
+  }
+}
+
+/** A socket file nobody listens on (a previous run's) is removed; a live one is left alone. */
+async function removeStaleSocket(p: string): Promise<void> {
+  if (!existsSync(p)) return;
+  const live = await new Promise<boolean>((resolve) => {
+    const c = net.connect({ path: p });
+    c.once('connect', () => { c.destroy(); resolve(true); });
+    c.once('error', () => resolve(false));
+  });
+  if (!live) unlinkSync(p);
+}

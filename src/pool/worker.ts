@@ -1,0 +1,173 @@
+// A worker process (uWSGI's worker): loads the app, serves uwsgi on the shared socket (for
+// foreign clients such as nginx) and on its own private socket (for our proxy's kept
+// connections), reports status to the master, and drains on request.
+
+import http from 'node:http';
+import net from 'node:net';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { loadApp, type LoadedApp } from '../host/app.ts';
+import { requestMeta, serveUwsgiConnection, uwsgiRequestListener } from '../uwsgi/server.ts';
+import { WORKER_ENV, type MasterMessage, type WorkerMessage, type WorkerSpec } from './ipc.ts';
+
+const spec = JSON.parse(process.env[WORKER_ENV] ?? 'null') as WorkerSpec | null;
+if (!spec || typeof process.send !== 'function') {
+  console.error('stratum worker: must be started by the stratum master');
+  process.exit(2);
+}
+
+function send(msg: WorkerMessage): void {
+  if (process.connected) process.send!(msg);
+}
+
+let requests = 0;
+let inflight = 0;
+let exceptions = 0;
+let totalMs = 0;
+let draining = false;
+let foreignSeq = 0;
+const sockets = new Set<net.Socket>();
+
+process.on('uncaughtException', (err) => {
+  // An app bug must not take the worker's other requests down silently: count and report it;
+  // the master replaces us if we exit.
+  exceptions++;
+  console.error(JSON.stringify({ level: 50, msg: 'uncaught exception in worker', pid: process.pid, err: String(err?.stack ?? err) }));
+});
+process.on('unhandledRejection', (err) => {
+  exceptions++;
+  console.error(JSON.stringify({ level: 50, msg: 'unhandled rejection in worker', pid: process.pid, err: String((err as Error)?.stack ?? err) }));
+});
+
+let app: LoadedApp;
+try {
+  app = await loadApp(spec.app.module, spec.app.export);
+} catch (err) {
+  send({ type: 'fatal', message: (err as Error).message, code: (err as { code?: string }).code });
+  process.exit(3);
+}
+
+const loop = monitorEventLoopDelay({ resolution: 20 });
+loop.enable();
+
+const server = http.createServer({
+  maxHeaderSize: 128 * 1024, // a full 64 KiB vars block re-expressed as a head
+  requestTimeout: 0, // harakiri is the master's job
+  headersTimeout: 0,
+  keepAliveTimeout: 0, // kept connections are the proxy's to close
+  connectionsCheckingInterval: 3_600_000,
+});
+
+const appListener = app.listener;
+server.on(
+  'request',
+  uwsgiRequestListener((req, res) => {
+    requests++;
+    inflight++;
+    const meta = requestMeta(req);
+    const started = performance.now();
+    let rid = 0;
+    if (meta?.foreign) {
+      rid = ++foreignSeq;
+      send({ type: 'foreign-start', rid, method: req.method ?? 'GET', path: req.url ?? '/', requestId: String(req.headers['x-request-id'] ?? ''), at: Date.now() });
+    }
+    res.once('close', () => {
+      inflight--;
+      totalMs += performance.now() - started;
+      if (rid) send({ type: 'foreign-end', rid });
+      if (spec.maxRequests > 0 && requests >= spec.maxRequests && !draining) send({ type: 'recycle', reason: 'max-requests' });
+      if (draining && inflight === 0) finishDrain();
+    });
+    try {
+      appListener(req, res);
+    } catch (err) {
+      exceptions++;
+      if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' }).end('Internal Server Error\n');
+      else res.destroy();
+      console.error(JSON.stringify({ level: 50, msg: 'app threw', pid: process.pid, err: String((err as Error)?.stack ?? err) }));
+    }
+  }),
+);
+server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
+  if (socket.writable && !socket.destroyed) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+  else socket.destroy();
+  void err;
+});
+
+const uwsgiOptions = {
+  maxVarsSize: spec.maxVarsSize,
+  onProtocolError(err: { code: string; message: string }, socket: net.Socket) {
+    console.error(JSON.stringify({ level: 40, msg: 'malformed uwsgi packet', code: err.code, detail: err.message, pid: process.pid, remote: socket.remoteAddress ?? 'unix' }));
+  },
+};
+
+function accept(socket: net.Socket): void {
+  if (draining) {
+    socket.destroy();
+    return;
+  }
+  sockets.add(socket);
+  socket.once('close', () => sockets.delete(socket));
+  serveUwsgiConnection(socket, server, uwsgiOptions);
+}
+
+const privateServer = net.createServer(accept);
+await new Promise<void>((resolve, reject) => {
+  privateServer.once('error', reject);
+  // exclusive: bind our own socket instead of asking the cluster master to share one.
+  privateServer.listen({ path: spec.privatePath, exclusive: true }, () => resolve());
+});
+
+let publicServer: net.Server | null = null;
+let publicLabel: string | null = null;
+if (spec.publicAddress) {
+  publicServer = net.createServer(accept);
+  const a = spec.publicAddress;
+  await new Promise<void>((resolve, reject) => {
+    publicServer!.once('error', reject);
+    // Shared through the cluster master (SCHED_NONE): every worker accepts on the one socket,
+    // as uWSGI's pre-forked workers do.
+    if (a.kind === 'unix') publicServer!.listen({ path: a.path, backlog: 1024 }, () => resolve());
+    else publicServer!.listen({ host: a.host, port: a.port, backlog: 1024 }, () => resolve());
+  });
+  const addr = publicServer.address();
+  publicLabel = typeof addr === 'string' ? `unix:${addr}` : addr ? `tcp:${addr.address}:${addr.port}` : null;
+}
+
+send({ type: 'ready', pid: process.pid, publicAddress: publicLabel });
+
+const statusTimer = setInterval(() => {
+  const mem = process.memoryUsage();
+  send({ type: 'status', requests, inflight, exceptions, rss: mem.rss, heapUsed: mem.heapUsed, totalMs, eventLoopP99Ms: loop.percentile(99) / 1e6 });
+  loop.reset();
+}, spec.statusIntervalMs);
+statusTimer.unref();
+
+let drainTimer: NodeJS.Timeout | null = null;
+function finishDrain(): void {
+  if (drainTimer) clearTimeout(drainTimer);
+  void app.close().catch(() => {}).finally(() => process.exit(0));
+}
+
+process.on('message', (msg: MasterMessage) => {
+  if (msg?.type !== 'drain' || draining) return;
+  draining = true;
+  // Stop taking new connections; requests in flight finish; idle kept connections close.
+  privateServer.close();
+  publicServer?.close();
+  for (const s of sockets) {
+    // A kept connection with nothing in flight on it can go now.
+    const bridgeIdle = !(s as net.Socket & { _httpMessage?: unknown })._httpMessage;
+    if (bridgeIdle && inflight === 0) s.end();
+  }
+  server.closeIdleConnections();
+  if (inflight === 0) return finishDrain();
+  drainTimer = setTimeout(() => process.exit(0), msg.graceMs);
+});
+
+process.on('disconnect', () => {
+  // The master is gone: nobody supervises us any more.
+  process.exit(0);
+});
+// SIGTERM/SIGINT from a terminal's process group are the master's to handle.
+process.on('SIGINT', () => {});
+process.on('SIGTERM', () => {});

@@ -1,0 +1,205 @@
+// uwsgi upstreams: the built-in pool (our workers, kept connections, least in-flight, listen
+// queue, harakiri) and external uwsgi servers (a real uWSGI; several balanced with passive
+// health, as nginx's `upstream` block with max_fails/fail_timeout).
+
+import type { StratumConfig, Address } from '../config/schema.ts';
+import { Harakiri, StratumError, UpstreamUnreachable } from '../errors.ts';
+import { UwsgiClient } from '../uwsgi/client.ts';
+import type { ResponseHead } from '../uwsgi/response.ts';
+import { KEEPALIVE_HEADER } from '../uwsgi/server.ts';
+import type { Supervisor, WorkerRecord } from '../pool/supervisor.ts';
+import { responseHeaders, uwsgiVars } from './forward.ts';
+import { sendHead, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
+
+export const TIMING_HEADER = 'x-stratum-timing';
+
+/** Run one request over a UwsgiClient and stream the answer to the client. */
+/**
+ * Run one request over a UwsgiClient and stream the answer to the client. With `harakiri`, a
+ * request still running after ctx.harakiriMs calls kill(), and fails with the error it returns.
+ */
+export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: RequestBody | null, harakiri?: () => StratumError): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const vars = uwsgiVars(ctx.req, { ...ctx.forward, contentLength: body ? body.length : -1 }, ctx.extraVars);
+    const res = ctx.res;
+    let settled = false;
+    let killed: StratumError | null = null;
+    const exchange = client.request(vars, body ? body.open() : null, {
+      onConnect() {
+        ctx.timings.connectAt = performance.now();
+      },
+      onHead(head: ResponseHead) {
+        ctx.timings.headAt = performance.now();
+        const headers = responseHeaders(head.rawHeaders, KEEPALIVE_HEADER);
+        for (let i = 0; i < headers.length; i += 2) {
+          if (headers[i]!.length === TIMING_HEADER.length && headers[i]!.toLowerCase() === TIMING_HEADER) {
+            ctx.timings.worker = parseTiming(headers[i + 1]!);
+            headers.splice(i, 2);
+            break;
+          }
+        }
+        if (res.destroyed) return;
+        sendHead(ctx, head.statusCode, head.statusMessage, headers);
+      },
+      onBody(chunk) {
+        ctx.bytesOut += chunk.length;
+        return res.write(chunk);
+      },
+      onComplete() {
+        ctx.timings.endAt = performance.now();
+        settled = true;
+        res.off('drain', onDrain);
+        res.off('close', onClose);
+        res.end();
+        resolve();
+      },
+      onError(err) {
+        ctx.timings.endAt = performance.now();
+        settled = true;
+        res.off('drain', onDrain);
+        res.off('close', onClose);
+        reject(killed ?? err);
+      },
+    }, { isHead: ctx.req.method === 'HEAD', readTimeoutMs: ctx.readTimeoutMs });
+    const onDrain = () => exchange.resume();
+    const onClose = () => {
+      if (!settled && !res.writableFinished) {
+        exchange.abort();
+        settled = true;
+        resolve();
+      }
+    };
+    res.on('drain', onDrain);
+    res.on('close', onClose);
+    if (ctx.harakiriMs > 0 && harakiri) {
+      const t = setTimeout(() => {
+        if (!settled) killed = harakiri();
+      }, ctx.harakiriMs);
+      t.unref();
+      res.once('close', () => clearTimeout(t));
+    }
+  });
+}
+
+/** `worker=0.31,app=50.2,queue=0.05` (milliseconds) from our worker's timing header. */
+function parseTiming(v: string): { worker: number; app: number; queue: number } {
+  const out = { worker: 0, app: 0, queue: 0 };
+  for (const part of v.split(',')) {
+    const eq = part.indexOf('=');
+    const k = part.slice(0, eq).trim();
+    const n = Number(part.slice(eq + 1));
+    if ((k === 'worker' || k === 'app' || k === 'queue') && Number.isFinite(n)) out[k] = n;
+  }
+  return out;
+}
+
+export class PoolUpstream implements Upstream {
+  readonly kind = 'pool' as const;
+  readonly label = 'pool';
+  #pool: Supervisor;
+  #queueTimeoutMs: number;
+
+  constructor(pool: Supervisor, config: StratumConfig) {
+    this.#pool = pool;
+    this.#queueTimeoutMs = config.proxy.readTimeout * 1000;
+  }
+
+  async handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
+    const got = this.#pool.acquire(this.#queueTimeoutMs);
+    const rec: WorkerRecord = got instanceof Promise ? await got : got;
+    ctx.workerPid = rec.pid;
+    ctx.upstreamLabel = `worker ${rec.id}`;
+    const harakiri = () => {
+      this.#pool.noteHarakiri(rec, { method: ctx.req.method ?? 'GET', path: ctx.req.url ?? '/', requestId: ctx.forward.requestId });
+      return new Harakiri(rec.pid, ctx.harakiriMs / 1000);
+    };
+    try {
+      await uwsgiExchange(rec.client, ctx, body, harakiri);
+    } finally {
+      this.#pool.release(rec);
+    }
+  }
+
+  close(): void {}
+}
+
+interface Server {
+  client: UwsgiClient;
+  inflight: number;
+  failures: number;
+  downUntil: number;
+}
+
+export class ExternalUwsgiUpstream implements Upstream {
+  readonly kind = 'uwsgi' as const;
+  readonly label: string;
+  #servers: Server[];
+  #rr = 0;
+  readonly failTimeoutMs = 10_000;
+  readonly maxFails = 1;
+
+  constructor(addresses: Address[], config: StratumConfig) {
+    this.#servers = addresses.map((a) => ({
+      client: new UwsgiClient(a, {
+        // Offer keep-alive: a Stratum pool answers it, a real uWSGI never sees more than plain uwsgi.
+        negotiate: true,
+        connectTimeoutMs: config.proxy.connectTimeout * 1000,
+        readTimeoutMs: config.proxy.readTimeout * 1000,
+      }),
+      inflight: 0, failures: 0, downUntil: 0,
+    }));
+    this.label = this.#servers.map((s) => s.client.label).join(',');
+  }
+
+  /** Health per server for metrics and stats. */
+  health(): Array<{ target: string; up: boolean; inflight: number }> {
+    const now = Date.now();
+    return this.#servers.map((s) => ({ target: s.client.label, up: s.downUntil <= now, inflight: s.inflight }));
+  }
+
+  #pick(exclude: Set<Server>): Server | null {
+    const now = Date.now();
+    let best: Server | null = null;
+    const n = this.#servers.length;
+    for (let k = 0; k < n; k++) {
+      const s = this.#servers[(this.#rr + k) % n]!;
+      if (exclude.has(s) || s.downUntil > now) continue;
+      if (!best || s.inflight < best.inflight) best = s;
+    }
+    this.#rr = (this.#rr + 1) % n;
+    // All down: try the one that failed longest ago rather than refusing outright (nginx does too).
+    if (!best) for (const s of this.#servers) if (!exclude.has(s) && (!best || s.downUntil < best.downUntil)) best = s;
+    return best;
+  }
+
+  async handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
+    const tried = new Set<Server>();
+    for (;;) {
+      const s = this.#pick(tried);
+      if (!s) throw new UpstreamUnreachable(this.label, 'no server left to try');
+      tried.add(s);
+      ctx.upstreamLabel = s.client.label;
+      s.inflight++;
+      try {
+        await uwsgiExchange(s.client, ctx, body);
+        s.failures = 0;
+        return;
+      } catch (err) {
+        const e = err as StratumError;
+        // Passive health: a server that refuses or resets is out for fail_timeout.
+        if (e.code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' || e.code === 'STRATUM_ERR_UPSTREAM_RESET') {
+          if (++s.failures >= this.maxFails) s.downUntil = Date.now() + this.failTimeoutMs;
+        }
+        // Retry on another server only when the request was never sent (refused connection).
+        const neverSent = e.code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' && (body === null || body.replayable || ctx.timings.connectAt === 0);
+        if (!neverSent || ctx.res.headersSent || tried.size >= this.#servers.length) throw e;
+      } finally {
+        s.inflight--;
+      }
+    }
+  }
+
+  close(): void {
+    for (const s of this.#servers) s.client.close();
+  }
+}

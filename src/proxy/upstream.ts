@@ -1,0 +1,139 @@
+// One interface for every upstream kind (undici's dispatcher idea): the built-in pool, an
+// external uwsgi server (or several), an HTTP server, a static folder. The front proxy builds a
+// ProxyContext, an Upstream fills the response and records what it saw.
+
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createReadStream, createWriteStream, mkdtempSync, rmSync, type WriteStream } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import type { Route } from '../config/schema.ts';
+import { BodyTooLarge, type StratumError } from '../errors.ts';
+import type { ForwardInfo } from './forward.ts';
+
+export interface UpstreamTimings {
+  /** performance.now() marks; 0 when not reached. */
+  dispatchAt: number;
+  /** A worker slot / connection was obtained and the request started on the wire. */
+  connectAt: number;
+  headAt: number;
+  endAt: number;
+  /** Layer durations reported by our own worker (ms), when the upstream is ours. */
+  worker: { worker: number; app: number; queue: number } | null;
+}
+
+export interface ProxyContext {
+  req: IncomingMessage;
+  res: ServerResponse;
+  route: Route;
+  routeLabel: string;
+  forward: ForwardInfo;
+  startAt: number;
+  readTimeoutMs: number;
+  harakiriMs: number;
+  timings: UpstreamTimings;
+  /** Which server answered (label) and, for the pool, the worker pid. */
+  upstreamLabel: string;
+  workerPid: number;
+  /** Extra vars / headers to send upstream (trace context), flat pairs. */
+  extraVars: string[];
+  extraHeaders: string[];
+  /** Called just before the response head goes to the client: last chance to add headers. */
+  beforeHead(headers: string[]): void;
+  bytesOut: number;
+  error: StratumError | null;
+}
+
+export interface Upstream {
+  readonly kind: 'pool' | 'uwsgi' | 'http' | 'static';
+  readonly label: string;
+  /** Serve ctx; resolves once the response is complete; rejects with a coded error. */
+  handle(ctx: ProxyContext, body: RequestBody | null): Promise<void>;
+  close(): void;
+}
+
+/** A request body ready to send: the live stream (known length) or a spooled copy. */
+export interface RequestBody {
+  length: number;
+  /** A fresh readable of the body (a spooled body can be opened again for a retry). */
+  open(): Readable | Buffer;
+  replayable: boolean;
+  cleanup(): void;
+}
+
+const MEMORY_SPOOL = 1024 * 1024;
+
+/**
+ * Prepare the client's body. Content-Length bodies stream straight through (limit checked up
+ * front); chunked bodies are spooled — uwsgi needs CONTENT_LENGTH before the first body byte, as
+ * nginx's client_body_buffer_size/client_body_temp do — in memory up to 1 MiB, then to a file.
+ */
+export async function prepareBody(req: IncomingMessage, limit: number): Promise<RequestBody | null> {
+  const cl = req.headers['content-length'];
+  const chunked = req.headers['transfer-encoding'] !== undefined;
+  if (!chunked) {
+    if (cl === undefined) return null;
+    const length = Number(cl);
+    if (length > limit) throw new BodyTooLarge(limit);
+    if (length === 0) return { length: 0, open: () => Buffer.alloc(0), replayable: true, cleanup() {} };
+    return { length, open: () => req, replayable: false, cleanup() {} };
+  }
+  return spool(req, limit);
+}
+
+function spool(req: IncomingMessage, limit: number): Promise<RequestBody> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let size = 0;
+    let file: WriteStream | null = null;
+    let dir: string | null = null;
+    const cleanup = () => {
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    };
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.removeAllListeners('data');
+        req.pause();
+        file?.destroy();
+        cleanup();
+        reject(new BodyTooLarge(limit));
+        return;
+      }
+      if (file) {
+        if (!file.write(chunk)) {
+          req.pause();
+          file.once('drain', () => req.resume());
+        }
+        return;
+      }
+      parts.push(chunk);
+      if (size > MEMORY_SPOOL) {
+        dir = mkdtempSync(path.join(os.tmpdir(), 'stratum-body-'));
+        file = createWriteStream(path.join(dir, 'body'));
+        for (const p of parts.splice(0)) file.write(p);
+      }
+    });
+    req.once('end', () => {
+      if (size > limit) return;
+      if (!file) {
+        const buf = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+        resolve({ length: size, open: () => buf, replayable: true, cleanup() {} });
+        return;
+      }
+      const f = file as WriteStream;
+      const p = path.join(dir!, 'body');
+      f.end(() => resolve({ length: size, open: () => createReadStream(p), replayable: true, cleanup }));
+    });
+    req.once('error', (err) => {
+      cleanup();
+      reject(err);
+    });
+  });
+}
+
+/** Write the upstream's head to the client, after the proxy's own headers are added. */
+export function sendHead(ctx: ProxyContext, statusCode: number, statusMessage: string, headers: string[]): void {
+  ctx.beforeHead(headers);
+  ctx.res.writeHead(statusCode, statusMessage || undefined, headers);
+}
