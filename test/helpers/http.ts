@@ -50,6 +50,8 @@ export function headerValues(rawHeaders: readonly string[] | HeaderList, name: s
 function open(base: string, req: RawRequest, onResponse: (res: http.IncomingMessage, creq: http.ClientRequest) => void, reject: (err: Error) => void): void {
   const url = new URL(base);
   const flat: string[] = [];
+  // With headers given as an array node adds no Host line itself (setHost is ignored).
+  if (!(req.headers ?? []).some(([n]) => n.toLowerCase() === 'host')) flat.push('Host', url.host);
   for (const [name, value] of req.headers ?? []) flat.push(name, value);
   const body = req.body;
   const sized = typeof body === 'string' || Buffer.isBuffer(body);
@@ -65,7 +67,6 @@ function open(base: string, req: RawRequest, onResponse: (res: http.IncomingMess
     path: req.path,
     headers: flat,
     agent: req.agent ?? false,
-    setHost: true,
   });
   const timeout = req.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   creq.setTimeout(timeout, () => creq.destroy(new Error(`${req.method ?? 'GET'} ${req.path}: no answer within ${timeout} ms`)));
