@@ -1,0 +1,273 @@
+// The `stratum` command. bin/stratum.js calls main(); importing this module starts nothing.
+//
+//   stratum [serve]  front proxy + worker pool + app in one process tree (nginx → uWSGI → Flask)
+//   stratum pool     the worker pool alone, on a uwsgi socket (uWSGI)
+//   stratum proxy    the front proxy alone, to uwsgi/http/static upstreams (nginx)
+//   stratum check    validate the configuration and exit (nginx -t)
+//   stratum top      live view of a running stratum's admin stats
+//
+// Exit codes: 0 ok, 2 usage or configuration error (one line on stderr), 1 runtime failure.
+
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { ENV_OVERRIDES, FLAG_OVERRIDES, loadConfig, type Flags, type Mode } from './config/load.ts';
+import { LOG_LEVELS, parseAddress, schema, type StratumConfig } from './config/schema.ts';
+
+/** What ./appliance.ts provides; each promise settles when that part of stratum has stopped. */
+export type Appliance = {
+  runServe(config: StratumConfig): Promise<void>;
+  runPool(config: StratumConfig): Promise<void>;
+  runProxy(config: StratumConfig): Promise<void>;
+};
+
+export type TopOptions = { admin: string; token: string | null; interval: number; once: boolean };
+/** What ./admin/top.ts provides. */
+export type Top = { runTop(opts: TopOptions): Promise<void> };
+
+/** Everything main() touches outside its arguments, replaceable by tests. */
+export type CliIO = {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+  env: NodeJS.ProcessEnv;
+  cwd: string;
+  /** Imports a module given relative to src/ ("./appliance.ts"). */
+  importModule: (specifier: string) => Promise<unknown>;
+};
+
+const COMMANDS = {
+  serve: 'Run the whole stack: front proxy, worker pool and app (nginx → uWSGI → Flask). The default command.',
+  pool: 'Run the worker pool alone on a uwsgi socket, for a proxy elsewhere to reach (uWSGI).',
+  proxy: 'Run the front proxy alone, routing to uwsgi, http and static upstreams (nginx).',
+  check: 'Validate the configuration, print "configuration ok" and exit (nginx -t).',
+  top: 'Show live stats of a running stratum, read from its admin server.',
+} as const;
+type Command = keyof typeof COMMANDS;
+
+const RUNNERS = { serve: 'runServe', pool: 'runPool', proxy: 'runProxy' } as const;
+
+const FLAG_HELP: Record<keyof typeof FLAG_OVERRIDES, string> = {
+  listen: 'front proxy address',
+  admin: 'admin server address (metrics, stats)',
+  socket: 'uwsgi socket of the worker pool',
+  socketMode: 'permissions of a Unix pool socket (chmod-socket)',
+  workers: 'worker processes',
+  app: 'application module',
+  harakiri: 'seconds before a stuck request\'s worker is killed, 0 = off',
+  maxRequests: 'recycle a worker after N requests, 0 = never',
+  reloadOnRss: 'recycle a worker above N MiB resident, 0 = never',
+  logLevel: LOG_LEVELS.join('|'),
+};
+
+class UsageError extends Error {}
+
+export async function main(argv: string[], io: Partial<CliIO> = {}): Promise<number> {
+  const out = io.stdout ?? ((text: string) => void process.stdout.write(text));
+  const err = io.stderr ?? ((text: string) => void process.stderr.write(text));
+  const env = io.env ?? process.env;
+  const cwd = io.cwd ?? process.cwd();
+  const importModule = io.importModule ?? ((specifier: string) => import(new URL(specifier, import.meta.url).href));
+
+  try {
+    const first = argv[0];
+    if (first === '--version' || first === '-v') {
+      out(`${version()}\n`);
+      return 0;
+    }
+    if (first === undefined || first.startsWith('-')) {
+      if (first === '--help' || first === '-h') {
+        out(globalHelp());
+        return 0;
+      }
+      return await runCommand('serve', argv, { out, env, cwd, importModule });
+    }
+    if (first === 'help') {
+      const topic = argv[1];
+      if (topic === undefined) out(globalHelp());
+      else if (isCommand(topic)) out(commandHelp(topic, env));
+      else throw new UsageError(`unknown command "${topic}" (see stratum --help)`);
+      return 0;
+    }
+    if (!isCommand(first)) throw new UsageError(`unknown command "${first}" (see stratum --help)`);
+    return await runCommand(first, argv.slice(1), { out, env, cwd, importModule });
+  } catch (e) {
+    const { code, message } = classify(e);
+    err(`stratum: ${message}\n`);
+    return code;
+  }
+}
+
+function isCommand(s: string): s is Command {
+  return Object.hasOwn(COMMANDS, s);
+}
+
+type Context = { out: (text: string) => void; env: NodeJS.ProcessEnv; cwd: string; importModule: (specifier: string) => Promise<unknown> };
+
+async function runCommand(command: Command, args: string[], ctx: Context): Promise<number> {
+  if (command === 'top') return runTop(args, ctx);
+
+  const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }> = {
+    config: { type: 'string' },
+    route: { type: 'string', multiple: true },
+    help: { type: 'boolean', short: 'h' },
+  };
+  for (const o of Object.values(FLAG_OVERRIDES)) options[o.flag.slice(2)] = { type: 'string' };
+  const values = parse(command, args, options);
+  if (values.help) {
+    ctx.out(commandHelp(command, ctx.env));
+    return 0;
+  }
+
+  const flags: Partial<Flags> = {};
+  for (const [key, o] of Object.entries(FLAG_OVERRIDES)) {
+    const value = values[o.flag.slice(2)];
+    if (typeof value === 'string') (flags as Record<string, string>)[key] = value;
+  }
+  if (Array.isArray(values.route)) flags.route = values.route as string[];
+  const file = typeof values.config === 'string' ? values.config : null;
+
+  const config = loadConfig({ file, flags, env: ctx.env, mode: command satisfies Mode, cwd: ctx.cwd });
+  if (command === 'check') {
+    ctx.out(`stratum: configuration ok (${file ?? 'no config file: defaults, environment and flags'})\n`);
+    return 0;
+  }
+  const appliance = (await ctx.importModule('./appliance.ts')) as Appliance;
+  await appliance[RUNNERS[command]](config);
+  return 0;
+}
+
+async function runTop(args: string[], ctx: Context): Promise<number> {
+  const values = parse('top', args, {
+    admin: { type: 'string' },
+    interval: { type: 'string' },
+    once: { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) {
+    ctx.out(commandHelp('top', ctx.env));
+    return 0;
+  }
+  const admin = typeof values.admin === 'string' ? values.admin : ctx.env.STRATUM_ADMIN || defaults().admin.listen;
+  parseAddress(admin, '--admin');
+  const interval = typeof values.interval === 'string' ? Number(values.interval) : 1;
+  if (!(interval > 0) || !Number.isFinite(interval)) {
+    throw new UsageError(`--interval: expected a number of seconds > 0, got ${JSON.stringify(values.interval)}`);
+  }
+  const top = (await ctx.importModule('./admin/top.ts')) as Top;
+  await top.runTop({ admin, token: ctx.env.STRATUM_ADMIN_TOKEN || null, interval, once: values.once === true });
+  return 0;
+}
+
+function parse(
+  command: Command,
+  args: string[],
+  options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>,
+): Record<string, string | boolean | (string | boolean)[] | undefined> {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: false }).values;
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    const message = (e as Error).message;
+    const option = /'(-[^' ]+)/.exec(message)?.[1] ?? '';
+    const hint = `(see stratum ${command} --help)`;
+    if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') throw new UsageError(`unknown option ${option} ${hint}`);
+    if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+      throw new UsageError(/argument missing/.test(message) ? `option ${option} needs a value ${hint}` : `option ${option} takes no value ${hint}`);
+    }
+    if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
+      throw new UsageError(`unexpected argument ${/'([^']*)'/.exec(message)?.[1] ?? ''} ${hint}`.replace('  ', ' '));
+    }
+    throw e;
+  }
+}
+
+// --- errors to exit codes ----------------------------------------------------------------------
+
+const LISTEN_ERRORS: Record<string, string> = {
+  EADDRINUSE: 'address already in use',
+  EACCES: 'permission denied',
+  EADDRNOTAVAIL: 'address not available',
+};
+
+function classify(e: unknown): { code: number; message: string } {
+  if (e instanceof UsageError) return { code: 2, message: e.message };
+  // The appliance may wrap the error that matters; look down the cause chain.
+  for (let cur: unknown = e, depth = 0; cur && depth < 5; cur = (cur as { cause?: unknown }).cause, depth++) {
+    const c = cur as NodeJS.ErrnoException & { address?: string; port?: number };
+    if (c.code === 'STRATUM_ERR_CONFIG') return { code: 2, message: oneLine(c.message) };
+    if (c.code && Object.hasOwn(LISTEN_ERRORS, c.code)) {
+      const where = c.address === undefined ? '' : c.port === undefined ? c.address : c.address.includes(':') ? `[${c.address}]:${c.port}` : `${c.address}:${c.port}`;
+      return { code: 2, message: where ? `listen ${where}: ${LISTEN_ERRORS[c.code]}` : oneLine(c.message) };
+    }
+  }
+  return { code: 1, message: oneLine(e instanceof Error ? e.message : String(e)) };
+}
+
+function oneLine(text: string): string {
+  return text.split('\n')[0]!.trim();
+}
+
+// --- help --------------------------------------------------------------------------------------
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+let defaultsCache: StratumConfig | undefined;
+function defaults(): StratumConfig {
+  return (defaultsCache ??= schema.parse({}));
+}
+
+function lookup(config: unknown, dotted: string): unknown {
+  return dotted.split('.').reduce<unknown>((node, key) => (node as Record<string, unknown> | undefined)?.[key], config);
+}
+
+function globalHelp(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length)) + 2;
+  return [
+    'Usage: stratum [command] [options]',
+    '',
+    'One Node.js service doing nginx → uWSGI → Flask\'s job.',
+    '',
+    'Commands:',
+    ...Object.entries(COMMANDS).map(([c, text]) => `  ${c.padEnd(width)}${text}`),
+    '',
+    'Options:',
+    '  -h, --help     show help (stratum <command> --help for a command\'s options)',
+    '  --version      print the version',
+    '',
+    'Configuration reference: docs/config.md',
+    '',
+  ].join('\n');
+}
+
+function commandHelp(command: Command, env: NodeJS.ProcessEnv): string {
+  const rows: [string, string][] = [];
+  if (command === 'top') {
+    rows.push(
+      ['--admin HOST:PORT', `admin server to read (default ${env.STRATUM_ADMIN || defaults().admin.listen}, env STRATUM_ADMIN)`],
+      ['--interval SEC', 'seconds between refreshes (default 1)'],
+      ['--once', 'print one snapshot and exit'],
+    );
+  } else {
+    const envFor = new Map(Object.entries(ENV_OVERRIDES).map(([name, o]) => [o.path, name]));
+    rows.push(['--config FILE', 'YAML configuration file (default: none)']);
+    for (const [key, o] of Object.entries(FLAG_OVERRIDES)) {
+      const value = lookup(defaults(), o.path);
+      const env = envFor.get(o.path);
+      const extra = [`default ${value === null ? 'none' : String(value)}`, env ? `env ${env}` : ''].filter(Boolean).join(', ');
+      rows.push([`${o.flag} ${o.value}`, `${FLAG_HELP[key as keyof typeof FLAG_HELP]} (${extra})`]);
+    }
+    rows.push([
+      '--route PREFIX=TARGET',
+      'route, repeatable; replaces the file\'s routes (default /=pool). PREFIX: /path or host/path; TARGET: pool, uwsgi://HOST:PORT[,uwsgi://...], unix:/path, http://HOST:PORT, static:/dir',
+    ]);
+  }
+  rows.push(['-h, --help', 'show this help']);
+  const width = Math.max(...rows.map(([flag]) => flag.length)) + 2;
+  const usage = command === 'serve' ? 'Usage: stratum [serve] [options]' : `Usage: stratum ${command} [options]`;
+  const note = command === 'top' ? 'The admin token, if any, comes from STRATUM_ADMIN_TOKEN.' : 'Precedence: defaults < --config file < environment < flags. Reference: docs/config.md';
+  return [usage, '', COMMANDS[command], '', 'Options:', ...rows.map(([flag, text]) => `  ${flag.padEnd(width)}${text}`), '', note, ''].join('\n');
+}
+
+if (import.meta.main) process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,419 @@
+// The one schema of stratum's configuration: it validates the YAML file (plus environment and
+// flags, merged by load.ts), it is the source of the TypeScript types (`StratumConfig`), and
+// docs.ts renders docs/config.md from it. Every field says which nginx / uWSGI option it mirrors.
+//
+// Error texts are written here, next to the field, as "expected …, got …" so that load.ts can
+// prefix them with the dotted path and print one line.
+
+import { statSync } from 'node:fs';
+import { isIPv4, isIPv6 } from 'node:net';
+import { availableParallelism } from 'node:os';
+import { resolve } from 'node:path';
+import { z } from 'zod';
+import { ConfigInvalid } from '../errors.ts';
+
+export type Address = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
+
+export type Target =
+  | { kind: 'pool'; raw: string }
+  | { kind: 'uwsgi'; raw: string; address: Address }
+  | { kind: 'http'; raw: string; url: URL; address: Address }
+  | { kind: 'static'; raw: string; root: string };
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+const TARGET_FORMS = 'pool, uwsgi://HOST:PORT, unix:/path, http://HOST:PORT or static:/dir';
+const ADDRESS_FORMS = 'HOST:PORT or a socket path';
+
+/** How a bad value is quoted in an error message. */
+export function show(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  if (Array.isArray(value)) return 'a list';
+  if (value !== null && typeof value === 'object') return 'a mapping';
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+function expected(what: string): (iss: { input?: unknown }) => string {
+  return (iss) => (iss.input === undefined ? `missing; expected ${what}` : `expected ${what}, got ${show(iss.input)}`);
+}
+
+// --- addresses -------------------------------------------------------------------------------
+
+/** The address, or the reason it is not one. */
+function addressOrReason(s: string): Address | string {
+  const text = s.startsWith('unix:') ? s.slice(5) : s;
+  if (text.includes('/')) return { kind: 'unix', path: text };
+  const m = /^(?:\[([^\]]*)\]|([^:\[\]]*)):(\d{1,5})$/.exec(text);
+  if (!m) return `expected ${ADDRESS_FORMS}, got ${show(s)}`;
+  const port = Number(m[3]);
+  if (port > 65535) return `port must be 0..65535, got ${show(s)}`;
+  if (m[1] !== undefined) {
+    if (!isIPv6(m[1])) return `not an IPv6 address: ${show(s)}`;
+    return { kind: 'tcp', host: m[1], port };
+  }
+  const host = m[2]!;
+  if (host === '' || !(isIPv4(host) || /^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/.test(host))) {
+    return `expected ${ADDRESS_FORMS}, got ${show(s)}`;
+  }
+  return { kind: 'tcp', host, port };
+}
+
+/**
+ * Parses `HOST:PORT` (`[::1]:80` for IPv6; port 0 = the OS picks) or a socket path (anything
+ * containing "/", optionally prefixed `unix:`). Throws ConfigInvalid naming `path`.
+ */
+export function parseAddress(s: string, path = 'address'): Address {
+  const a = addressOrReason(s);
+  if (typeof a === 'string') throw new ConfigInvalid(path, a);
+  return a;
+}
+
+/** `host:port`, with brackets for IPv6 — the form users type and error messages show. */
+export function formatAddress(a: Address): string {
+  if (a.kind === 'unix') return a.path;
+  return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+}
+
+const address = z.string({ error: expected(ADDRESS_FORMS) }).superRefine((s, ctx) => {
+  const a = addressOrReason(s);
+  if (typeof a === 'string') ctx.addIssue({ code: 'custom', message: a, input: s });
+}).meta({ docType: 'address' });
+
+// --- scalar kinds ------------------------------------------------------------------------------
+
+function int(min: number, max?: number) {
+  const error = expected(max === undefined ? `an integer >= ${min}` : `an integer ${min}..${max}`);
+  const s = z.int({ error }).min(min, { error });
+  return max === undefined ? s : s.max(max, { error });
+}
+
+function num(min: number, max: number) {
+  const error = expected(`a number ${min}..${max}`);
+  return z.number({ error }).min(min, { error }).max(max, { error });
+}
+
+const seconds = () => {
+  const error = expected('a number of seconds >= 0');
+  return z.number({ error }).min(0, { error }).meta({ docType: 'seconds ≥ 0' });
+};
+const positiveSeconds = () => {
+  const error = expected('a number of seconds > 0');
+  return z.number({ error }).gt(0, { error }).meta({ docType: 'seconds > 0' });
+};
+const bool = () => z.boolean({ error: expected('true or false') });
+
+const SIZE_UNITS: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 };
+const SIZE_FORMS = 'a size in bytes or like "512k", "100m", "1g"';
+
+/** nginx sizes: a number of bytes, or a string with an optional k/m/g suffix (case-insensitive). */
+export function parseSize(v: number | string): number | null {
+  if (typeof v === 'number') return Number.isSafeInteger(v) && v >= 0 ? v : null;
+  const m = /^\s*(\d+)\s*([kmg]?)\s*$/i.exec(v);
+  if (!m) return null;
+  const bytes = Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]!;
+  return Number.isSafeInteger(bytes) ? bytes : null;
+}
+
+const size = () =>
+  z.union([z.number(), z.string()], { error: expected(SIZE_FORMS) })
+    .transform((v, ctx) => {
+      const bytes = parseSize(v);
+      if (bytes === null) {
+        ctx.issues.push({ code: 'custom', message: `expected ${SIZE_FORMS}, got ${show(v)}`, input: v });
+        return z.NEVER;
+      }
+      return bytes;
+    })
+    .meta({ docType: 'size' });
+
+// --- routes ------------------------------------------------------------------------------------
+
+type TargetIssue = { message: string; input: string };
+
+function parseTarget(raw: string): Target | TargetIssue {
+  const bad = (why?: string): TargetIssue => ({ message: why ?? `expected ${TARGET_FORMS}, got ${show(raw)}`, input: raw });
+  if (raw === 'pool') return { kind: 'pool', raw };
+  if (raw.startsWith('uwsgi://')) {
+    const a = addressOrReason(raw.slice('uwsgi://'.length).replace(/\/$/, ''));
+    if (typeof a === 'string' || a.kind !== 'tcp') return bad(`expected uwsgi://HOST:PORT, got ${show(raw)}`);
+    if (a.port === 0) return bad(`uwsgi target needs a port 1..65535, got ${show(raw)}`);
+    return { kind: 'uwsgi', raw, address: a };
+  }
+  if (raw.startsWith('unix:')) {
+    const path = raw.slice('unix:'.length);
+    if (path === '') return bad(`expected unix:/path/to/socket, got ${show(raw)}`);
+    return { kind: 'uwsgi', raw, address: { kind: 'unix', path: resolve(path) } };
+  }
+  if (raw.startsWith('http://')) {
+    let url: URL;
+    try {
+      url = new URL(raw);
+    } catch {
+      return bad(`expected http://HOST:PORT, got ${show(raw)}`);
+    }
+    if (url.username || url.password || url.search || url.hash || url.pathname !== '/') {
+      return bad(`expected http://HOST:PORT without path, query or credentials, got ${show(raw)}`);
+    }
+    const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+    return { kind: 'http', raw, url, address: { kind: 'tcp', host, port: url.port === '' ? 80 : Number(url.port) } };
+  }
+  if (raw.startsWith('static:')) {
+    const dir = raw.slice('static:'.length);
+    if (dir === '') return bad(`expected static:/dir, got ${show(raw)}`);
+    const root = resolve(dir);
+    const st = statSync(root, { throwIfNoEntry: false });
+    if (!st) return bad(`static root not found: ${root}`);
+    if (!st.isDirectory()) return bad(`static root is not a directory: ${root}`);
+    return { kind: 'static', raw, root };
+  }
+  return bad();
+}
+
+const HOST_PATTERN = /^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$|^\[[0-9a-f:.]+\]$/;
+const HOST_FORMS = 'a host name like "example.com" or "*.example.com" (no port), or null';
+
+const route = z
+  .strictObject(
+    {
+      host: z
+        .string({ error: expected(HOST_FORMS) })
+        .transform((h) => h.toLowerCase())
+        .refine((h) => HOST_PATTERN.test(h), { error: expected(HOST_FORMS) })
+        .transform((h) => h.replace(/^\[(.*)\]$/, '$1')) // an IPv6 literal is matched without brackets, like the Host header's
+        .nullable()
+        .prefault(null) // not .default(): a default on a transforming schema is dropped from the input JSON Schema (docs)
+        .describe('Match requests whose Host header (port stripped) equals this name, or, written `*.example.com`, ends in `.example.com` (nginx `server_name`). null = any host.'),
+      path: z
+        .string({ error: expected('a path prefix starting with "/"') })
+        .regex(/^\/[^\s?#]*$/, { error: expected('a path prefix starting with "/"') })
+        .meta({ docType: 'string' })
+        .default('/')
+        .describe('URL path prefix, starting with "/" (nginx `location /prefix`), matched on segment boundaries: `/api` matches `/api` and `/api/x`, not `/apix`.'),
+      target: z
+        .union([z.string(), z.array(z.string())], { error: expected(`${TARGET_FORMS}, or a list of uwsgi servers`) })
+        .describe(
+          'Where matching requests go: `pool` (the built-in worker pool, like uWSGI behind nginx), `uwsgi://HOST:PORT` or `unix:/path` ' +
+            '(an external uwsgi server; nginx `uwsgi_pass`), `http://HOST:PORT` (nginx `proxy_pass`) or `static:/dir` (files; nginx `root`). ' +
+            'A list of uwsgi servers is load-balanced (nginx `upstream`).',
+        )
+        .meta({ docType: 'string | string[]' }),
+      readTimeout: positiveSeconds().nullable().default(null).describe('This route\'s `proxy.readTimeout`; null = the global one.'),
+      harakiri: seconds().nullable().default(null).describe('This route\'s `pool.harakiri` (pool targets); null = the global one.'),
+      clientMaxBodySize: size().nullable().prefault(null).describe('This route\'s `proxy.clientMaxBodySize`; null = the global one.'),
+    },
+    { error: expected('a route mapping with a target') },
+  )
+  .transform((r, ctx) => {
+    const raws = typeof r.target === 'string' ? [r.target] : r.target;
+    if (raws.length === 0) {
+      ctx.issues.push({ code: 'custom', message: 'expected at least one target', input: r.target, path: ['target'] });
+      return z.NEVER;
+    }
+    const targets: Target[] = [];
+    raws.forEach((raw, i) => {
+      const path = typeof r.target === 'string' ? ['target'] : ['target', i];
+      const t = parseTarget(raw);
+      if ('message' in t) {
+        ctx.issues.push({ code: 'custom', ...t, path });
+      } else if (typeof r.target !== 'string' && t.kind !== 'uwsgi') {
+        ctx.issues.push({
+          code: 'custom',
+          message: `a list of targets may only hold uwsgi servers (uwsgi://HOST:PORT or unix:/path), got ${show(raw)}`,
+          input: raw,
+          path,
+        });
+      } else {
+        targets.push(t);
+      }
+    });
+    return targets.length === raws.length ? { ...r, targets } : z.NEVER;
+  });
+
+// --- the schema --------------------------------------------------------------------------------
+
+export const schema = z
+  .strictObject(
+    {
+      listen: address
+        .default('0.0.0.0:8080')
+        .describe('Where the front HTTP proxy listens: HOST:PORT (port 0 = the OS picks) or a Unix socket path (nginx `listen`).'),
+      admin: z
+        .strictObject({
+          listen: address
+            .default('127.0.0.1:9900')
+            .describe('Where the admin HTTP server listens (metrics, health, stats for `stratum top`). Keep it on loopback unless a token is set.'),
+          token: z
+            .string({ error: expected('a non-empty string or null') })
+            .min(1, { error: expected('a non-empty string or null') })
+            .nullable()
+            .default(null)
+            .describe('Bearer token the admin surface requires (`Authorization: Bearer <token>`); null = no authentication.'),
+          metricsPublic: bool()
+            .default(true)
+            .describe('Let scrapers read /metrics without the token; the other admin endpoints still need it.'),
+        }, { error: expected('a mapping') })
+        .prefault({})
+        .describe('The admin surface: Prometheus metrics, health and live stats.'),
+      app: z
+        .strictObject({
+          module: z
+            .string({ error: expected('a module path or null') })
+            .min(1, { error: expected('a module path or null') })
+            .nullable()
+            .default(null)
+            .describe(
+              'Path of the application module the workers load (uWSGI `module` / `wsgi-file`). A relative path resolves against the config ' +
+                'file\'s directory (against the working directory for --app and STRATUM_APP). Required by `serve` and `pool`.',
+            ),
+          export: z
+            .string({ error: expected('an export name') })
+            .min(1, { error: expected('an export name') })
+            .default('default')
+            .describe('Named export of the module that holds the app (uWSGI `callable`).'),
+        }, { error: expected('a mapping') })
+        .prefault({})
+        .describe('The application the worker pool hosts (the Flask of nginx → uWSGI → Flask).'),
+      pool: z
+        .strictObject({
+          socket: address
+            .nullable()
+            .default(null)
+            .describe(
+              'Where the worker pool speaks the uwsgi protocol: a Unix socket path or HOST:PORT (uWSGI `socket`). ' +
+                'null = a socket in a private temporary directory chosen at start (`serve` only). A relative path resolves like `app.module`.',
+            ),
+          socketMode: z
+            .string({ error: expected('an octal mode string like "0660" (quote it in YAML: unquoted 0660 reads as the number 660)') })
+            .regex(/^0?[0-7]{3}$/, { error: expected('an octal mode like "0660"') })
+            .meta({ docType: 'octal string' })
+            .default('0660')
+            .describe('Permissions of a Unix pool socket, as an octal string (uWSGI `chmod-socket`). Quote it in YAML.'),
+          workers: int(1)
+            .default(() => availableParallelism())
+            .describe('Number of worker processes (uWSGI `workers` / `processes`).')
+            .meta({ docDefault: 'CPU count (`os.availableParallelism()`)' }),
+          bufferSize: int(512, 65535)
+            .default(65535)
+            .describe('Largest uwsgi vars block (request line, headers, CGI variables) a worker accepts, in bytes (uWSGI `buffer-size`).'),
+          harakiri: seconds()
+            .default(60)
+            .describe('Seconds a request may run before its worker is killed and replaced (uWSGI `harakiri`); 0 = off.'),
+          maxRequests: int(0)
+            .default(0)
+            .describe('Recycle a worker after it has served this many requests (uWSGI `max-requests`); 0 = never.'),
+          reloadOnRss: int(0)
+            .default(0)
+            .describe('Recycle a worker whose resident memory exceeds this many MiB (uWSGI `reload-on-rss`); 0 = never.'),
+          listen: int(1)
+            .default(1024)
+            .describe('Bound of the queue of requests waiting for a free worker (uWSGI `listen`); when it is full, requests get 503.'),
+          maxInflight: int(1)
+            .default(64)
+            .describe('Most requests one worker handles at once (a Node worker is async, unlike a uWSGI process).'),
+          gracefulTimeout: seconds()
+            .default(30)
+            .describe('Seconds workers get to finish in-flight requests on reload or shutdown before they are killed (uWSGI `worker-reload-mercy`).'),
+          cheaper: z
+            .strictObject({
+              enabled: bool()
+                .default(false)
+                .describe('Run between `min` and `max` workers, following the load (uWSGI cheaper subsystem).'),
+              min: int(1).default(1).describe('Workers kept when idle (uWSGI `cheaper`).'),
+              max: int(1)
+                .nullable()
+                .default(null)
+                .describe('Most workers when busy; null = `pool.workers` (uWSGI `workers` with `cheaper`).'),
+            }, { error: expected('a mapping') })
+            .prefault({})
+            .describe('Adaptive worker count (uWSGI `cheaper`).'),
+        }, { error: expected('a mapping') })
+        .superRefine((p, ctx) => {
+          if (!p.cheaper.enabled) return;
+          const max = p.cheaper.max ?? p.workers;
+          if (p.cheaper.max !== null && p.cheaper.max > p.workers) {
+            ctx.addIssue({ code: 'custom', message: `expected at most pool.workers (${p.workers}), got ${p.cheaper.max}`, path: ['cheaper', 'max'], input: p.cheaper.max });
+          } else if (p.cheaper.min > max) {
+            ctx.addIssue({ code: 'custom', message: `expected at most ${p.cheaper.max === null ? 'pool.workers' : 'cheaper.max'} (${max}), got ${p.cheaper.min}`, path: ['cheaper', 'min'], input: p.cheaper.min });
+          }
+        })
+        .prefault({})
+        .describe('The worker pool: processes hosting the app behind a uwsgi socket (uWSGI).'),
+      proxy: z
+        .strictObject({
+          clientMaxBodySize: size()
+            .prefault('100m')
+            .describe('Largest request body accepted; bigger requests get 413 (nginx `client_max_body_size`). 0 = no limit.'),
+          connectTimeout: positiveSeconds()
+            .default(5)
+            .describe('Seconds to connect to an upstream (nginx `uwsgi_connect_timeout` / `proxy_connect_timeout`).'),
+          readTimeout: positiveSeconds()
+            .default(60)
+            .describe('Seconds between two reads from an upstream before the request fails with 504 (nginx `uwsgi_read_timeout` / `proxy_read_timeout`).'),
+          sendTimeout: positiveSeconds()
+            .default(60)
+            .describe('Seconds between two writes to an upstream (nginx `uwsgi_send_timeout` / `proxy_send_timeout`).'),
+          keepAliveTimeout: seconds()
+            .default(75)
+            .describe('Seconds an idle client connection stays open (nginx `keepalive_timeout`); 0 disables keep-alive.'),
+          maxHeaderSize: size()
+            .prefault(32768)
+            .describe('Largest request header block accepted from a client; bigger gets 431 (nginx `large_client_header_buffers`).'),
+          serverTiming: bool()
+            .default(true)
+            .describe('Add a `Server-Timing` response header with the time spent in each layer.'),
+        }, { error: expected('a mapping') })
+        .prefault({})
+        .describe('The front HTTP proxy (nginx).'),
+      routes: z
+        .array(route, { error: expected('a list of routes') })
+        .superRefine((routes, ctx) => {
+          const seen = new Map<string, number>();
+          routes.forEach((r, i) => {
+            const key = `${r.host ?? '*'} ${r.path}`;
+            const first = seen.get(key);
+            if (first !== undefined) {
+              ctx.addIssue({ code: 'custom', message: `duplicate route: routes.${first} already matches host ${r.host ?? 'any'} path ${r.path}`, path: [i], input: r });
+            } else {
+              seen.set(key, i);
+            }
+          });
+        })
+        .prefault([{ path: '/', target: 'pool' }])
+        .describe(
+          'Routes from (Host, path prefix) to an upstream, like nginx `server` / `location` blocks. The most specific route wins: ' +
+            'an exact host over a `*.` host over any host, then the longest path prefix.',
+        ),
+      log: z
+        .strictObject({
+          level: z
+            .enum(LOG_LEVELS, { error: expected(`one of ${LOG_LEVELS.join(', ')}`) })
+            .default('info')
+            .describe('Least severe level logged (pino level; nginx `error_log` level).'),
+          access: bool().default(true).describe('Log one line per request (nginx `access_log`).'),
+        }, { error: expected('a mapping') })
+        .prefault({})
+        .describe('Logging (pino, JSON lines on stdout).'),
+      tracing: z
+        .strictObject({
+          enabled: bool().default(false).describe('Record OpenTelemetry spans for each layer a request crosses.'),
+          sampleRatio: num(0, 1).default(1).describe('Fraction of requests traced, 0..1.'),
+          serviceName: z
+            .string({ error: expected('a non-empty string') })
+            .min(1, { error: expected('a non-empty string') })
+            .default('stratum')
+            .describe('OpenTelemetry `service.name` of the spans.'),
+        }, { error: expected('a mapping') })
+        .prefault({})
+        .describe('OpenTelemetry tracing.'),
+    },
+    { error: expected('a mapping') },
+  )
+  .describe('Stratum configuration');
+
+/** The configuration as the rest of stratum sees it: defaults applied, sizes in bytes, targets parsed. */
+export type StratumConfig = z.output<typeof schema>;
+/** The configuration as written in YAML (every field optional). */
+export type StratumConfigInput = z.input<typeof schema>;
+export type Route = StratumConfig['routes'][number];
+export type LogLevel = (typeof LOG_LEVELS)[number];
