@@ -80,11 +80,20 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     });
   }
   let frontUrl: string | undefined;
-  if (mode !== 'pool') {
-    proxy = new FrontProxy(config, buildRoutes(config, pool), log, accessLog(config, log));
-    frontUrl = await proxy.listen();
+  let adminUrl: string;
+  try {
+    if (mode !== 'pool') {
+      proxy = new FrontProxy(config, buildRoutes(config, pool), log, accessLog(config, log));
+      frontUrl = await proxy.listen();
+    }
+    adminUrl = await admin.listen();
+  } catch (err) {
+    // A listener that cannot bind: leave nothing running behind the error.
+    await proxy?.close(0);
+    await pool?.stop();
+    admin.close();
+    throw err;
   }
-  const adminUrl = await admin.listen();
   ready = true;
   log.info({
     front: frontUrl,

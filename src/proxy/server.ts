@@ -134,7 +134,8 @@ export class FrontProxy {
     if (!entry) return this.#fail(ctx, new RouteNotFound(req.headers.host ?? '', req.url ?? '/'), null);
     let body: RequestBody | null = null;
     const limit = entry.route.clientMaxBodySize ?? this.config.proxy.clientMaxBodySize;
-    prepareBody(req, limit)
+    // 0 = no limit, as nginx's client_max_body_size 0.
+    prepareBody(req, limit === 0 ? Infinity : limit)
       .then((b) => {
         body = b;
         ctx.timings.dispatchAt = performance.now();
