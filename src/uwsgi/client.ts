@@ -124,6 +124,9 @@ export class Exchange {
   #gotBytes = false;
   #retried = false;
   #keep = false;
+  // The parser completes inside execute(); completion waits until we know whether bytes follow.
+  #executing = false;
+  #completePending = false;
   #listeners: Record<(typeof EXCHANGE_EVENTS)[number], ((...a: never[]) => void) | null> = { data: null, end: null, timeout: null, error: null, close: null };
 
   constructor(client: UwsgiClient, packet: Buffer, body: Readable | Buffer | null, handler: ExchangeHandler, isHead: boolean, readTimeoutMs: number) {
@@ -149,7 +152,10 @@ export class Exchange {
         onBody: (chunk) => {
           if (!this.#handler.onBody(chunk)) socket.pause();
         },
-        onComplete: () => this.#complete(),
+        onComplete: () => {
+          if (this.#executing) this.#completePending = true;
+          else this.#complete();
+        },
       },
       { isHead: this.#isHead, maxHeaderSize: this.#client.options.maxHeaderSize },
     );
@@ -162,11 +168,20 @@ export class Exchange {
     const l = this.#listeners;
     l.data = (chunk: Buffer) => {
       this.#gotBytes = true;
+      let rest: number;
+      this.#executing = true;
       try {
-        const rest = this.#parser.execute(chunk);
-        if (rest >= 0 && rest < chunk.length) this.#keep = false; // bytes past the response: out of step
+        rest = this.#parser.execute(chunk);
       } catch (err) {
         this.#fail(err as StratumError);
+        return;
+      } finally {
+        this.#executing = false;
+      }
+      if (rest >= 0 && rest < chunk.length) this.#keep = false; // bytes past the response: out of step
+      if (this.#completePending) {
+        this.#completePending = false;
+        this.#complete(); // decides keep vs destroy only now, with #keep final
       }
     };
     l.end = () => {

@@ -118,8 +118,9 @@ export class PacketHeadDecoder {
    */
   push(chunk: Buffer, offset = 0): { head: UwsgiPacketHead; rest: number } | null {
     let off = offset;
-    // Fast path: a whole head inside this chunk, nothing buffered — no copy at all.
-    if (this.#have === 0 && chunk.length - off >= HEADER_SIZE) {
+    // Fast path: a whole head inside this chunk, nothing buffered — no copy at all. Only between
+    // packets: right after a header arrived alone, #have is 0 too but the vars block is next.
+    if (this.#have === 0 && this.#size < 0 && chunk.length - off >= HEADER_SIZE) {
       const size = chunk[off + 1]! | (chunk[off + 2]! << 8);
       this.#checkHeader(chunk[off]!, size);
       if (chunk.length - off >= HEADER_SIZE + size) {
