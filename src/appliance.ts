@@ -6,7 +6,10 @@
 
 import type { StratumConfig } from './config/schema.ts';
 import { AdminServer, sendJson } from './admin/server.ts';
-import { createLogger, type Logger } from './observability/log.ts';
+import { createLogger } from './observability/log.ts';
+import { Metrics } from './observability/metrics.ts';
+import { createObserver } from './observability/observer.ts';
+import { startTracing } from './observability/tracing.ts';
 import { Supervisor } from './pool/supervisor.ts';
 import { RouteTable, type RouteEntry } from './proxy/routes.ts';
 import { FrontProxy } from './proxy/server.ts';
@@ -44,6 +47,9 @@ export function buildRoutes(config: StratumConfig, pool: Supervisor | null): Rou
 
 async function run(config: StratumConfig, mode: Mode): Promise<void> {
   const log = createLogger(config.log.level);
+  const tracing = await startTracing(config.tracing, 'master');
+  const metrics = new Metrics();
+  const observer = createObserver(config, log, metrics, tracing?.tracer ?? null);
   const pool = mode === 'proxy' ? null : new Supervisor(config, log, { publicSocket: true });
   const admin = new AdminServer(config);
   let ready = false;
@@ -57,7 +63,33 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
       sendJson(res, ready && serving ? 200 : 503, { status: ready && serving ? 'ready' : 'not ready' });
     },
   });
+  admin.add({
+    method: 'GET', path: '/metrics',
+    handler: async (req, res) => {
+      const { contentType, body } = await metrics.render(req.headers.accept);
+      res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+    },
+  });
+  admin.add({
+    method: 'GET', path: '/traces',
+    handler: (_q, res, url) => {
+      const kind = url.searchParams.get('kind');
+      const limit = Math.min(Number(url.searchParams.get('limit')) || 50, 200);
+      sendJson(res, 200, { traces: observer.recent.list(kind === 'slow' || kind === 'failed' ? kind : 'latest', limit) });
+    },
+  });
+  admin.add({
+    method: 'GET', path: '/traces/', prefix: true,
+    handler: (_q, res, url) => {
+      const t = observer.recent.get(decodeURIComponent(url.pathname.slice('/traces/'.length)));
+      if (t) sendJson(res, 200, t);
+      else sendJson(res, 404, { error: 'no such trace in the recent memory' });
+    },
+  });
   if (pool) {
+    metrics.attachPool(pool);
+    metrics.setWorkerSource(() => pool.collectWorkerMetrics() as never);
     admin.add({ method: 'GET', path: '/stats', handler: (_q, res) => sendJson(res, 200, pool.stats()) });
     admin.add({
       method: 'POST', path: '/reload',
@@ -83,7 +115,10 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   let adminUrl: string;
   try {
     if (mode !== 'pool') {
-      proxy = new FrontProxy(config, buildRoutes(config, pool), log, accessLog(config, log));
+      const routes = buildRoutes(config, pool);
+      const external = routes.entries.map((e) => e.upstream).filter((u): u is ExternalUwsgiUpstream => u instanceof ExternalUwsgiUpstream);
+      if (external.length > 0) metrics.attachUpstreamHealth(() => external.flatMap((u) => u.health()));
+      proxy = new FrontProxy(config, routes, log, observer);
       frontUrl = await proxy.listen();
     }
     adminUrl = await admin.listen();
@@ -112,6 +147,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     await proxy?.close(grace);
     await pool?.stop();
     admin.close();
+    await tracing?.shutdown().catch(() => {});
     log.info('stopped');
     process.exit(0);
   };
@@ -120,26 +156,6 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   process.on('SIGHUP', () => {
     if (pool) void pool.reload();
   });
-}
-
-function accessLog(config: StratumConfig, log: Logger) {
-  if (!config.log.access) return {};
-  return {
-    onResponse(ctx: import('./proxy/upstream.ts').ProxyContext) {
-      const end = performance.now();
-      log.info({
-        type: 'access',
-        method: ctx.req.method,
-        path: ctx.req.url,
-        status: ctx.res.statusCode,
-        bytes: ctx.bytesOut,
-        route: ctx.routeLabel,
-        upstream: ctx.upstreamLabel,
-        requestId: ctx.forward.requestId,
-        ms: Math.round((end - ctx.startAt) * 1000) / 1000,
-      }, 'request');
-    },
-  };
 }
 
 export const runServe = (config: StratumConfig) => run(config, 'serve');

@@ -17,6 +17,7 @@ export interface WorkerSpec {
   maxVarsSize: number;
   maxRequests: number;
   statusIntervalMs: number;
+  tracing: { enabled: boolean; sampleRatio: number; serviceName: string };
 }
 
 export type WorkerMessage =
@@ -25,9 +26,11 @@ export type WorkerMessage =
   | { type: 'foreign-start'; rid: number; method: string; path: string; requestId: string; at: number }
   | { type: 'foreign-end'; rid: number }
   | { type: 'recycle'; reason: 'max-requests' | 'reload-on-rss' }
-  | { type: 'fatal'; message: string; code?: string };
+  | { type: 'fatal'; message: string; code?: string }
+  | { type: 'metrics'; seq: number; metrics: unknown[] };
 
 export type MasterMessage =
-  | { type: 'drain'; graceMs: number };
+  | { type: 'drain'; graceMs: number }
+  | { type: 'metrics'; seq: number };
 
 export const WORKER_ENV = 'STRATUM_WORKER';

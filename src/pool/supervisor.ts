@@ -85,6 +85,8 @@ export class Supervisor extends EventEmitter {
   #stopping = false;
   #generation = 0;
   #harakiriTimer: NodeJS.Timeout | null = null;
+  #metricSeq = 0;
+  #metricWaiters = new Map<number, (m: unknown[]) => void>();
 
   constructor(config: StratumConfig, log: Logger, opts: { publicSocket: boolean }) {
     super();
@@ -123,6 +125,7 @@ export class Supervisor extends EventEmitter {
       maxVarsSize: this.config.pool.bufferSize,
       maxRequests: this.config.pool.maxRequests,
       statusIntervalMs: 500,
+      tracing: this.config.tracing,
     };
     const worker = cluster.fork({ [WORKER_ENV]: JSON.stringify(spec) });
     const client = new UwsgiClient({ kind: 'unix', path: spec.privatePath }, {
@@ -186,6 +189,11 @@ export class Supervisor extends EventEmitter {
       case 'recycle':
         if (rec.state !== 'draining') this.recycle(rec, msg.reason);
         break;
+      case 'metrics': {
+        const waiter = this.#metricWaiters.get(msg.seq);
+        waiter?.(msg.metrics);
+        break;
+      }
       case 'fatal':
         this.log.error({ worker: rec.id, pid: rec.pid, code: msg.code }, `worker failed to start: ${msg.message}`);
         markFailed(Object.assign(new Error(msg.message), { code: msg.code }));
@@ -354,6 +362,31 @@ export class Supervisor extends EventEmitter {
       this.#take(rec);
       waiter.resolve(rec);
     }
+  }
+
+  /** Every live worker's process metrics (prom-client JSON), gathered over IPC; 1 s at most. */
+  async collectWorkerMetrics(): Promise<unknown[][]> {
+    const live = this.workers.filter((w) => w.state !== 'starting' && !w.worker.isDead());
+    const replies = live.map((rec) => new Promise<unknown[] | null>((resolve) => {
+      const seq = ++this.#metricSeq;
+      const timer = setTimeout(() => {
+        this.#metricWaiters.delete(seq);
+        resolve(null);
+      }, 1000);
+      this.#metricWaiters.set(seq, (m) => {
+        clearTimeout(timer);
+        this.#metricWaiters.delete(seq);
+        resolve(m);
+      });
+      try {
+        rec.worker.send({ type: 'metrics', seq } satisfies MasterMessage);
+      } catch {
+        clearTimeout(timer);
+        this.#metricWaiters.delete(seq);
+        resolve(null);
+      }
+    }));
+    return (await Promise.all(replies)).filter((m): m is unknown[] => m !== null);
   }
 
   get queueLength(): number {

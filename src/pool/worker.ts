@@ -6,7 +6,9 @@ import http from 'node:http';
 import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { loadApp, type LoadedApp } from '../host/app.ts';
-import { requestMeta, serveUwsgiConnection, uwsgiRequestListener } from '../uwsgi/server.ts';
+import { requestMeta, serveUwsgiConnection, uwsgiRequestListener, UwsgiServerResponse } from '../uwsgi/server.ts';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import { startTracing, tracedListener } from '../observability/tracing.ts';
 import { WORKER_ENV, type MasterMessage, type WorkerMessage, type WorkerSpec } from './ipc.ts';
 
 const spec = JSON.parse(process.env[WORKER_ENV] ?? 'null') as WorkerSpec | null;
@@ -38,6 +40,14 @@ process.on('unhandledRejection', (err) => {
   console.error(JSON.stringify({ level: 50, msg: 'unhandled rejection in worker', pid: process.pid, err: String((err as Error)?.stack ?? err) }));
 });
 
+// Tracing starts before the app is imported, so @fastify/otel hooks every Fastify instance.
+const tracing = await startTracing(spec.tracing, `worker-${spec.id}`);
+
+// This worker's Node process metrics, gathered by the master at scrape time.
+const processRegistry = new Registry();
+collectDefaultMetrics({ register: processRegistry });
+processRegistry.setDefaultLabels({ worker: String(spec.id) });
+
 let app: LoadedApp;
 try {
   app = await loadApp(spec.app.module, spec.app.export);
@@ -50,6 +60,7 @@ const loop = monitorEventLoopDelay({ resolution: 20 });
 loop.enable();
 
 const server = http.createServer({
+  ServerResponse: UwsgiServerResponse as unknown as typeof http.ServerResponse,
   maxHeaderSize: 128 * 1024, // a full 64 KiB vars block re-expressed as a head
   requestTimeout: 0, // harakiri is the master's job
   headersTimeout: 0,
@@ -57,7 +68,7 @@ const server = http.createServer({
   connectionsCheckingInterval: 3_600_000,
 });
 
-const appListener = app.listener;
+const appListener = tracing ? tracedListener(tracing.tracer, app.listener, spec.id) : app.listener;
 server.on(
   'request',
   uwsgiRequestListener((req, res) => {
@@ -145,10 +156,14 @@ statusTimer.unref();
 let drainTimer: NodeJS.Timeout | null = null;
 function finishDrain(): void {
   if (drainTimer) clearTimeout(drainTimer);
-  void app.close().catch(() => {}).finally(() => process.exit(0));
+  void app.close().catch(() => {}).then(() => tracing?.shutdown()).catch(() => {}).finally(() => process.exit(0));
 }
 
 process.on('message', (msg: MasterMessage) => {
+  if (msg?.type === 'metrics') {
+    void processRegistry.getMetricsAsJSON().then((metrics) => send({ type: 'metrics', seq: msg.seq, metrics }));
+    return;
+  }
   if (msg?.type !== 'drain' || draining) return;
   draining = true;
   // Stop taking new connections; requests in flight finish; idle kept connections close.

@@ -19,6 +19,8 @@ export interface ForwardInfo {
   serverPort: number;
   /** The request body length to announce, or -1 when there is none. */
   contentLength: number;
+  /** Tracing is on: the client's traceparent/tracestate are replaced by our span's. */
+  replaceTrace: boolean;
 }
 
 function connectionTokens(req: IncomingMessage): Set<string> | null {
@@ -27,8 +29,9 @@ function connectionTokens(req: IncomingMessage): Set<string> | null {
   return new Set(c.toLowerCase().split(',').map((t) => t.trim()).filter(Boolean));
 }
 
-function isDropped(lower: string, extra: Set<string> | null): boolean {
+function isDropped(lower: string, extra: Set<string> | null, replaceTrace: boolean): boolean {
   return HOP_BY_HOP.has(lower) || (extra !== null && extra.has(lower)) ||
+    (replaceTrace && (lower === 'traceparent' || lower === 'tracestate')) ||
     lower === 'x-forwarded-for' || lower === 'x-forwarded-proto' || lower === 'x-forwarded-host' || lower === 'x-request-id' ||
     lower === 'content-length';
 }
@@ -44,7 +47,7 @@ export function httpRequestHeaders(req: IncomingMessage, f: ForwardInfo, extra: 
   const drop = connectionTokens(req);
   const raw = req.rawHeaders;
   for (let i = 0; i < raw.length; i += 2) {
-    if (!isDropped(raw[i]!.toLowerCase(), drop)) out.push(raw[i]!, raw[i + 1]!);
+    if (!isDropped(raw[i]!.toLowerCase(), drop, f.replaceTrace)) out.push(raw[i]!, raw[i + 1]!);
   }
   out.push('x-forwarded-for', forwardedFor(req, f.clientAddress));
   out.push('x-forwarded-proto', f.scheme);
@@ -85,7 +88,7 @@ export function uwsgiVars(req: IncomingMessage, f: ForwardInfo, extra: string[] 
       vars.push('CONTENT_TYPE', raw[i + 1]!);
       continue;
     }
-    if (isDropped(lower, drop)) continue;
+    if (isDropped(lower, drop, f.replaceTrace)) continue;
     vars.push(headerVar(lower), raw[i + 1]!);
   }
   vars.push('HTTP_X_FORWARDED_FOR', forwardedFor(req, f.clientAddress));

@@ -15,6 +15,8 @@ import { prepareBody, type ProxyContext, type RequestBody, type Upstream } from 
 /** Moments of a request's life the observability layer attaches to (Fastify's hooks idea). */
 export interface ProxyHooks {
   onRequest?(ctx: ProxyContext): void;
+  /** The request is about to leave for its upstream (add trace context to extraVars/extraHeaders). */
+  onDispatch?(ctx: ProxyContext, kind: Upstream['kind']): void;
   onHead?(ctx: ProxyContext, headers: string[]): void;
   onResponse?(ctx: ProxyContext): void;
 }
@@ -109,12 +111,14 @@ export class FrontProxy {
         scheme: (socket as Socket & { encrypted?: boolean }).encrypted ? 'https' : 'http',
         serverPort: socket.localPort ?? 0,
         contentLength: -1,
+        replaceTrace: false,
       },
       startAt,
       readTimeoutMs: (entry?.route.readTimeout ?? this.config.proxy.readTimeout) * 1000,
       harakiriMs: (entry?.route.harakiri ?? this.config.pool.harakiri) * 1000,
       timings: { dispatchAt: 0, connectAt: 0, headAt: 0, endAt: 0, worker: null },
       upstreamLabel: entry?.upstream.label ?? '',
+      upstreamKind: entry?.upstream.kind ?? 'static',
       workerPid: 0,
       extraVars: [],
       extraHeaders: [],
@@ -138,6 +142,7 @@ export class FrontProxy {
     prepareBody(req, limit === 0 ? Infinity : limit)
       .then((b) => {
         body = b;
+        this.#hooks.onDispatch?.(ctx, entry.upstream.kind);
         ctx.timings.dispatchAt = performance.now();
         return entry.upstream.handle(ctx, b);
       })

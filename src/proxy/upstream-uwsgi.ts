@@ -6,12 +6,10 @@ import type { StratumConfig, Address } from '../config/schema.ts';
 import { Harakiri, StratumError, UpstreamUnreachable } from '../errors.ts';
 import { UwsgiClient } from '../uwsgi/client.ts';
 import type { ResponseHead } from '../uwsgi/response.ts';
-import { KEEPALIVE_HEADER } from '../uwsgi/server.ts';
+import { KEEPALIVE_HEADER, TIMING_HEADER } from '../uwsgi/server.ts';
 import type { Supervisor, WorkerRecord } from '../pool/supervisor.ts';
 import { responseHeaders, uwsgiVars } from './forward.ts';
 import { sendHead, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
-
-export const TIMING_HEADER = 'x-stratum-timing';
 
 /** Run one request over a UwsgiClient and stream the answer to the client. */
 /**
@@ -81,14 +79,14 @@ export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: Requ
   });
 }
 
-/** `worker=0.31,app=50.2,queue=0.05` (milliseconds) from our worker's timing header. */
-function parseTiming(v: string): { worker: number; app: number; queue: number } {
-  const out = { worker: 0, app: 0, queue: 0 };
+/** `worker=0.310,app=50.200` (milliseconds) from our worker's timing header. */
+function parseTiming(v: string): { worker: number; app: number } {
+  const out = { worker: 0, app: 0 };
   for (const part of v.split(',')) {
     const eq = part.indexOf('=');
     const k = part.slice(0, eq).trim();
     const n = Number(part.slice(eq + 1));
-    if ((k === 'worker' || k === 'app' || k === 'queue') && Number.isFinite(n)) out[k] = n;
+    if ((k === 'worker' || k === 'app') && Number.isFinite(n)) out[k] = n;
   }
   return out;
 }

@@ -19,7 +19,7 @@ export interface UpstreamTimings {
   headAt: number;
   endAt: number;
   /** Layer durations reported by our own worker (ms), when the upstream is ours. */
-  worker: { worker: number; app: number; queue: number } | null;
+  worker: { worker: number; app: number } | null;
 }
 
 export interface ProxyContext {
@@ -34,6 +34,7 @@ export interface ProxyContext {
   timings: UpstreamTimings;
   /** Which server answered (label) and, for the pool, the worker pid. */
   upstreamLabel: string;
+  upstreamKind: Upstream['kind'];
   workerPid: number;
   /** Extra vars / headers to send upstream (trace context), flat pairs. */
   extraVars: string[];

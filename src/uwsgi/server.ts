@@ -11,12 +11,14 @@
 
 import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
-import type { Server as HttpServer, IncomingMessage, ServerResponse } from 'node:http';
+import { ServerResponse, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import { PacketHeadDecoder, type UwsgiVars } from './codec.ts';
 import { StratumError, UwsgiBadContentLength, UwsgiBadVar, UwsgiTruncatedBody } from '../errors.ts';
 
 export const KEEPALIVE_VAR = 'STRATUM_KEEPALIVE';
 export const KEEPALIVE_HEADER = 'x-stratum-keepalive';
+/** Our worker tells our proxy its layer times (ms) in this header; the proxy removes it. */
+export const TIMING_HEADER = 'x-stratum-timing';
 
 /** What the worker knows about one request beyond its HTTP head. */
 export interface UwsgiRequestMeta {
@@ -56,6 +58,25 @@ export function requestMeta(req: IncomingMessage): UwsgiRequestMeta | undefined 
 }
 
 /**
+ * The response class of a worker's http.Server (`http.createServer({ ServerResponse })`): on
+ * our own hop it stamps the worker's layer times into the head at the moment the app produces
+ * it — worker = packet received → app called, app = app called → response head.
+ */
+export class UwsgiServerResponse extends ServerResponse {
+  stratumReceivedAt = 0;
+  stratumAppAt = 0;
+  stratumTimed = false;
+
+  override writeHead(statusCode: number, ...rest: unknown[]): this {
+    if (this.stratumTimed && !this.headersSent) {
+      const now = performance.now();
+      this.setHeader(TIMING_HEADER, `worker=${(this.stratumAppAt - this.stratumReceivedAt).toFixed(3)},app=${(now - this.stratumAppAt).toFixed(3)}`);
+    }
+    return (super.writeHead as (code: number, ...r: unknown[]) => this)(statusCode, ...rest);
+  }
+}
+
+/**
  * Wrap an app listener so it sees per-request uwsgi facts and answers foreign peers with
  * plain framing. Install the result as the http.Server's 'request' listener.
  */
@@ -73,6 +94,11 @@ export function uwsgiRequestListener(
         res.shouldKeepAlive = false;
       } else {
         res.setHeader(KEEPALIVE_HEADER, '1');
+        if (res instanceof UwsgiServerResponse) {
+          res.stratumTimed = true;
+          res.stratumReceivedAt = meta.receivedAt;
+          res.stratumAppAt = performance.now();
+        }
       }
     }
     listener(req, res);

@@ -1,0 +1,204 @@
+// Prometheus metrics (prom-client), named in Traefik's style for the layers and with the
+// OpenTelemetry HTTP semantic-convention names for the front and upstream durations. The master
+// observes every proxied request; workers keep only their Node process metrics, which the master
+// gathers over IPC at scrape time so one scrape of /metrics sees every process.
+//
+// Exemplars (trace ids on the latency histograms) exist only in OpenMetrics; the registry is
+// created in that mode and switched per scrape to what the scraper's Accept header asks for.
+
+import client, { AggregatorRegistry, Registry } from 'prom-client';
+
+type MetricJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>[number];
+import type { Supervisor, WorkerState } from '../pool/supervisor.ts';
+
+export const LAYERS = ['proxy', 'queue', 'worker', 'app'] as const;
+export type Layer = (typeof LAYERS)[number];
+
+const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const OPENMETRICS = Registry.OPENMETRICS_CONTENT_TYPE;
+const PROMETHEUS = Registry.PROMETHEUS_CONTENT_TYPE;
+
+export interface RequestObservation {
+  route: string;
+  method: string;
+  status: number;
+  /** Layer durations in seconds; null when the layer was not crossed (static, foreign upstream). */
+  layers: Record<Layer, number> | null;
+  totalSeconds: number;
+  upstream: { kind: string; target: string; seconds: number } | null;
+  traceId: string | null;
+}
+
+// prom-client's default gauges that end in _total: `promtool check metrics` rejects the names,
+// and each repeats the sum of a labelled gauge it also exports (nodejs_active_handles{type}).
+const MISNAMED = new Set(['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']);
+
+const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH']);
+
+export function statusClass(status: number): string {
+  return status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : 'other';
+}
+
+export type WorkerMetricsSource = () => Promise<MetricJson[][]>;
+
+export class Metrics {
+  // prom-client's types omit the constructor's content-type argument.
+  readonly registry = new (Registry as unknown as new (t: string) => Registry)(OPENMETRICS);
+  /** The master's own Node process metrics, merged with the workers' at scrape time. */
+  readonly processRegistry = new Registry();
+  #counterNames = new Map<client.Metric, string>();
+  #scrape: Promise<unknown> = Promise.resolve();
+  #workerSource: WorkerMetricsSource | null = null;
+
+  readonly layerDuration = new client.Histogram({
+    name: 'stratum_layer_duration_seconds',
+    help: 'Time a request spent in each layer: proxy (front proxy\'s own), queue (waiting for a worker, plus the hop), worker (uwsgi protocol work), app (the application handler).',
+    labelNames: ['layer', 'route', 'status_class'] as const,
+    buckets: LATENCY_BUCKETS,
+    enableExemplars: true,
+    registers: [this.registry],
+  });
+  readonly serverDuration = new client.Histogram({
+    name: 'http_server_request_duration_seconds',
+    help: 'Duration of HTTP server requests at the front proxy (OpenTelemetry http.server.request.duration).',
+    labelNames: ['http_request_method', 'http_response_status_code', 'http_route'] as const,
+    buckets: LATENCY_BUCKETS,
+    enableExemplars: true,
+    registers: [this.registry],
+  });
+  readonly clientDuration = new client.Histogram({
+    name: 'http_client_request_duration_seconds',
+    help: 'Duration of requests to upstreams, per target (OpenTelemetry http.client.request.duration).',
+    labelNames: ['server_address', 'stratum_upstream_kind', 'http_response_status_code'] as const,
+    buckets: LATENCY_BUCKETS,
+    enableExemplars: true,
+    registers: [this.registry],
+  });
+  readonly requests = this.#counter('stratum_requests_total', 'Requests answered by the front proxy.', ['route', 'status_class']);
+  readonly upstreamErrors = this.#counter('stratum_upstream_errors_total', 'Upstream failures seen by the proxy, by target and error code.', ['target', 'code']);
+
+  constructor() {
+    client.collectDefaultMetrics({ register: this.processRegistry });
+    this.processRegistry.setDefaultLabels({ worker: 'master' });
+  }
+
+  #counter<L extends string>(name: string, help: string, labelNames: readonly L[]) {
+    const c = new client.Counter({ name, help, labelNames, registers: [this.registry] });
+    this.#counterNames.set(c as client.Metric, name);
+    return c;
+  }
+
+  /** Gauges read from the pool at scrape time. */
+  attachPool(pool: Supervisor): void {
+    const states: WorkerState[] = ['starting', 'idle', 'busy', 'draining'];
+    new client.Gauge({
+      name: 'stratum_workers', help: 'Worker processes by state.', labelNames: ['state'] as const, registers: [this.registry],
+      collect() {
+        const counts = Object.fromEntries(states.map((s) => [s, 0])) as Record<WorkerState, number>;
+        for (const w of pool.workers) counts[w.state]++;
+        for (const s of states) this.set({ state: s }, counts[s]);
+      },
+    });
+    new client.Gauge({
+      name: 'stratum_inflight_requests', help: 'Requests in flight on the workers.', registers: [this.registry],
+      collect() {
+        this.set(pool.workers.reduce((n, w) => n + Math.max(w.inflight, w.workerInflight), 0));
+      },
+    });
+    new client.Gauge({
+      name: 'stratum_queue_length', help: 'Requests waiting for a free worker (the listen queue).', registers: [this.registry],
+      collect() {
+        this.set(pool.queueLength);
+      },
+    });
+    const counters: Array<[string, string, () => number]> = [
+      ['stratum_worker_respawns_total', 'Workers replaced after dying.', () => pool.counters.respawns],
+      ['stratum_harakiri_kills_total', 'Workers killed by harakiri.', () => pool.counters.harakiriKills],
+      ['stratum_worker_recycles_total', 'Workers recycled gracefully (max-requests, reload-on-rss, reload).', () => pool.counters.recycles],
+      ['stratum_queue_rejections_total', 'Requests refused with 503 because the listen queue was full.', () => pool.counters.rejected],
+      ['stratum_reloads_total', 'Rolling reloads.', () => pool.counters.reloads],
+    ];
+    for (const [name, help, read] of counters) {
+      const c = new client.Counter({
+        name, help, registers: [this.registry],
+        collect() {
+          const v = read();
+          const cur = (this as unknown as { hashMap: Record<string, { value: number }> }).hashMap['']?.value ?? 0;
+          if (v > cur) this.inc(v - cur);
+        },
+      });
+      this.#counterNames.set(c as client.Metric, name);
+    }
+  }
+
+  attachUpstreamHealth(read: () => Array<{ target: string; up: boolean }>): void {
+    new client.Gauge({
+      name: 'stratum_upstream_up', help: 'Passive health of each external uwsgi server (1 up, 0 taken out after failures).', labelNames: ['target'] as const, registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const h of read()) this.set({ target: h.target }, h.up ? 1 : 0);
+      },
+    });
+  }
+
+  /** Where the workers' process metrics come from (the supervisor's IPC round trip). */
+  setWorkerSource(source: WorkerMetricsSource): void {
+    this.#workerSource = source;
+  }
+
+  observe(o: RequestObservation): void {
+    const sc = statusClass(o.status);
+    // prom-client types exemplar labels as the metric's own labels; any label set is valid.
+    const exemplar = (o.traceId ? { trace_id: o.traceId } : undefined) as never;
+    if (o.layers) {
+      for (const layer of LAYERS) {
+        this.layerDuration.observe({ labels: { layer, route: o.route, status_class: sc }, value: Math.max(o.layers[layer], 0), exemplarLabels: exemplar });
+      }
+    } else {
+      this.layerDuration.observe({ labels: { layer: 'proxy', route: o.route, status_class: sc }, value: o.totalSeconds - (o.upstream?.seconds ?? 0), exemplarLabels: exemplar });
+    }
+    this.serverDuration.observe({
+      labels: { http_request_method: KNOWN_METHODS.has(o.method) ? o.method : '_OTHER', http_response_status_code: String(o.status), http_route: o.route },
+      value: o.totalSeconds,
+      exemplarLabels: exemplar,
+    });
+    if (o.upstream) {
+      this.clientDuration.observe({
+        labels: { server_address: o.upstream.target, stratum_upstream_kind: o.upstream.kind, http_response_status_code: String(o.status) },
+        value: o.upstream.seconds,
+        exemplarLabels: exemplar,
+      });
+    }
+    this.requests.inc({ route: o.route, status_class: sc });
+  }
+
+  /** Render for a scraper: OpenMetrics when its Accept header asks for it, else Prometheus text. */
+  render(accept: string | undefined): Promise<{ contentType: string; body: string }> {
+    const openMetrics = !!accept && accept.includes('application/openmetrics-text');
+    const run = this.#scrape.then(() => this.#render(openMetrics));
+    this.#scrape = run.catch(() => {});
+    return run;
+  }
+
+  async #render(openMetrics: boolean): Promise<{ contentType: string; body: string }> {
+    const type = openMetrics ? OPENMETRICS : PROMETHEUS;
+    this.registry.setContentType(type as never);
+    let own: string;
+    try {
+      own = await this.registry.metrics();
+    } finally {
+      // prom-client renames counters (drops _total) while rendering OpenMetrics; put names back.
+      for (const [m, name] of this.#counterNames) (m as unknown as { name: string }).name = name;
+      this.registry.setContentType(OPENMETRICS as never);
+    }
+    const perProcess = [await this.processRegistry.getMetricsAsJSON()];
+    if (this.#workerSource) perProcess.push(...(await this.#workerSource()));
+    for (let i = 0; i < perProcess.length; i++) perProcess[i] = perProcess[i]!.filter((m) => !MISNAMED.has(m.name));
+    const merged = (AggregatorRegistry.aggregate as unknown as (m: MetricJson[][], t: string) => Registry)(perProcess, type);
+    const rest = await merged.metrics();
+    if (openMetrics) {
+      return { contentType: OPENMETRICS, body: own.replace(/# EOF\n$/, '') + rest };
+    }
+    return { contentType: PROMETHEUS, body: `${own}\n${rest}` };
+  }
+}

@@ -1,0 +1,121 @@
+// Attaches observability to the proxy's moments (onRequest → onDispatch → onHead → onResponse):
+// spans, Server-Timing, metrics, the recent-traces memory and the JSON access log, each from
+// the same layer times so they always agree.
+
+import type { Logger } from 'pino';
+import type { Tracer } from '@opentelemetry/api';
+import type { StratumConfig } from '../config/schema.ts';
+import type { ProxyHooks } from '../proxy/server.ts';
+import type { ProxyContext } from '../proxy/upstream.ts';
+import { layerTimes, serverTiming, type LayerTimes } from './layers.ts';
+import type { Metrics } from './metrics.ts';
+import { RecentTraces, waterfall } from './recent.ts';
+import { ProxySpans } from './tracing.ts';
+
+export interface Observer extends ProxyHooks {
+  recent: RecentTraces;
+  /** Called for every finished request (the live dashboard feed listens here). */
+  listeners: Array<(ctx: ProxyContext, layers: LayerTimes | null, totalMs: number) => void>;
+}
+
+const spansKey = Symbol('stratum.spans');
+type Traced = ProxyContext & { [spansKey]?: ProxySpans };
+
+export function createObserver(config: StratumConfig, log: Logger, metrics: Metrics | null, tracer: Tracer | null): Observer {
+  const recent = new RecentTraces();
+  const listeners: Observer['listeners'] = [];
+  const accessLog = config.log.access;
+  const timingHeader = config.proxy.serverTiming;
+  return {
+    recent,
+    listeners,
+    onRequest(ctx) {
+      if (tracer) {
+        (ctx as Traced)[spansKey] = new ProxySpans(tracer, ctx.req, ctx.routeLabel, ctx.forward.scheme);
+        ctx.forward.replaceTrace = true;
+      }
+    },
+    onDispatch(ctx, kind) {
+      const spans = (ctx as Traced)[spansKey];
+      if (!spans || !tracer) return;
+      const tp = spans.startClient(tracer, ctx.req.method ?? 'GET', kind, ctx.upstreamLabel);
+      if (!tp) return;
+      if (kind === 'http') ctx.extraHeaders.push('traceparent', tp);
+      else ctx.extraVars.push('HTTP_TRACEPARENT', tp);
+    },
+    onHead(ctx, headers) {
+      if (!timingHeader) return;
+      const l = layerTimes(ctx, performance.now(), true);
+      if (l) headers.push('server-timing', serverTiming(l));
+    },
+    onResponse(ctx) {
+      const end = performance.now();
+      const layers = layerTimes(ctx, end, false);
+      const totalMs = end - ctx.startAt;
+      const status = ctx.res.statusCode;
+      const spans = (ctx as Traced)[spansKey];
+      const traceId = spans?.traceId ?? null;
+      const t = ctx.timings;
+      const upstreamMs = t.dispatchAt ? (t.endAt || end) - t.dispatchAt : 0;
+      if (spans) {
+        spans.end(status, ctx.error, {
+          'stratum.worker.pid': ctx.workerPid,
+          'stratum.layer.proxy_ms': layers?.proxy ?? totalMs,
+          'stratum.layer.queue_ms': layers?.queue ?? 0,
+          'stratum.layer.worker_ms': layers?.worker ?? 0,
+          'stratum.layer.app_ms': layers?.app ?? 0,
+        });
+      }
+      const isPool = ctx.workerPid > 0;
+      metrics?.observe({
+        route: ctx.routeLabel,
+        method: ctx.req.method ?? 'GET',
+        status,
+        layers: isPool && layers ? { proxy: layers.proxy / 1000, queue: layers.queue / 1000, worker: layers.worker / 1000, app: layers.app / 1000 } : null,
+        totalSeconds: totalMs / 1000,
+        upstream: t.dispatchAt && ctx.upstreamLabel ? { kind: ctx.upstreamKind, target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel, seconds: upstreamMs / 1000 } : null,
+        traceId,
+      });
+      if (ctx.error && ctx.error.statusCode >= 500 && ctx.upstreamLabel) metrics?.upstreamErrors.inc({ target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel, code: ctx.error.code });
+      const name = `${ctx.req.method} ${ctx.routeLabel}`;
+      recent.add({
+        id: traceId ?? ctx.forward.requestId,
+        traceId,
+        requestId: ctx.forward.requestId,
+        method: ctx.req.method ?? 'GET',
+        path: ctx.req.url ?? '/',
+        route: ctx.routeLabel,
+        status,
+        error: ctx.error?.code ?? null,
+        at: Date.now() - totalMs,
+        durationMs: totalMs,
+        upstream: ctx.upstreamLabel,
+        workerPid: ctx.workerPid,
+        layers,
+        spans: waterfall(layers ?? { proxy: totalMs - upstreamMs, queue: upstreamMs, worker: 0, app: 0, total: totalMs }, t.dispatchAt ? t.dispatchAt - ctx.startAt : 0, { master: process.pid, worker: ctx.workerPid }, ctx.upstreamLabel, name),
+      });
+      for (const l of listeners) l(ctx, layers, totalMs);
+      if (accessLog) {
+        log.info({
+          type: 'access',
+          method: ctx.req.method,
+          path: ctx.req.url,
+          status,
+          bytes: ctx.bytesOut,
+          route: ctx.routeLabel,
+          upstream: ctx.upstreamLabel || undefined,
+          workerPid: ctx.workerPid || undefined,
+          requestId: ctx.forward.requestId,
+          traceId: traceId ?? undefined,
+          ms: round(totalMs),
+          layers: layers ? { proxy: round(layers.proxy), queue: round(layers.queue), worker: round(layers.worker), app: round(layers.app) } : undefined,
+          upstreamMs: t.dispatchAt ? { connect: t.connectAt ? round(t.connectAt - t.dispatchAt) : null, header: t.headAt ? round(t.headAt - t.dispatchAt) : null, response: round(upstreamMs) } : undefined,
+        }, 'request');
+      }
+    },
+  };
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 1000) / 1000;
+}
