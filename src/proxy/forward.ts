@@ -58,8 +58,13 @@ export function httpRequestHeaders(req: IncomingMessage, f: ForwardInfo, extra: 
   return out;
 }
 
-/** uwsgi vars for a request, as nginx's uwsgi_params would send them. */
-export function uwsgiVars(req: IncomingMessage, f: ForwardInfo, extra: string[] = []): UwsgiVars {
+/**
+ * uwsgi vars for a request, as nginx's uwsgi_params would send them. With `joinRepeated`,
+ * repeated headers become one var (", "-joined; "; " for Cookie), as nginx ≥ 1.23 does: a WSGI
+ * environ is a dict and would keep only the last of repeated vars. Our own workers get them
+ * as they came.
+ */
+export function uwsgiVars(req: IncomingMessage, f: ForwardInfo, extra: string[] = [], joinRepeated = false): UwsgiVars {
   const url = req.url ?? '/';
   const q = url.indexOf('?');
   const rawPath = q >= 0 ? url.slice(0, q) : url;
@@ -89,7 +94,16 @@ export function uwsgiVars(req: IncomingMessage, f: ForwardInfo, extra: string[] 
       continue;
     }
     if (isDropped(lower, drop, f.replaceTrace)) continue;
-    vars.push(headerVar(lower), raw[i + 1]!);
+    const name = headerVar(lower);
+    if (joinRepeated) {
+      let at = -1;
+      for (let k = 0; k < vars.length; k += 2) if (vars[k] === name) at = k;
+      if (at >= 0) {
+        vars[at + 1] += (lower === 'cookie' ? '; ' : ', ') + raw[i + 1]!;
+        continue;
+      }
+    }
+    vars.push(name, raw[i + 1]!);
   }
   vars.push('HTTP_X_FORWARDED_FOR', forwardedFor(req, f.clientAddress));
   vars.push('HTTP_X_FORWARDED_PROTO', f.scheme);

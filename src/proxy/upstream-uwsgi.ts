@@ -16,9 +16,10 @@ import { sendHead, type ProxyContext, type RequestBody, type Upstream } from './
  * Run one request over a UwsgiClient and stream the answer to the client. With `harakiri`, a
  * request still running after ctx.harakiriMs calls kill(), and fails with the error it returns.
  */
-export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: RequestBody | null, harakiri?: () => StratumError): Promise<void> {
+export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: RequestBody | null, opts: { joinRepeated: boolean; harakiri?: () => StratumError }): Promise<void> {
+  const { harakiri } = opts;
   return new Promise<void>((resolve, reject) => {
-    const vars = uwsgiVars(ctx.req, { ...ctx.forward, contentLength: body ? body.length : -1 }, ctx.extraVars);
+    const vars = uwsgiVars(ctx.req, { ...ctx.forward, contentLength: body ? body.length : -1 }, ctx.extraVars, opts.joinRepeated);
     const res = ctx.res;
     let settled = false;
     let killed: StratumError | null = null;
@@ -112,7 +113,7 @@ export class PoolUpstream implements Upstream {
       return new Harakiri(rec.pid, ctx.harakiriMs / 1000);
     };
     try {
-      await uwsgiExchange(rec.client, ctx, body, harakiri);
+      await uwsgiExchange(rec.client, ctx, body, { joinRepeated: false, harakiri });
     } finally {
       this.#pool.release(rec);
     }
@@ -179,7 +180,7 @@ export class ExternalUwsgiUpstream implements Upstream {
       ctx.upstreamLabel = s.client.label;
       s.inflight++;
       try {
-        await uwsgiExchange(s.client, ctx, body);
+        await uwsgiExchange(s.client, ctx, body, { joinRepeated: true });
         s.failures = 0;
         return;
       } catch (err) {

@@ -102,7 +102,7 @@ export class PacketHeadDecoder {
 
   /** Bytes of the current packet head received so far (0 when idle between packets). */
   get pending(): number {
-    return this.#have;
+    return this.#size < 0 ? this.#have : HEADER_SIZE + this.#have;
   }
 
   reset(): void {

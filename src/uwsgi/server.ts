@@ -126,6 +126,7 @@ export class UwsgiBridge extends Duplex {
   #bodyTotal = 0;
   #packets = 0;
   #keepAlive = false;
+  #answered = false;
   #opts: UwsgiServerOptions;
 
   constructor(socket: Socket, opts: UwsgiServerOptions) {
@@ -176,7 +177,8 @@ export class UwsgiBridge extends Duplex {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    if (!this.socket.destroyed) this.socket.destroy();
+    // After a 400 the socket is ending on its own; destroying it could cut the answer short.
+    if (!this.socket.destroyed && !this.#answered) this.socket.destroy();
     cb(err);
   }
 
@@ -219,6 +221,7 @@ export class UwsgiBridge extends Duplex {
     // error instead of a gateway failure; then close this connection only.
     if (this.#bodyLeft === 0 && this.metas.length === 0 && this.#packets === 0 && this.socket.writable) {
       const body = `${err.code}\n`;
+      this.#answered = true;
       this.socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
     } else {
       this.socket.destroy();
