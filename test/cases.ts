@@ -186,9 +186,8 @@ export function httpCases(label: string, getBase: () => string, opts: CaseOption
       expect(run.responses.filter((r) => r.reusedSocket)).toHaveLength(99);
     });
 
-    // A Fetch handler receives only a Request, which carries no peer address: the host has no
-    // standard place to put it (the fixture reads an optional second `info` argument, unused).
-    it.skipIf(kind === 'fetch')('the app sees the client address 127.0.0.1', async () => {
+    // A Fetch handler gets the peer in its second argument (FetchConnInfo.remoteAddress).
+    it('the app sees the client address 127.0.0.1', async () => {
       expect((await echo({})).remoteAddress).toBe('127.0.0.1');
     });
 

@@ -3,13 +3,14 @@
 // Kinds, recognised from the export:
 //   - a Fastify instance (or a function of no arguments returning one, possibly async)
 //   - a Node request listener `(req, res)` — Express, Koa's callback(), plain handlers
-//   - a fetch handler: `{ fetch(request) }` (Hono, itty, ...) or `(request) => Response`
+//   - a fetch handler: `{ fetch(request, info) }` (Hono, itty, ...) or `(request) => Response`;
+//     `info` carries the peer address (see FetchConnInfo)
 
 import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { AppKindUnknown, AppLoadFailed } from '../errors.ts';
-import { fetchListener, type FetchHandler } from './fetch.ts';
+import { fetchListener, type FetchConnInfo, type FetchHandler } from './fetch.ts';
 
 export type AppKind = 'fastify' | 'listener' | 'fetch';
 export type RequestListener = (req: IncomingMessage, res: ServerResponse) => void;
@@ -58,12 +59,12 @@ export async function adapt(exported: unknown, where: string): Promise<LoadedApp
   }
   if (typeof exported === 'object' && exported !== null && typeof (exported as FetchHandler).fetch === 'function') {
     const handler = exported as FetchHandler;
-    return { kind: 'fetch', listener: fetchListener((r) => handler.fetch(r)), close: async () => {} };
+    return { kind: 'fetch', listener: fetchListener((r, info) => handler.fetch(r, info)), close: async () => {} };
   }
   if (typeof exported === 'function') {
     const fn = exported as (...args: unknown[]) => unknown;
     if (fn.length >= 2) return { kind: 'listener', listener: fn as RequestListener, close: async () => {} };
-    if (fn.length === 1) return { kind: 'fetch', listener: fetchListener(fn as (r: Request) => Promise<Response>), close: async () => {} };
+    if (fn.length === 1) return { kind: 'fetch', listener: fetchListener(fn as (r: Request, info: FetchConnInfo) => Promise<Response>), close: async () => {} };
     // No declared parameters: a factory.
     const made = await fn();
     if (made !== undefined && made !== exported) return adapt(made, where);

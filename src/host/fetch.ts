@@ -5,11 +5,23 @@
 import { Readable } from 'node:stream';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
-export interface FetchHandler {
-  fetch(request: Request): Response | Promise<Response>;
+/**
+ * The second argument a fetch handler receives: the peer (a Request has no place for it) and
+ * the Node objects, named as @hono/node-server names them so Hono's getConnInfo() works.
+ */
+export interface FetchConnInfo {
+  remoteAddress: string;
+  remotePort: number;
+  scheme: 'http' | 'https';
+  incoming: IncomingMessage;
+  outgoing: ServerResponse;
 }
 
-export function fetchListener(handler: (request: Request) => Response | Promise<Response>) {
+export interface FetchHandler {
+  fetch(request: Request, info: FetchConnInfo): Response | Promise<Response>;
+}
+
+export function fetchListener(handler: (request: Request, info: FetchConnInfo) => Response | Promise<Response>) {
   return (req: IncomingMessage, res: ServerResponse): void => {
     let request: Request;
     try {
@@ -17,8 +29,16 @@ export function fetchListener(handler: (request: Request) => Response | Promise<
     } catch (err) {
       return fail(res, err);
     }
+    const socket = req.socket as IncomingMessage['socket'] & { encrypted?: boolean };
+    const info: FetchConnInfo = {
+      remoteAddress: socket.remoteAddress ?? '',
+      remotePort: socket.remotePort ?? 0,
+      scheme: socket.encrypted ? 'https' : 'http',
+      incoming: req,
+      outgoing: res,
+    };
     Promise.resolve()
-      .then(() => handler(request))
+      .then(() => handler(request, info))
       .then((response) => writeResponse(response, res, req.method === 'HEAD'))
       .catch((err) => fail(res, err));
   };
