@@ -9,6 +9,7 @@ import { AdminServer, sendJson } from './admin/server.ts';
 import { createLogger } from './observability/log.ts';
 import { Metrics } from './observability/metrics.ts';
 import { createObserver } from './observability/observer.ts';
+import { LiveFeed } from './observability/live.ts';
 import { startTracing } from './observability/tracing.ts';
 import { Supervisor } from './pool/supervisor.ts';
 import { RouteTable, type RouteEntry } from './proxy/routes.ts';
@@ -71,6 +72,21 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
       res.end(body);
     },
   });
+  let upstreamHealth: () => Array<{ target: string; up: boolean }> = () => [];
+  const live = new LiveFeed({ pool: () => pool?.stats() ?? null, health: () => upstreamHealth() });
+  observer.listeners.push((ctx, layers, totalMs) => {
+    const t = ctx.timings;
+    live.record({
+      route: ctx.routeLabel,
+      status: ctx.res.statusCode,
+      totalMs,
+      layers,
+      pool: ctx.workerPid > 0,
+      upstream: t.dispatchAt && ctx.upstreamLabel ? { target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel, kind: ctx.upstreamKind, ms: (t.endAt || performance.now()) - t.dispatchAt } : null,
+    });
+  });
+  admin.add({ method: 'GET', path: '/live', handler: (req, res) => live.stream(req, res) });
+  admin.add({ method: 'GET', path: '/live/history', handler: (_q, res) => sendJson(res, 200, { ticks: live.history }) });
   admin.add({
     method: 'GET', path: '/traces',
     handler: (_q, res, url) => {
@@ -117,7 +133,8 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     if (mode !== 'pool') {
       const routes = buildRoutes(config, pool);
       const external = routes.entries.map((e) => e.upstream).filter((u): u is ExternalUwsgiUpstream => u instanceof ExternalUwsgiUpstream);
-      if (external.length > 0) metrics.attachUpstreamHealth(() => external.flatMap((u) => u.health()));
+      upstreamHealth = () => external.flatMap((u) => u.health());
+      if (external.length > 0) metrics.attachUpstreamHealth(upstreamHealth);
       proxy = new FrontProxy(config, routes, log, observer);
       frontUrl = await proxy.listen();
     }
@@ -144,6 +161,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     ready = false;
     log.info({ signal }, 'draining');
     const grace = config.pool.gracefulTimeout * 1000;
+    live.close();
     await proxy?.close(grace);
     await pool?.stop();
     admin.close();

@@ -28,9 +28,8 @@ export interface TracingHandle {
  */
 export async function startTracing(config: StratumConfig['tracing'], role: string): Promise<TracingHandle | null> {
   if (!config.enabled) return null;
-  const [{ NodeSDK }, { OTLPTraceExporter }, { ParentBasedSampler, TraceIdRatioBasedSampler }, { resourceFromAttributes }] = await Promise.all([
+  const [{ NodeSDK }, { ParentBasedSampler, TraceIdRatioBasedSampler }, { resourceFromAttributes }] = await Promise.all([
     import('@opentelemetry/sdk-node'),
-    import('@opentelemetry/exporter-trace-otlp-proto'),
     import('@opentelemetry/sdk-trace'),
     import('@opentelemetry/resources'),
   ]);
@@ -42,7 +41,8 @@ export async function startTracing(config: StratumConfig['tracing'], role: strin
   const sdk = new NodeSDK({
     resource: resourceFromAttributes({ 'service.name': config.serviceName, 'stratum.role': role, 'process.pid': process.pid }),
     autoDetectResources: false,
-    traceExporter: new OTLPTraceExporter(),
+    // No exporter given: the SDK builds it from OTEL_TRACES_EXPORTER (default otlp),
+    // OTEL_EXPORTER_OTLP_PROTOCOL (default http/protobuf) and OTEL_EXPORTER_OTLP_*ENDPOINT.
     sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(config.sampleRatio) }),
     instrumentations,
   });

@@ -1,0 +1,149 @@
+// The live feed behind the dashboard: once a second, per-layer p50/p95/p99 and mean, request
+// and error rates, per-route and per-upstream figures, and the pool's workers — pushed to
+// every open Server-Sent Events stream, with the last minutes kept for a page that just opened.
+// Samples per second are bounded (reservoir), so a flood costs no more memory than a trickle.
+
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { LayerTimes } from './layers.ts';
+import type { PoolStats } from '../pool/supervisor.ts';
+
+const LAYER_NAMES = ['proxy', 'queue', 'worker', 'app'] as const;
+const RESERVOIR = 2000;
+
+export interface Quantiles { p50: number; p95: number; p99: number; mean: number; count: number }
+
+export interface LiveTick {
+  /** Epoch ms at the end of the second. */
+  t: number;
+  rate: number;
+  status: Record<'2xx' | '3xx' | '4xx' | '5xx', number>;
+  errorRate: number;
+  /** Milliseconds per layer; only requests served by the pool carry all four layers. */
+  layers: Record<(typeof LAYER_NAMES)[number], Quantiles>;
+  total: Quantiles;
+  routes: Array<{ route: string; rate: number; errors: number; p95: number }>;
+  upstreams: Array<{ target: string; kind: string; rate: number; errors: number; p95: number; up: boolean }>;
+  pool: PoolStats | null;
+}
+
+class Reservoir {
+  values: number[] = [];
+  seen = 0;
+  sum = 0;
+  add(v: number): void {
+    this.seen++;
+    this.sum += v;
+    if (this.values.length < RESERVOIR) this.values.push(v);
+    else {
+      const j = Math.floor(Math.random() * this.seen);
+      if (j < RESERVOIR) this.values[j] = v;
+    }
+  }
+  quantiles(): Quantiles {
+    if (this.seen === 0) return { p50: 0, p95: 0, p99: 0, mean: 0, count: 0 };
+    const v = this.values.sort((a, b) => a - b);
+    const q = (p: number) => v[Math.min(v.length - 1, Math.floor(p * v.length))]!;
+    return { p50: r(q(0.5)), p95: r(q(0.95)), p99: r(q(0.99)), mean: r(this.sum / this.seen), count: this.seen };
+  }
+}
+
+function r(ms: number): number {
+  return Math.round(ms * 1000) / 1000;
+}
+
+interface Group { count: number; errors: number; lat: Reservoir; kind?: string }
+
+export class LiveFeed {
+  readonly history: LiveTick[] = [];
+  readonly historySize: number;
+  #clients = new Set<ServerResponse>();
+  #timer: NodeJS.Timeout;
+  #layers = LAYER_NAMES.map(() => new Reservoir());
+  #total = new Reservoir();
+  #status = { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0 };
+  #routes = new Map<string, Group>();
+  #upstreams = new Map<string, Group>();
+  #pool: () => PoolStats | null;
+  #health: () => Array<{ target: string; up: boolean }>;
+
+  constructor(opts: { pool: () => PoolStats | null; health: () => Array<{ target: string; up: boolean }>; historySize?: number }) {
+    this.#pool = opts.pool;
+    this.#health = opts.health;
+    this.historySize = opts.historySize ?? 300;
+    this.#timer = setInterval(() => this.#tick(), 1000);
+    this.#timer.unref();
+  }
+
+  record(o: { route: string; status: number; totalMs: number; layers: LayerTimes | null; pool: boolean; upstream: { target: string; kind: string; ms: number } | null }): void {
+    this.#total.add(o.totalMs);
+    const cls = o.status >= 500 ? '5xx' : o.status >= 400 ? '4xx' : o.status >= 300 ? '3xx' : '2xx';
+    this.#status[cls]++;
+    if (o.layers && o.pool) {
+      this.#layers[0]!.add(o.layers.proxy);
+      this.#layers[1]!.add(o.layers.queue);
+      this.#layers[2]!.add(o.layers.worker);
+      this.#layers[3]!.add(o.layers.app);
+    } else {
+      this.#layers[0]!.add(o.layers ? o.layers.proxy : o.totalMs);
+    }
+    group(this.#routes, o.route, o.totalMs, o.status >= 500);
+    if (o.upstream) group(this.#upstreams, o.upstream.target, o.upstream.ms, o.status >= 500).kind = o.upstream.kind;
+  }
+
+  #tick(): void {
+    const total = this.#total.quantiles();
+    const health = new Map(this.#health().map((h) => [h.target, h.up]));
+    const tick: LiveTick = {
+      t: Date.now(),
+      rate: total.count,
+      status: { ...this.#status },
+      errorRate: this.#status['5xx'],
+      layers: Object.fromEntries(LAYER_NAMES.map((n, i) => [n, this.#layers[i]!.quantiles()])) as LiveTick['layers'],
+      total,
+      routes: [...this.#routes].map(([route, g]) => ({ route, rate: g.count, errors: g.errors, p95: g.lat.quantiles().p95 })),
+      upstreams: [...this.#upstreams].map(([target, g]) => ({ target, kind: g.kind ?? '', rate: g.count, errors: g.errors, p95: g.lat.quantiles().p95, up: health.get(target) ?? true })),
+      pool: this.#pool(),
+    };
+    for (const h of health.keys()) if (!this.#upstreams.has(h)) tick.upstreams.push({ target: h, kind: 'uwsgi', rate: 0, errors: 0, p95: 0, up: health.get(h)! });
+    this.#layers = LAYER_NAMES.map(() => new Reservoir());
+    this.#total = new Reservoir();
+    this.#status = { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0 };
+    this.#routes.clear();
+    this.#upstreams.clear();
+    this.history.push(tick);
+    if (this.history.length > this.historySize) this.history.shift();
+    const data = `event: tick\ndata: ${JSON.stringify(tick)}\n\n`;
+    for (const c of this.#clients) c.write(data);
+  }
+
+  /** An SSE stream: the history first (one `history` event), then a `tick` every second. */
+  stream(req: IncomingMessage, res: ServerResponse): void {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+    res.write(`retry: 2000\nevent: history\ndata: ${JSON.stringify(this.history)}\n\n`);
+    this.#clients.add(res);
+    req.socket.setTimeout(0);
+    const ping = setInterval(() => res.write(': ping\n\n'), 15_000);
+    res.once('close', () => {
+      clearInterval(ping);
+      this.#clients.delete(res);
+    });
+  }
+
+  close(): void {
+    clearInterval(this.#timer);
+    for (const c of this.#clients) c.end();
+  }
+}
+
+function group(map: Map<string, Group>, key: string, ms: number, error: boolean): Group {
+  let g = map.get(key);
+  if (!g) {
+    if (map.size >= 200) return { count: 0, errors: 0, lat: new Reservoir() }; // bounded cardinality
+    g = { count: 0, errors: 0, lat: new Reservoir() };
+    map.set(key, g);
+  }
+  g.count++;
+  if (error) g.errors++;
+  g.lat.add(ms);
+  return g;
+}
