@@ -85,6 +85,8 @@ export class Supervisor extends EventEmitter {
   #stopping = false;
   #generation = 0;
   #harakiriTimer: NodeJS.Timeout | null = null;
+  #cheaperTimer: NodeJS.Timeout | null = null;
+  #idleSince = 0;
   #metricSeq = 0;
   #metricWaiters = new Map<number, (m: unknown[]) => void>();
 
@@ -97,7 +99,9 @@ export class Supervisor extends EventEmitter {
     this.publicAddress = !opts.publicSocket ? null
       : socket === null ? { kind: 'unix', path: path.join(this.runDir, 'pool.sock') }
       : parseAddress(socket, 'pool.socket');
-    this.#slots = new Array(config.pool.workers).fill(null);
+    // Slots up to the most workers the pool may run; with cheaper, only `min` start.
+    const max = config.pool.cheaper.enabled ? (config.pool.cheaper.max ?? config.pool.workers) : config.pool.workers;
+    this.#slots = new Array(max).fill(null);
   }
 
   get workers(): WorkerRecord[] {
@@ -108,10 +112,15 @@ export class Supervisor extends EventEmitter {
     cluster.schedulingPolicy = cluster.SCHED_NONE;
     cluster.setupPrimary({ exec: WORKER_MAIN, args: [], silent: false });
     if (this.publicAddress?.kind === 'unix') await removeStaleSocket(this.publicAddress.path);
-    const started = this.#slots.map((_, i) => this.#spawn(i + 1, 0));
+    const initial = this.config.pool.cheaper.enabled ? this.config.pool.cheaper.min : this.#slots.length;
+    const started = this.#slots.slice(0, initial).map((_, i) => this.#spawn(i + 1, 0));
     await Promise.all(started.map((w) => w.ready));
     this.#harakiriTimer = setInterval(() => this.#checkHarakiri(), 250);
     this.#harakiriTimer.unref();
+    if (this.config.pool.cheaper.enabled) {
+      this.#cheaperTimer = setInterval(() => this.#cheaper(), 1000);
+      this.#cheaperTimer.unref();
+    }
   }
 
   #spawn(id: number, respawns: number): WorkerRecord {
@@ -286,6 +295,41 @@ export class Supervisor extends EventEmitter {
     rec.worker.process.kill('SIGKILL');
   }
 
+  /**
+   * uWSGI's cheaper ("spare" algorithm): when every running worker is busy or requests wait in
+   * the queue, add one worker (up to max); after 10 s in which some worker stayed idle, retire
+   * one (down to min). One step a second, so the pool follows load without flapping.
+   */
+  #cheaper(): void {
+    if (this.#stopping) return;
+    const active = this.workers.filter((w) => w.state !== 'draining');
+    const running = active.filter((w) => w.state === 'idle' || w.state === 'busy');
+    const allBusy = running.length > 0 && running.every((w) => w.inflight + w.workerInflight > 0);
+    if ((allBusy || this.#queue.length > 0) && active.length < this.#slots.length) {
+      const free = this.#slots.findIndex((w) => w === null);
+      if (free >= 0) {
+        this.log.info({ workers: active.length + 1 }, 'cheaper: load is up, adding a worker');
+        this.#spawn(free + 1, 0);
+      }
+      this.#idleSince = 0;
+      return;
+    }
+    const idle = running.filter((w) => w.inflight + w.workerInflight === 0);
+    if (idle.length === 0 || active.length <= this.config.pool.cheaper.min) {
+      this.#idleSince = 0;
+      return;
+    }
+    const now = Date.now();
+    if (this.#idleSince === 0) this.#idleSince = now;
+    if (now - this.#idleSince < 10_000) return;
+    this.#idleSince = now;
+    // Retire the highest slot that is idle, so low slots stay warm.
+    const victim = idle.sort((a, b) => b.id - a.id)[0]!;
+    this.log.info({ worker: victim.id, pid: victim.pid, workers: active.length - 1 }, 'cheaper: load is down, retiring a worker');
+    this.#slots[victim.id - 1] = null;
+    this.#drain(victim);
+  }
+
   #checkHarakiri(): void {
     const limit = this.config.pool.harakiri * 1000;
     if (limit <= 0) return;
@@ -420,6 +464,7 @@ export class Supervisor extends EventEmitter {
   async stop(): Promise<void> {
     this.#stopping = true;
     if (this.#harakiriTimer) clearInterval(this.#harakiriTimer);
+    if (this.#cheaperTimer) clearInterval(this.#cheaperTimer);
     for (const w of this.#queue.splice(0)) {
       if (w.timer) clearTimeout(w.timer);
       w.reject(new PoolUnavailable());
