@@ -166,7 +166,11 @@ export async function startNginx(opts: NginxOptions = {}): Promise<PeerProcess> 
   }
 }
 
-/** Encodes one uwsgi request packet (modifier1 0): the vars block and no body. */
+/**
+ * Encodes one uwsgi request packet (modifier1 0): the vars block and no body. Written here rather
+ * than imported from src/uwsgi: it probes foreign servers, and must not share a bug with the code
+ * under test.
+ */
 export function uwsgiPacket(vars: Record<string, string>): Buffer {
   const parts: Buffer[] = [];
   for (const [key, value] of Object.entries(vars)) {
