@@ -5,7 +5,8 @@
 
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
-import { parseAddress, type StratumConfig } from '../config/schema.ts';
+import type { StratumConfig } from '../config/schema.ts';
+import { listenAt } from '../listen.ts';
 
 export type AdminHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>;
 
@@ -71,18 +72,9 @@ export class AdminServer {
   }
 
   listen(): Promise<string> {
-    const a = parseAddress(this.#config.admin.listen, 'admin.listen');
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      const done = () => {
-        this.server.off('error', reject);
-        const addr = this.server.address();
-        resolve(typeof addr === 'string' ? `unix:${addr}` : `http://${addr!.family === 'IPv6' ? `[${addr!.address}]` : addr!.address}:${addr!.port}`);
-      };
-      if (a.kind === 'unix') this.server.listen({ path: a.path }, done);
-      else this.server.listen({ host: a.host, port: a.port }, done);
-    });
+    return listenAt(this.server, this.#config.admin.listen, 'admin.listen');
   }
+
 
   close(): void {
     this.server.close();

@@ -7,7 +7,8 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import { parseAddress, type StratumConfig } from '../config/schema.ts';
+import type { StratumConfig } from '../config/schema.ts';
+import { listenAt } from '../listen.ts';
 import { RouteNotFound, StratumError } from '../errors.ts';
 import type { RouteTable } from './routes.ts';
 import { prepareBody, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
@@ -65,18 +66,9 @@ export class FrontProxy {
   }
 
   listen(): Promise<string> {
-    const a = parseAddress(this.config.listen, 'listen');
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      const done = () => {
-        this.server.off('error', reject);
-        const addr = this.server.address();
-        resolve(typeof addr === 'string' ? `unix:${addr}` : `http://${addr!.family === 'IPv6' ? `[${addr!.address}]` : addr!.address}:${addr!.port}`);
-      };
-      if (a.kind === 'unix') this.server.listen({ path: a.path }, done);
-      else this.server.listen({ host: a.host, port: a.port, backlog: 2048 }, done);
-    });
+    return listenAt(this.server, this.config.listen, 'listen', 2048);
   }
+
 
   /** Stop accepting; idle keep-alive connections close; resolves when in-flight requests end. */
   async close(graceMs: number): Promise<void> {
