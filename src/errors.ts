@@ -78,6 +78,16 @@ export const PoolUnavailable = define('STRATUM_ERR_POOL_UNAVAILABLE', 503, () =>
   'no worker is available');
 export const Harakiri = define('STRATUM_ERR_HARAKIRI', 504, (pid: number, seconds: number) =>
   `worker ${pid} killed: request ran past harakiri (${seconds} s)`);
+export const ClientBadRequest = define('STRATUM_ERR_BAD_REQUEST', 400, (what: string) =>
+  `malformed request refused: ${what}`);
+export const ClientHeadersTooLarge = define('STRATUM_ERR_HEADERS_TOO_LARGE', 431, (max: number) =>
+  `request headers exceed ${max} bytes`);
+export const ClientHeaderTimeout = define('STRATUM_ERR_CLIENT_HEADER_TIMEOUT', 408, (seconds: number) =>
+  `client sent no complete request head within ${seconds} s (client_header_timeout)`);
+export const ClientBodyTimeout = define('STRATUM_ERR_CLIENT_BODY_TIMEOUT', 408, (seconds: number) =>
+  `client sent no body bytes for ${seconds} s (client_body_timeout)`);
+export const ClientClosed = define('STRATUM_ERR_CLIENT_CLOSED', 499, () =>
+  'client closed the connection before its request body was complete');
 export const StaticForbidden = define('STRATUM_ERR_STATIC_FORBIDDEN', 403, (path: string) =>
   `path escapes the static root: ${JSON.stringify(path)}`);
 

@@ -40,6 +40,9 @@ describe('defaults', () => {
       readTimeout: 60,
       sendTimeout: 60,
       keepAliveTimeout: 75,
+      clientHeaderTimeout: 60,
+      clientBodyTimeout: 60,
+      requestBuffering: true,
       maxHeaderSize: 32768,
       serverTiming: true,
     });

@@ -356,6 +356,19 @@ export const schema = z
           keepAliveTimeout: seconds()
             .default(75)
             .describe('Seconds an idle client connection stays open (nginx `keepalive_timeout`); 0 disables keep-alive.'),
+          clientHeaderTimeout: positiveSeconds()
+            .default(60)
+            .describe('Seconds a client gets to send a complete request head — from connecting, or from the first byte of a request on a kept connection; then 408 and close (nginx `client_header_timeout`).'),
+          clientBodyTimeout: positiveSeconds()
+            .default(60)
+            .describe('Seconds a client may go without sending any byte of a request body it announced; then 408 and close (nginx `client_body_timeout`).'),
+          requestBuffering: bool()
+            .default(true)
+            .describe(
+              'Read the whole request body (in memory up to 1 MiB, then a temporary file) before passing the request on, so a slow client never ' +
+                'holds a worker (nginx `uwsgi_request_buffering` / `proxy_request_buffering`). false = Content-Length bodies stream straight through; ' +
+                'chunked bodies are buffered either way (uwsgi needs the length up front).',
+            ),
           maxHeaderSize: size()
             .prefault(32768)
             .describe('Largest request header block accepted from a client; bigger gets 431 (nginx `large_client_header_buffers`).'),

@@ -2,6 +2,13 @@
 // keep-alive, a route per request, the upstream fills the response. Failures become short plain
 // answers — 502 unreachable/broken, 504 timeout/harakiri, 503 overload (with Retry-After),
 // 413 too large, 404 no route — each logged with its code.
+//
+// Hostile clients: Node's parser (llhttp, strict) refuses ambiguous framing (Content-Length with
+// Transfer-Encoding, differing Content-Lengths, obs-fold, bare CR/LF, bad chunk sizes); we add
+// what it lets through (two Host headers, Transfer-Encoding on HTTP/1.0) and answer every refusal
+// with a coded 400/408/431 and a closed connection. Heads must arrive within
+// clientHeaderTimeout, bodies may not stall longer than clientBodyTimeout, and bodies are read
+// whole before a request goes upstream (requestBuffering), so slow clients never hold a worker.
 
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -9,7 +16,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { StratumConfig } from '../config/schema.ts';
 import { listenAt } from '../listen.ts';
-import { RouteNotFound, StratumError } from '../errors.ts';
+import { ClientBadRequest, ClientBodyTimeout, ClientHeadersTooLarge, ClientHeaderTimeout, RouteNotFound, StratumError } from '../errors.ts';
 import type { RouteTable } from './routes.ts';
 import { prepareBody, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
 
@@ -23,6 +30,30 @@ export interface ProxyHooks {
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+/** How long a refused connection may go on sending before we close it (nginx lingering_timeout). */
+const LINGER_MS = 5_000;
+
+type HttpSocket = Socket & { _httpMessage?: ServerResponse | null };
+
+/** The coded error for a request Node's parser refused, or null for a plain socket error. */
+function clientErrorFor(err: NodeJS.ErrnoException & { reason?: string }, config: StratumConfig): StratumError | null {
+  if (err.code === 'HPE_HEADER_OVERFLOW') return new ClientHeadersTooLarge(config.proxy.maxHeaderSize);
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') return new ClientHeaderTimeout(config.proxy.clientHeaderTimeout);
+  if (err.code?.startsWith('HPE_')) return new ClientBadRequest(`${err.code} (${err.reason ?? err.message})`);
+  return null;
+}
+
+/** What the proxy refuses although Node's parser accepts it, or null. */
+function framingProblem(req: IncomingMessage): string | null {
+  const raw = req.rawHeaders;
+  let hosts = 0;
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === 'host') hosts++;
+  // RFC 9112 §3.2: more than one Host is a 400 (the route and the upstream could read different ones).
+  if (hosts > 1) return 'more than one Host header';
+  // RFC 9112 §6.1: HTTP/1.0 has no chunked framing; Node would ignore the header, an upstream might not.
+  if (req.httpVersionMinor === 0 && req.headers['transfer-encoding'] !== undefined) return 'Transfer-Encoding in an HTTP/1.0 request';
+  return null;
+}
 
 export class FrontProxy {
   readonly config: StratumConfig;
@@ -34,31 +65,58 @@ export class FrontProxy {
   #sockets = new Set<Socket>();
   #closing = false;
   #idleWaiters: Array<() => void> = [];
+  /** Stops the body read of an in-flight request whose framing broke (bad chunk) with a coded error. */
+  #bodyAborts = new WeakMap<ServerResponse, AbortController>();
+  /** Connections being closed after a refusal: what they still send is read and dropped. */
+  #lingering = new WeakSet<Socket>();
 
   constructor(config: StratumConfig, routes: RouteTable<Upstream>, log: Logger, hooks: ProxyHooks = {}) {
     this.config = config;
     this.#routes = routes;
     this.#log = log;
     this.#hooks = hooks;
+    const headersTimeout = config.proxy.clientHeaderTimeout * 1000;
     this.server = http.createServer({
       maxHeaderSize: config.proxy.maxHeaderSize,
       keepAliveTimeout: config.proxy.keepAliveTimeout * 1000,
-      headersTimeout: 60_000,
-      requestTimeout: 0, // bodies of any size stream; slow clients are bounded by sendTimeout below
+      // From connecting (or a kept connection's next first byte) to a complete head; Node checks
+      // the open connections every connectionsCheckingInterval, a tenth of it keeps the overrun small.
+      headersTimeout,
+      connectionsCheckingInterval: Math.min(30_000, Math.max(100, headersTimeout / 10)),
+      requestTimeout: 0, // a body may take as long as it keeps moving: clientBodyTimeout bounds its stalls
       noDelay: true,
     });
-    this.server.on('request', (req, res) => this.#handle(req, res));
+    this.server.on('request', (req, res) => this.#handle(req, res, false));
+    // Expect: 100-continue — the size limit is checked before the client is invited to send.
+    this.server.on('checkContinue', (req, res) => this.#handle(req, res, true));
     this.server.on('connection', (socket: Socket) => {
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
     });
-    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-      if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage) return socket.destroy();
-      const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
-      this.#log.info({ code: err.code, remote: socket.remoteAddress }, `refused malformed request: ${status}`);
-      const body = `${status.slice(4)}\n`;
-      socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
-    });
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.#clientError(err, socket));
+  }
+
+  #clientError(err: NodeJS.ErrnoException, socket: HttpSocket): void {
+    const e = clientErrorFor(err, this.config);
+    const res = socket._httpMessage;
+    if (res) {
+      // A request is in flight and its body's framing broke (a bad chunk): it fails with 400
+      // through its own response. Chunked bodies are read whole before anything goes upstream,
+      // so no upstream has seen a byte of it.
+      const abort = this.#bodyAborts.get(res);
+      if (e && abort && !res.headersSent) {
+        if (!abort.signal.aborted) abort.abort(e);
+        return;
+      }
+      if (!this.#lingering.has(socket)) socket.destroy();
+      return;
+    }
+    if (!e || !socket.writable) return void socket.destroy();
+    this.#log.info({ code: e.code, parserCode: err.code, remote: socket.remoteAddress }, e.message);
+    const status = `${e.statusCode} ${http.STATUS_CODES[e.statusCode]}`;
+    const body = `${http.STATUS_CODES[e.statusCode]}\n`;
+    socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+    socket.setTimeout(LINGER_MS); // half-closed: the client's FIN ends it, or this does
   }
 
   get inflight(): number {
@@ -84,14 +142,16 @@ export class FrontProxy {
     for (const s of this.#sockets) s.destroy();
   }
 
-  #handle(req: IncomingMessage, res: ServerResponse): void {
+  #handle(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
     const startAt = performance.now();
+    const socket = req.socket;
+    // A request pipelined behind one we refused: that connection is closing, nothing more on it is served.
+    if (this.#lingering.has(socket)) return void socket.destroy();
     this.#inflight++;
     if (this.#closing) res.shouldKeepAlive = false;
     const given = req.headers['x-request-id'];
     const requestId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     const entry = this.#routes.match(req.headers.host, req.url ?? '/');
-    const socket = req.socket;
     const ctx: ProxyContext = {
       req, res,
       route: entry?.route ?? (null as never),
@@ -127,11 +187,15 @@ export class FrontProxy {
       if (this.#inflight === 0) for (const w of this.#idleWaiters.splice(0)) w();
     });
     this.#hooks.onRequest?.(ctx);
+    const problem = framingProblem(req);
+    if (problem) return this.#fail(ctx, new ClientBadRequest(problem), null);
     if (!entry) return this.#fail(ctx, new RouteNotFound(req.headers.host ?? '', req.url ?? '/'), null);
     let body: RequestBody | null = null;
-    const limit = entry.route.clientMaxBodySize ?? this.config.proxy.clientMaxBodySize;
-    // 0 = no limit, as nginx's client_max_body_size 0.
-    prepareBody(req, limit === 0 ? Infinity : limit)
+    const configured = entry.route.clientMaxBodySize ?? this.config.proxy.clientMaxBodySize;
+    const limit = configured === 0 ? Infinity : configured; // 0 = no limit, as nginx's client_max_body_size 0
+    if (expectContinue && !(Number(req.headers['content-length']) > limit)) res.writeContinue();
+    const abort = this.#watchBody(ctx);
+    prepareBody(req, limit, { buffer: this.config.proxy.requestBuffering, signal: abort?.signal })
       .then((b) => {
         body = b;
         this.#hooks.onDispatch?.(ctx, entry.upstream.kind);
@@ -145,9 +209,49 @@ export class FrontProxy {
       });
   }
 
+  /**
+   * nginx's client_body_timeout for a request still receiving its body: a stall longer than
+   * clientBodyTimeout fails it with 408. Pauses of our own (backpressure from a slow upstream or
+   * the spool file) do not count. Returns the controller that stops the body read, or null.
+   */
+  #watchBody(ctx: ProxyContext): AbortController | null {
+    const { req, res } = ctx;
+    const announced = req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length']) > 0;
+    if (!announced || req.complete) return null;
+    const socket = req.socket;
+    const abort = new AbortController();
+    this.#bodyAborts.set(res, abort);
+    const ms = this.config.proxy.clientBodyTimeout * 1000;
+    // Node's socket timeout is refreshed by every parsed chunk, and emitted on the request while
+    // its body is incomplete; on the response otherwise (then it only has to stop).
+    req.setTimeout(ms, () => {
+      if (this.#lingering.has(socket)) return void socket.destroy();
+      if (req.isPaused() || req.readableLength > 0 || socket.isPaused()) return void socket.setTimeout(ms);
+      const err = new ClientBodyTimeout(this.config.proxy.clientBodyTimeout);
+      if (ctx.timings.dispatchAt === 0) return abort.abort(err); // still being read: #fail answers 408
+      // Streaming to an upstream (requestBuffering off): cut the connection; the upstream sees
+      // a truncated body and the request ends there.
+      ctx.error ??= err;
+      this.#log.info({ code: err.code, method: req.method, path: req.url, requestId: ctx.forward.requestId, route: ctx.routeLabel }, err.message);
+      socket.destroy();
+    });
+    res.on('timeout', () => {
+      if (req.complete && !this.#lingering.has(socket)) socket.setTimeout(0);
+    });
+    req.once('end', () => {
+      if (!this.#lingering.has(socket)) socket.setTimeout(0);
+    });
+    return abort;
+  }
+
   #fail(ctx: ProxyContext, err: unknown, body: RequestBody | null): void {
     const { req, res } = ctx;
     const e = err instanceof StratumError ? err : new StratumError('STRATUM_ERR_INTERNAL', String((err as Error)?.message ?? err), 500);
+    if (ctx.error && (res.headersSent || res.destroyed)) {
+      // Already failed and answered (or cut): the first cause is the one on record.
+      res.destroy();
+      return;
+    }
     ctx.error = e;
     const level = e.statusCode >= 500 ? 'warn' : 'info';
     this.#log[level]({ code: e.code, method: req.method, path: req.url, requestId: ctx.forward.requestId, route: ctx.routeLabel, upstream: ctx.upstreamLabel, workerPid: ctx.workerPid || undefined }, e.message);
@@ -158,15 +262,36 @@ export class FrontProxy {
     const text = `${http.STATUS_CODES[e.statusCode] ?? 'Error'}\n`;
     const headers: string[] = ['content-type', 'text/plain; charset=utf-8', 'content-length', String(Buffer.byteLength(text)), 'cache-control', 'no-store'];
     if (e.statusCode === 503) headers.push('retry-after', '1');
-    // A body we did not read (413, or failure before streaming it) cannot stay on a kept connection.
+    // A body we did not read (413, 408, or failure before streaming it) cannot stay on a kept
+    // connection, nor can a request whose framing we refused.
     const unread = !req.complete && (body === null || !body.replayable);
-    if (unread) {
+    const close = unread || e.statusCode === 400 || e.statusCode === 408;
+    if (close) {
       headers.push('connection', 'close');
       res.shouldKeepAlive = false;
+      this.#linger(req);
     }
     ctx.beforeHead(headers);
     res.writeHead(e.statusCode, headers);
     res.end(req.method === 'HEAD' ? undefined : text);
-    if (unread) res.once('finish', () => req.socket.destroySoon?.());
+  }
+
+  /**
+   * Close a refused connection without resetting it (nginx lingering_close): Node ends a
+   * `Connection: close` response with destroySoon(), which would close while the client is
+   * still sending and reset the connection — possibly wiping our answer before the client has
+   * read it. Instead: half-close after the answer, drop what still arrives, close when the
+   * client does or after LINGER_MS.
+   */
+  #linger(req: IncomingMessage): void {
+    const socket = req.socket;
+    if (this.#lingering.has(socket)) return;
+    this.#lingering.add(socket);
+    socket.destroySoon = () => {
+      req.removeAllListeners('data');
+      req.resume();
+      socket.end();
+      socket.setTimeout(LINGER_MS);
+    };
   }
 }

@@ -5,7 +5,7 @@
 import http from 'node:http';
 import type { Socket } from 'node:net';
 import type { StratumConfig } from '../config/schema.ts';
-import { StratumError, UpstreamReset, UpstreamTimeout, UpstreamUnreachable } from '../errors.ts';
+import { StratumError, UpstreamBadResponse, UpstreamReset, UpstreamTimeout, UpstreamTruncated, UpstreamUnreachable } from '../errors.ts';
 import { httpRequestHeaders, responseHeaders } from './forward.ts';
 import { sendHead, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
 
@@ -47,7 +47,9 @@ export class HttpUpstream implements Upstream {
         setHost: false,
       });
       let connectTimer: NodeJS.Timeout | null = null;
+      let upstreamSocket: Socket | null = null;
       upstream.once('socket', (socket: Socket) => {
+        upstreamSocket = socket;
         const connected = () => {
           if (connectTimer) clearTimeout(connectTimer);
           ctx.timings.connectAt = performance.now();
@@ -60,16 +62,24 @@ export class HttpUpstream implements Upstream {
       });
       upstream.on('timeout', () => fail(new UpstreamTimeout(this.label, ctx.timings.headAt ? 'read' : 'response head', ctx.readTimeoutMs)));
       upstream.setTimeout(ctx.readTimeoutMs);
-      upstream.on('error', (err: NodeJS.ErrnoException) => {
+      upstream.on('error', (err: NodeJS.ErrnoException & { reason?: string }) => {
         if (connectTimer) clearTimeout(connectTimer);
         const code = err.code ?? err.message;
+        const where = ctx.timings.headAt ? ' inside the response body' : ' before the response head';
         if (!ctx.timings.connectAt && UNREACHABLE.has(err.code ?? '')) fail(new UpstreamUnreachable(this.label, code));
-        else fail(new UpstreamReset(this.label, `${code}${ctx.timings.headAt ? ' inside the response body' : ' before the response head'}`));
+        // Node's parser refused the response (garbage status line, bad header, bad framing).
+        else if (err.code?.startsWith('HPE_')) fail(new UpstreamBadResponse(`${err.code} (${err.reason ?? err.message})`));
+        else if (err.code === 'ECONNRESET' && upstreamSocket?.readableEnded) fail(new UpstreamTruncated(`closed${where}`));
+        else fail(new UpstreamReset(this.label, `${code}${where}`));
       });
       upstream.on('response', (up) => {
         ctx.timings.headAt = performance.now();
         if (res.destroyed) return fail(new UpstreamReset(this.label, 'client went away'));
-        sendHead(ctx, up.statusCode ?? 502, up.statusMessage ?? '', responseHeaders(up.rawHeaders, null));
+        try {
+          sendHead(ctx, up.statusCode ?? 502, up.statusMessage ?? '', responseHeaders(up.rawHeaders, null));
+        } catch (err) {
+          return fail(new UpstreamBadResponse(`head not forwardable: ${(err as Error).message}`));
+        }
         up.on('data', (chunk: Buffer) => {
           ctx.bytesOut += chunk.length;
           if (!res.write(chunk)) {
@@ -84,8 +94,12 @@ export class HttpUpstream implements Upstream {
           res.end();
           resolve();
         });
-        up.once('aborted', () => fail(new UpstreamReset(this.label, 'aborted inside the response body')));
-        up.once('error', (err) => fail(new UpstreamReset(this.label, `${err.message} inside the response body`)));
+        // Cut short: a clean close is a truncated response, anything else a reset.
+        const cut = () => fail(upstreamSocket?.readableEnded
+          ? new UpstreamTruncated(`${up.headers['content-length'] ? 'Content-Length' : 'chunked'} body ended early`)
+          : new UpstreamReset(this.label, 'connection lost inside the response body'));
+        up.once('aborted', cut);
+        up.once('error', cut);
       });
       res.once('close', () => {
         if (!settled && !res.writableFinished) {

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Route } from '../config/schema.ts';
-import { BodyTooLarge, type StratumError } from '../errors.ts';
+import { BodyTooLarge, ClientClosed, StratumError } from '../errors.ts';
 import type { ForwardInfo } from './forward.ts';
 
 export interface UpstreamTimings {
@@ -64,12 +64,20 @@ export interface RequestBody {
 
 const MEMORY_SPOOL = 1024 * 1024;
 
+export interface BodyOptions {
+  /** Read the whole body before the request goes on (nginx request buffering); chunked bodies always are. */
+  buffer?: boolean;
+  /** Stops a body still being read (client_body_timeout, broken chunked framing) with signal.reason. */
+  signal?: AbortSignal;
+}
+
 /**
- * Prepare the client's body. Content-Length bodies stream straight through (limit checked up
- * front); chunked bodies are spooled — uwsgi needs CONTENT_LENGTH before the first body byte, as
+ * Prepare the client's body. Content-Length bodies are checked against the limit before a byte
+ * is read; then, with `buffer`, read whole like chunked bodies, else streamed straight through.
+ * Chunked bodies are always spooled — uwsgi needs CONTENT_LENGTH before the first body byte, as
  * nginx's client_body_buffer_size/client_body_temp do — in memory up to 1 MiB, then to a file.
  */
-export async function prepareBody(req: IncomingMessage, limit: number): Promise<RequestBody | null> {
+export async function prepareBody(req: IncomingMessage, limit: number, opts: BodyOptions = {}): Promise<RequestBody | null> {
   const cl = req.headers['content-length'];
   const chunked = req.headers['transfer-encoding'] !== undefined;
   if (!chunked) {
@@ -77,30 +85,37 @@ export async function prepareBody(req: IncomingMessage, limit: number): Promise<
     const length = Number(cl);
     if (length > limit) throw new BodyTooLarge(limit);
     if (length === 0) return { length: 0, open: () => Buffer.alloc(0), replayable: true, cleanup() {} };
-    return { length, open: () => req, replayable: false, cleanup() {} };
+    if (!opts.buffer) return { length, open: () => req, replayable: false, cleanup() {} };
   }
-  return spool(req, limit);
+  return spool(req, limit, opts.signal);
 }
 
-function spool(req: IncomingMessage, limit: number): Promise<RequestBody> {
+function spool(req: IncomingMessage, limit: number, signal: AbortSignal | undefined): Promise<RequestBody> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
     let size = 0;
     let file: WriteStream | null = null;
     let dir: string | null = null;
+    let done = false;
     const cleanup = () => {
       if (dir) rmSync(dir, { recursive: true, force: true });
     };
-    req.on('data', (chunk: Buffer) => {
+    const fail = (err: StratumError) => {
+      if (done) return;
+      done = true;
+      signal?.removeEventListener('abort', onAbort);
+      req.removeListener('data', onData);
+      req.pause();
+      file?.destroy();
+      cleanup();
+      reject(err);
+    };
+    const onAbort = () => fail(signal!.reason as StratumError);
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const onData = (chunk: Buffer) => {
       size += chunk.length;
-      if (size > limit) {
-        req.removeAllListeners('data');
-        req.pause();
-        file?.destroy();
-        cleanup();
-        reject(new BodyTooLarge(limit));
-        return;
-      }
+      if (size > limit) return fail(new BodyTooLarge(limit));
       if (file) {
         if (!file.write(chunk)) {
           req.pause();
@@ -112,11 +127,15 @@ function spool(req: IncomingMessage, limit: number): Promise<RequestBody> {
       if (size > MEMORY_SPOOL) {
         dir = mkdtempSync(path.join(os.tmpdir(), 'stratum-body-'));
         file = createWriteStream(path.join(dir, 'body'));
+        file.once('error', (err) => fail(new StratumError('STRATUM_ERR_INTERNAL', `cannot spool the request body: ${err.message}`, 500)));
         for (const p of parts.splice(0)) file.write(p);
       }
-    });
+    };
+    req.on('data', onData);
     req.once('end', () => {
-      if (size > limit) return;
+      if (done) return;
+      done = true;
+      signal?.removeEventListener('abort', onAbort);
       if (!file) {
         const buf = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
         resolve({ length: size, open: () => buf, replayable: true, cleanup() {} });
@@ -126,10 +145,8 @@ function spool(req: IncomingMessage, limit: number): Promise<RequestBody> {
       const p = path.join(dir!, 'body');
       f.end(() => resolve({ length: size, open: () => createReadStream(p), replayable: true, cleanup }));
     });
-    req.once('error', (err) => {
-      cleanup();
-      reject(err);
-    });
+    // The client went away (or its framing broke) before the body was complete.
+    req.once('error', () => fail(signal?.aborted ? (signal.reason as StratumError) : new ClientClosed()));
   });
 }
 

@@ -283,7 +283,11 @@ export class UwsgiBridge extends Duplex {
     if (uri === undefined || uri === '') uri = encodePath(pathInfo) + (query ? `?${query}` : '');
     uri = uri.replace(BAD_TARGET_BYTES, (c) => `%${c.charCodeAt(0).toString(16).padStart(2, '0').toUpperCase()}`);
     if (uri[0] !== '/' && uri !== '*' && !/^[a-z][a-z0-9+.-]*:\/\//i.test(uri)) uri = `/${uri}`;
-    if (host === undefined) headers += `host: ${serverName || 'localhost'}${serverPort ? `:${serverPort}` : ''}\r\n`;
+    if (host === undefined) {
+      // No HTTP_HOST: the Host line is built from SERVER_NAME/SERVER_PORT, which must not split it.
+      if (BAD_VALUE.test(serverName) || BAD_VALUE.test(serverPort)) throw new UwsgiBadVar(0, 'CR, LF or NUL inside SERVER_NAME or SERVER_PORT');
+      headers += `host: ${serverName || 'localhost'}${serverPort ? `:${serverPort}` : ''}\r\n`;
+    }
     if (contentType !== undefined) {
       if (BAD_VALUE.test(contentType)) throw new UwsgiBadVar(0, 'CR, LF or NUL inside CONTENT_TYPE');
       headers += `content-type: ${contentType}\r\n`;
