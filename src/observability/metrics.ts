@@ -193,7 +193,14 @@ export class Metrics {
     }
     const perProcess = [await this.processRegistry.getMetricsAsJSON()];
     if (this.#workerSource) perProcess.push(...(await this.#workerSource()));
-    for (let i = 0; i < perProcess.length; i++) perProcess[i] = perProcess[i]!.filter((m) => !MISNAMED.has(m.name));
+    for (let i = 0; i < perProcess.length; i++) {
+      perProcess[i] = perProcess[i]!.filter((m) => !MISNAMED.has(m.name));
+      // In OpenMetrics prom-client appends _total to counter samples, and strips it from the
+      // family name only for metrics it owns, not for an aggregated registry's: without this,
+      // `process_cpu_user_seconds_total_total` samples under a `..._total` family.
+      // (prom-client's typings say MetricType is a numeric enum; at run time it is the string.)
+      if (openMetrics) perProcess[i] = perProcess[i]!.map((m) => ((m.type as unknown) === 'counter' ? { ...m, name: m.name.replace(/_total$/, '') } : m));
+    }
     const merged = (AggregatorRegistry.aggregate as unknown as (m: MetricJson[][], t: string) => Registry)(perProcess, type);
     const rest = await merged.metrics();
     if (openMetrics) {

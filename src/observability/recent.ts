@@ -49,8 +49,13 @@ export class RecentTraces {
   add(t: RecentTrace): void {
     this.#push(this.#latest, t);
     if (t.status >= 500 || t.error) this.#push(this.#failed, t);
+    // The slow list is sorted by duration, not age: any entry may have aged out.
     const cutoff = t.at - this.slowWindowMs;
-    if (this.#slow.length > 0 && this.#slow[this.#slow.length - 1]!.at < cutoff) this.#slow = this.#slow.filter((x) => x.at >= cutoff);
+    if (this.#slow.some((x) => x.at < cutoff)) {
+      const aged = this.#slow.filter((x) => x.at < cutoff);
+      this.#slow = this.#slow.filter((x) => x.at >= cutoff);
+      for (const x of aged) this.#forget(x);
+    }
     const min = this.#slow.length < this.size ? -1 : this.#slow[this.#slow.length - 1]!.durationMs;
     if (t.durationMs > min) {
       // Sorted slowest first; insert in place.
@@ -78,7 +83,8 @@ export class RecentTraces {
   }
 
   #forget(t: RecentTrace): void {
-    if (!this.#latest.includes(t) && !this.#failed.includes(t) && !this.#slow.includes(t)) this.#byId.delete(t.id);
+    // Requests of one client trace share an id: drop the index entry only if it is this one.
+    if (this.#byId.get(t.id) === t && !this.#latest.includes(t) && !this.#failed.includes(t) && !this.#slow.includes(t)) this.#byId.delete(t.id);
   }
 }
 
