@@ -6,6 +6,7 @@
 
 import type { StratumConfig } from './config/schema.ts';
 import { AdminServer, sendJson } from './admin/server.ts';
+import { dashboardRoutes } from './admin/dashboard.ts';
 import { createLogger } from './observability/log.ts';
 import { Metrics } from './observability/metrics.ts';
 import { createObserver } from './observability/observer.ts';
@@ -55,6 +56,29 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   const admin = new AdminServer(config);
   let ready = false;
   let proxy: FrontProxy | null = null;
+  let live: LiveFeed | null = null;
+
+  // Signals are ours from the first moment: a SIGTERM during start-up stops cleanly too.
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    ready = false;
+    log.info({ signal }, 'draining');
+    const grace = config.pool.gracefulTimeout * 1000;
+    live?.close();
+    await proxy?.close(grace);
+    await pool?.stop();
+    admin.close();
+    await tracing?.shutdown().catch(() => {});
+    log.info('stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    if (pool) void pool.reload();
+  });
 
   admin.add({ method: 'GET', path: '/livez', public: true, handler: (_q, res) => sendJson(res, 200, { status: 'ok' }) });
   admin.add({
@@ -73,7 +97,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     },
   });
   let upstreamHealth: () => Array<{ target: string; up: boolean }> = () => [];
-  const live = new LiveFeed({ pool: () => pool?.stats() ?? null, health: () => upstreamHealth() });
+  live = new LiveFeed({ pool: () => pool?.stats() ?? null, health: () => upstreamHealth() });
   observer.listeners.push((ctx, layers, totalMs) => {
     const t = ctx.timings;
     live.record({
@@ -85,6 +109,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
       upstream: t.dispatchAt && ctx.upstreamLabel ? { target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel, kind: ctx.upstreamKind, ms: (t.endAt || performance.now()) - t.dispatchAt } : null,
     });
   });
+  for (const route of dashboardRoutes()) admin.add(route);
   admin.add({ method: 'GET', path: '/live', handler: (req, res) => live.stream(req, res) });
   admin.add({ method: 'GET', path: '/live/history', handler: (_q, res) => sendJson(res, 200, { ticks: live.history }) });
   admin.add({
@@ -154,26 +179,6 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     workers: pool?.workers.map((w) => w.pid),
   }, 'stratum ready');
 
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    ready = false;
-    log.info({ signal }, 'draining');
-    const grace = config.pool.gracefulTimeout * 1000;
-    live.close();
-    await proxy?.close(grace);
-    await pool?.stop();
-    admin.close();
-    await tracing?.shutdown().catch(() => {});
-    log.info('stopped');
-    process.exit(0);
-  };
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-  process.on('SIGINT', () => void stop('SIGINT'));
-  process.on('SIGHUP', () => {
-    if (pool) void pool.reload();
-  });
 }
 
 export const runServe = (config: StratumConfig) => run(config, 'serve');

@@ -27,7 +27,6 @@ let exceptions = 0;
 let totalMs = 0;
 let draining = false;
 let foreignSeq = 0;
-const sockets = new Set<net.Socket>();
 
 process.on('uncaughtException', (err) => {
   // An app bug must not take the worker's other requests down silently: count and report it;
@@ -116,8 +115,6 @@ function accept(socket: net.Socket): void {
     socket.destroy();
     return;
   }
-  sockets.add(socket);
-  socket.once('close', () => sockets.delete(socket));
   serveUwsgiConnection(socket, server, uwsgiOptions);
 }
 
@@ -166,14 +163,10 @@ process.on('message', (msg: MasterMessage) => {
   }
   if (msg?.type !== 'drain' || draining) return;
   draining = true;
-  // Stop taking new connections; requests in flight finish; idle kept connections close.
+  // Stop taking new connections; requests in flight finish; idle kept connections close (the
+  // master sends drain only once it has nothing in flight here, so none is in transit).
   privateServer.close();
   publicServer?.close();
-  for (const s of sockets) {
-    // A kept connection with nothing in flight on it can go now.
-    const bridgeIdle = !(s as net.Socket & { _httpMessage?: unknown })._httpMessage;
-    if (bridgeIdle && inflight === 0) s.end();
-  }
   server.closeIdleConnections();
   if (inflight === 0) return finishDrain();
   drainTimer = setTimeout(() => process.exit(0), msg.graceMs);
