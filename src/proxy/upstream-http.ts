@@ -4,6 +4,7 @@
 
 import http from 'node:http';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { StratumConfig } from '../config/schema.ts';
 import { StratumError, UpstreamBadResponse, UpstreamReset, UpstreamTimeout, UpstreamTruncated, UpstreamUnreachable } from '../errors.ts';
 import { httpRequestHeaders, responseHeaders } from './forward.ts';
@@ -113,6 +114,58 @@ export class HttpUpstream implements Upstream {
       else if (Buffer.isBuffer(b)) upstream.end(b);
       else b.pipe(upstream);
     });
+  }
+
+  /**
+   * An Upgrade request (WebSocket): forward the head, and once the upstream answers 101, splice
+   * the two sockets together. Anything else the upstream answers goes back as a response.
+   */
+  upgrade(ctx: ProxyContext, clientSocket: Duplex, head: Buffer): void {
+    const { req } = ctx;
+    const headers = httpRequestHeaders(req, { ...ctx.forward, contentLength: -1 }, ctx.extraHeaders);
+    // Hop-by-hop headers were dropped; an upgrade needs exactly these two back.
+    headers.push('connection', 'upgrade', 'upgrade', String(req.headers.upgrade ?? 'websocket'));
+    const upstream = http.request({
+      host: this.#url.hostname,
+      port: this.#url.port || 80,
+      method: req.method,
+      path: req.url ?? '/',
+      headers,
+      setHost: false,
+    });
+    const fail = (status: number, text: string) => {
+      if (clientSocket.writable) clientSocket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${text.length + 1}\r\nConnection: close\r\n\r\n${text}\n`);
+      else clientSocket.destroy();
+    };
+    upstream.setTimeout(this.#connectTimeoutMs, () => upstream.destroy(new UpstreamTimeout(this.label, 'upgrade', this.#connectTimeoutMs)));
+    upstream.once('error', (err: NodeJS.ErrnoException) => {
+      ctx.error = err instanceof StratumError ? err : new UpstreamUnreachable(this.label, err.code ?? err.message);
+      fail(ctx.error.statusCode, http.STATUS_CODES[ctx.error.statusCode] ?? 'Bad Gateway');
+    });
+    upstream.once('response', (res) => {
+      // No upgrade: relay the answer and close.
+      let text = `HTTP/1.1 ${res.statusCode} ${res.statusMessage}\r\n`;
+      const raw = responseHeaders(res.rawHeaders, null);
+      for (let i = 0; i < raw.length; i += 2) text += `${raw[i]}: ${raw[i + 1]}\r\n`;
+      clientSocket.write(`${text}connection: close\r\n\r\n`);
+      res.pipe(clientSocket);
+    });
+    upstream.once('upgrade', (res, upSocket: Socket, upHead: Buffer) => {
+      upstream.setTimeout(0);
+      let text = `HTTP/1.1 101 ${res.statusMessage || 'Switching Protocols'}\r\n`;
+      for (let i = 0; i < res.rawHeaders.length; i += 2) text += `${res.rawHeaders[i]}: ${res.rawHeaders[i + 1]}\r\n`;
+      clientSocket.write(`${text}\r\n`);
+      if (upHead.length > 0) clientSocket.write(upHead);
+      if (head.length > 0) upSocket.write(head);
+      upSocket.pipe(clientSocket).pipe(upSocket);
+      const close = () => {
+        upSocket.destroy();
+        clientSocket.destroy();
+      };
+      upSocket.once('error', close).once('close', close);
+      clientSocket.once('error', close).once('close', close);
+    });
+    upstream.end();
   }
 
   close(): void {
