@@ -89,6 +89,12 @@ export class Supervisor extends EventEmitter {
   #idleSince = 0;
   #metricSeq = 0;
   #metricWaiters = new Map<number, (m: unknown[]) => void>();
+  /** Workers whose connection just failed a request: no new request until known alive. */
+  #suspects = new WeakSet<WorkerRecord>();
+  /** Requests our proxy has given each worker, for max-requests (foreign ones the worker counts). */
+  #dispatched = new WeakMap<WorkerRecord, number>();
+  /** Workers told to drain before they were ready. */
+  #drainOnReady = new WeakSet<WorkerRecord>();
 
   constructor(config: StratumConfig, log: Logger, opts: { publicSocket: boolean }) {
     super();
@@ -169,7 +175,11 @@ export class Supervisor extends EventEmitter {
           this.publicLabel = msg.publicAddress;
           if (this.publicAddress?.kind === 'unix') chmodSync(this.publicAddress.path, parseInt(this.config.pool.socketMode, 8));
         }
-        rec.state = 'idle';
+        if (this.#drainOnReady.has(rec)) {
+          // Told to drain while it was starting (a stop during start-up): it could not hear it then.
+          this.#drainOnReady.delete(rec);
+          this.#sendDrain(rec);
+        } else rec.state = 'idle';
         markReady();
         this.log.debug({ worker: rec.id, pid: rec.pid }, 'worker ready');
         this.emit('worker-ready', rec);
@@ -224,13 +234,14 @@ export class Supervisor extends EventEmitter {
       return;
     }
     this.#slots[rec.id - 1] = null;
-    // Respawn at once; a crash loop (deaths soon after start) backs off exponentially, capped.
+    // Respawn at once; a crash loop (a second death soon after start, and on) backs off
+    // exponentially, capped. One death (kill -9, OOM) is not a loop: its replacement goes at once.
     const streak = this.#crashStreak.get(rec.id) ?? { count: 0, last: 0 };
     const crashedYoung = !expected && Date.now() - rec.startedAt < 5_000;
     streak.count = crashedYoung ? streak.count + 1 : 0;
     streak.last = Date.now();
     this.#crashStreak.set(rec.id, streak);
-    const delay = streak.count === 0 ? 0 : Math.min(100 * 2 ** (streak.count - 1), 10_000);
+    const delay = streak.count <= 1 ? 0 : Math.min(100 * 2 ** (streak.count - 2), 10_000);
     if (delay > 0) this.log.error({ worker: rec.id, crashes: streak.count, delayMs: delay }, 'worker crash loop: backing off');
     this.#respawns++;
     const respawn = () => {
@@ -256,18 +267,28 @@ export class Supervisor extends EventEmitter {
   }
 
   #drain(rec: WorkerRecord): void {
+    // Once: a stop and a recycle finishing may both ask; the second must not message a gone worker.
+    if (rec.exitExpected) return;
+    const starting = rec.state === 'starting';
     rec.state = 'draining';
     rec.exitExpected = true;
-    const msg: MasterMessage = { type: 'drain', graceMs: this.config.pool.gracefulTimeout * 1000 };
-    try {
-      rec.worker.send(msg);
-    } catch {
-      rec.worker.process.kill('SIGKILL');
-    }
+    if (starting) this.#drainOnReady.add(rec);
+    else this.#sendDrain(rec);
     // Whatever happens inside, the worker is gone after the grace period.
     setTimeout(() => {
       if (!rec.worker.isDead()) rec.worker.process.kill('SIGKILL');
     }, this.config.pool.gracefulTimeout * 1000 + 2_000).unref();
+  }
+
+  #sendDrain(rec: WorkerRecord): void {
+    const kill = () => {
+      if (!rec.worker.isDead()) rec.worker.process.kill('SIGKILL');
+    };
+    if (!rec.worker.isConnected()) return kill();
+    // With a callback, a failed send reports here instead of as an 'error' event nobody handles.
+    rec.worker.send({ type: 'drain', graceMs: this.config.pool.gracefulTimeout * 1000 } satisfies MasterMessage, undefined, (err) => {
+      if (err) kill();
+    });
   }
 
   /** Rolling reload: replace workers one by one with freshly loaded code; none fails a request. */
@@ -283,11 +304,40 @@ export class Supervisor extends EventEmitter {
 
   /** Kill a worker at once (harakiri); its slot is refilled by the exit handler. */
   kill(rec: WorkerRecord, why: string): void {
+    this.#suspects.add(rec);
     this.log.warn({ worker: rec.id, pid: rec.pid, why }, 'killing worker');
     rec.worker.process.kill('SIGKILL');
   }
 
+  /**
+   * A request on this worker failed at the connection level (refused, or reset before its
+   * answer): the worker may be dead (kill -9, OOM killer) before its exit reaches us, and least
+   * in-flight would send it every next request. It takes none until a probe connection to its
+   * socket is accepted; a refused probe keeps it out, and it is killed if it has not exited in 1 s.
+   */
+  suspect(rec: WorkerRecord): void {
+    if (this.#suspects.has(rec) || (rec.state !== 'idle' && rec.state !== 'busy') || rec.worker.isDead()) return;
+    this.#suspects.add(rec);
+    const a = rec.client.address;
+    const probe = a.kind === 'unix' ? net.connect({ path: a.path }) : net.connect({ host: a.host, port: a.port });
+    probe.setTimeout(1_000);
+    const alive = () => {
+      probe.destroy();
+      this.#suspects.delete(rec);
+      this.#pump();
+    };
+    probe.once('connect', alive);
+    probe.once('timeout', alive);
+    probe.once('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT') return alive();
+      setTimeout(() => {
+        if (!rec.worker.isDead()) this.kill(rec, 'its socket refuses connections');
+      }, 1_000).unref();
+    });
+  }
+
   noteHarakiri(rec: WorkerRecord, info: { method: string; path: string; requestId: string }): void {
+    this.#suspects.add(rec);
     rec.harakiri++;
     this.#harakiriKills++;
     this.log.error({ worker: rec.id, pid: rec.pid, method: info.method, path: info.path, requestId: info.requestId, harakiri: this.config.pool.harakiri }, 'harakiri: request ran past its limit, killing worker');
@@ -351,7 +401,7 @@ export class Supervisor extends EventEmitter {
     let best: WorkerRecord | null = null;
     const cap = this.config.pool.maxInflight;
     for (const rec of this.#slots) {
-      if (!rec || (rec.state !== 'idle' && rec.state !== 'busy') || rec.inflight >= cap) continue;
+      if (!rec || (rec.state !== 'idle' && rec.state !== 'busy') || rec.inflight >= cap || this.#suspects.has(rec) || this.#spent(rec)) continue;
       if (!best || rec.inflight < best.inflight) best = rec;
     }
     return best;
@@ -395,6 +445,20 @@ export class Supervisor extends EventEmitter {
   #take(rec: WorkerRecord): void {
     rec.inflight++;
     if (rec.state === 'idle') rec.state = 'busy';
+    const max = this.config.pool.maxRequests;
+    if (max > 0) {
+      // max-requests counts what we send: a worker gets exactly N, not N plus whatever was
+      // dispatched before its own count reached us over IPC.
+      const n = (this.#dispatched.get(rec) ?? 0) + 1;
+      this.#dispatched.set(rec, n);
+      if (n === max) void this.recycle(rec, 'max-requests');
+    }
+  }
+
+  /** The worker has been given its max-requests: it finishes them, takes no more. */
+  #spent(rec: WorkerRecord): boolean {
+    const max = this.config.pool.maxRequests;
+    return max > 0 && (this.#dispatched.get(rec) ?? 0) >= max;
   }
 
   #pump(): void {

@@ -104,18 +104,30 @@ export class PoolUpstream implements Upstream {
   }
 
   async handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
-    const got = this.#pool.acquire(this.#queueTimeoutMs);
-    const rec: WorkerRecord = got instanceof Promise ? await got : got;
-    ctx.workerPid = rec.pid;
-    ctx.upstreamLabel = `worker ${rec.id}`;
-    const harakiri = () => {
-      this.#pool.noteHarakiri(rec, { method: ctx.req.method ?? 'GET', path: ctx.req.url ?? '/', requestId: ctx.forward.requestId });
-      return new Harakiri(rec.pid, ctx.harakiriMs / 1000);
-    };
-    try {
-      await uwsgiExchange(rec.client, ctx, body, { joinRepeated: false, harakiri });
-    } finally {
-      this.#pool.release(rec);
+    for (let attempt = 1; ; attempt++) {
+      const got = this.#pool.acquire(this.#queueTimeoutMs);
+      const rec: WorkerRecord = got instanceof Promise ? await got : got;
+      ctx.workerPid = rec.pid;
+      ctx.upstreamLabel = `worker ${rec.id}`;
+      const harakiri = () => {
+        this.#pool.noteHarakiri(rec, { method: ctx.req.method ?? 'GET', path: ctx.req.url ?? '/', requestId: ctx.forward.requestId });
+        return new Harakiri(rec.pid, ctx.harakiriMs / 1000);
+      };
+      try {
+        await uwsgiExchange(rec.client, ctx, body, { joinRepeated: false, harakiri });
+        return;
+      } catch (err) {
+        const code = (err as StratumError).code;
+        // A worker that refuses or drops connections may have died (kill -9, OOM) before the
+        // master saw it exit: keep new requests off it until it is known to be alive.
+        if (code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' || code === 'STRATUM_ERR_UPSTREAM_RESET') this.#pool.suspect(rec);
+        // A request that never reached a worker (refused before anything was sent) goes to
+        // another one; one that did reach it fails with it, as uWSGI's would.
+        const neverSent = code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' && ctx.timings.connectAt === 0 && !ctx.res.headersSent;
+        if (!neverSent || attempt > this.#pool.config.pool.workers) throw err;
+      } finally {
+        this.#pool.release(rec);
+      }
     }
   }
 
