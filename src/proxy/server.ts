@@ -100,15 +100,22 @@ export class FrontProxy {
     const e = clientErrorFor(err, this.config);
     const res = socket._httpMessage;
     if (res) {
-      // A request is in flight and its body's framing broke (a bad chunk): it fails with 400
-      // through its own response. Chunked bodies are read whole before anything goes upstream,
-      // so no upstream has seen a byte of it.
+      if (!e || this.#lingering.has(socket)) return void (this.#lingering.has(socket) || socket.destroy());
       const abort = this.#bodyAborts.get(res);
-      if (e && abort && !res.headersSent) {
-        if (!abort.signal.aborted) abort.abort(e);
+      if (abort && !res.req.complete) {
+        // The body of the request in flight broke its framing (a bad chunk): it fails with 400
+        // through its own response. Chunked bodies are read whole before anything goes
+        // upstream, so no upstream has seen a byte of it.
+        if (!res.headersSent) abort.abort(e);
+        else socket.destroy();
         return;
       }
-      if (!this.#lingering.has(socket)) socket.destroy();
+      // A request pipelined behind the one in flight is malformed: that one is answered, then
+      // the connection closes; the malformed one goes nowhere.
+      this.#log.info({ code: e.code, parserCode: err.code, remote: socket.remoteAddress }, `${e.message} (pipelined)`);
+      if (!res.headersSent) res.shouldKeepAlive = false;
+      this.#linger(res.req);
+      res.once('finish', () => socket.destroySoon());
       return;
     }
     if (!e || !socket.writable) return void socket.destroy();
