@@ -94,6 +94,38 @@ export class FrontProxy {
       socket.once('close', () => this.#sockets.delete(socket));
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.#clientError(err, socket));
+    this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#upgrade(req, socket, head));
+  }
+
+  /** Upgrade (WebSocket) requests go through to HTTP upstreams; uwsgi has no upgrade, as with nginx's uwsgi_pass. */
+  #upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const entry = this.#routes.match(req.headers.host, req.url ?? '/');
+    const upstream = entry?.upstream as (Upstream & { upgrade?: (ctx: ProxyContext, s: Socket, h: Buffer) => void }) | undefined;
+    socket.on('error', () => socket.destroy());
+    if (!entry || !upstream?.upgrade) {
+      const status = entry ? '501 Not Implemented' : '404 Not Found';
+      this.#log.info({ method: req.method, path: req.url, route: entry?.label ?? 'none' }, `refused upgrade: ${status}`);
+      socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${status.length - 3}\r\nConnection: close\r\n\r\n${status.slice(4)}\n`);
+      return;
+    }
+    const given = req.headers['x-request-id'];
+    const ctx = {
+      req,
+      route: entry.route,
+      routeLabel: entry.label,
+      forward: {
+        requestId: typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID(),
+        clientAddress: socket.remoteAddress ?? '',
+        clientPort: socket.remotePort ?? 0,
+        scheme: 'http',
+        serverPort: socket.localPort ?? 0,
+        contentLength: -1,
+        replaceTrace: false,
+      },
+      extraHeaders: [],
+      error: null,
+    } as unknown as ProxyContext;
+    upstream.upgrade(ctx, socket, head);
   }
 
   #clientError(err: NodeJS.ErrnoException, socket: HttpSocket): void {
