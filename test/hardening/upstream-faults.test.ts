@@ -156,7 +156,11 @@ describe('upstream faults: coded, counted, logged, contained', () => {
           timeoutMs: 3000,
           describe: () => `stratum_upstream_errors_total{target="${target}",code="${code}"} did not count it`,
         });
-        expect(stratum.logs().some((l) => l.code === code && l.level === 'warn' && l.path === `/${kind}/${fault}`)).toBe(true);
+        // The log is written asynchronously (pino): wait for the line.
+        await waitUntil(async () => stratum.logs().some((l) => l.code === code && l.level === 'warn' && l.path === `/${kind}/${fault}`), {
+          timeoutMs: 3000,
+          describe: () => `no warn log line with code ${code} for /${kind}/${fault}`,
+        });
       });
     }
   }
