@@ -41,6 +41,10 @@ export interface WorkerRecord {
   /** Foreign (nginx) requests in flight, announced by the worker, for harakiri. */
   foreign: Map<number, { method: string; path: string; requestId: string; at: number }>;
   exitExpected: boolean;
+  /** A replacement is starting; this worker keeps serving until it is ready. */
+  recycling: boolean;
+  /** Set while draining: called once the proxy has nothing in flight on this worker. */
+  onIdle: (() => void) | null;
   ready: Promise<void>;
 }
 
@@ -75,6 +79,7 @@ export class Supervisor extends EventEmitter {
   publicLabel: string | null = null;
   #slots: Array<WorkerRecord | null>;
   #byWorker = new Map<Worker, WorkerRecord>();
+  #live = new Set<WorkerRecord>();
   #queue: Waiter[] = [];
   #rejected = 0;
   #reloads = 0;
@@ -110,8 +115,9 @@ export class Supervisor extends EventEmitter {
     this.#slots = new Array(max).fill(null);
   }
 
+  /** Every live worker: the current one of each slot, plus old ones still serving or draining. */
   get workers(): WorkerRecord[] {
-    return this.#slots.filter((w): w is WorkerRecord => w !== null);
+    return [...this.#live].sort((a, b) => a.id - b.id || a.startedAt - b.startedAt);
   }
 
   async start(): Promise<void> {
@@ -154,13 +160,17 @@ export class Supervisor extends EventEmitter {
     const rec: WorkerRecord = {
       id, pid: worker.process.pid ?? 0, generation, state: 'starting', worker, client,
       inflight: 0, requests: 0, workerInflight: 0, exceptions: 0, harakiri: 0, rss: 0, totalMs: 0, eventLoopP99Ms: 0,
-      startedAt: Date.now(), respawns, foreign: new Map(), exitExpected: false,
+      startedAt: Date.now(), respawns, foreign: new Map(), exitExpected: false, recycling: false, onIdle: null,
       ready: new Promise<void>((res, rej) => { markReady = res; markFailed = rej; }),
     };
     rec.ready.catch(() => {});
     this.#slots[id - 1] = rec;
     this.#byWorker.set(worker, rec);
+    this.#live.add(rec);
     worker.on('message', (msg: WorkerMessage) => this.#onMessage(rec, msg, markReady, markFailed));
+    // An IPC send to a worker that is exiting fails with EPIPE, emitted here: the exit handler
+    // does what is needed; without a listener the error would take the master down.
+    worker.on('error', (err: NodeJS.ErrnoException) => this.log.debug({ worker: id, code: err.code }, 'worker channel error'));
     worker.on('exit', (code, signal) => {
       markFailed(new PoolUnavailable());
       this.#onExit(rec, code, signal);
@@ -223,6 +233,7 @@ export class Supervisor extends EventEmitter {
 
   #onExit(rec: WorkerRecord, code: number | null, signal: string | null): void {
     this.#byWorker.delete(rec.worker);
+    this.#live.delete(rec);
     rec.client.close();
     const wasCurrent = this.#slots[rec.id - 1] === rec;
     const expected = rec.exitExpected;
@@ -252,18 +263,36 @@ export class Supervisor extends EventEmitter {
     else setTimeout(respawn, delay).unref();
   }
 
-  /** Graceful recycle: the replacement starts first, then the old worker drains. */
-  recycle(rec: WorkerRecord, reason: string): Promise<void> {
-    if (rec.state === 'draining' || this.#slots[rec.id - 1] !== rec) return Promise.resolve();
-    this.#recycles++;
+  /**
+   * Graceful recycle: the replacement starts first while this worker keeps serving; once it is
+   * ready, this one drains. If the replacement cannot start (say a reload with broken code), the
+   * old worker stays and the recycle reports false.
+   */
+  recycle(rec: WorkerRecord, reason: string): Promise<boolean> {
+    if (rec.state === 'draining' || rec.recycling || this.#slots[rec.id - 1] !== rec) return Promise.resolve(true);
+    rec.recycling = true;
     this.log.info({ worker: rec.id, pid: rec.pid, reason }, 'recycling worker');
-    rec.state = 'draining';
     const next = this.#spawn(rec.id, rec.respawns + 1);
-    next.ready.then(
-      () => this.#drain(rec),
-      () => this.#drain(rec),
+    return next.ready.then(
+      () => {
+        this.#recycles++;
+        this.#drain(rec);
+        return new Promise<boolean>((resolve) => {
+          if (rec.worker.isDead()) resolve(true);
+          else rec.worker.once('exit', () => resolve(true));
+        });
+      },
+      () => {
+        // The new worker died before it was ready: put the old one back in its slot.
+        if (this.#slots[rec.id - 1] === next) this.#slots[rec.id - 1] = rec;
+        rec.recycling = false;
+        // A worker recycled for max-requests is kept: it serves again, its count starting over.
+        this.#dispatched.delete(rec);
+        if (!next.worker.isDead()) next.worker.process.kill('SIGKILL');
+        this.log.error({ worker: rec.id, pid: rec.pid, reason }, 'replacement worker failed to start: keeping the old one');
+        return false;
+      },
     );
-    return new Promise<void>((resolve) => rec.worker.once('exit', () => resolve()));
   }
 
   #drain(rec: WorkerRecord): void {
@@ -272,12 +301,20 @@ export class Supervisor extends EventEmitter {
     const starting = rec.state === 'starting';
     rec.state = 'draining';
     rec.exitExpected = true;
+    const graceMs = this.config.pool.gracefulTimeout * 1000;
+    // No new request goes to a draining worker. Tell it to drain only once the requests our
+    // proxy already sent are answered, so none is in transit on a connection it closes.
+    const send = () => {
+      rec.client.close();
+      this.#sendDrain(rec);
+    };
     if (starting) this.#drainOnReady.add(rec);
-    else this.#sendDrain(rec);
+    else if (rec.inflight === 0) send();
+    else rec.onIdle = send;
     // Whatever happens inside, the worker is gone after the grace period.
     setTimeout(() => {
       if (!rec.worker.isDead()) rec.worker.process.kill('SIGKILL');
-    }, this.config.pool.gracefulTimeout * 1000 + 2_000).unref();
+    }, graceMs + 2_000).unref();
   }
 
   #sendDrain(rec: WorkerRecord): void {
@@ -298,7 +335,10 @@ export class Supervisor extends EventEmitter {
     this.log.info({ generation: this.#generation }, 'rolling reload');
     for (const rec of [...this.workers]) {
       if (rec.state === 'draining') continue;
-      await this.recycle(rec, 'reload');
+      if (!(await this.recycle(rec, 'reload'))) {
+        this.log.error('rolling reload stopped: the new code does not start; the running workers keep the old code');
+        return;
+      }
     }
   }
 
@@ -352,7 +392,7 @@ export class Supervisor extends EventEmitter {
    */
   #cheaper(): void {
     if (this.#stopping) return;
-    const active = this.workers.filter((w) => w.state !== 'draining');
+    const active = this.workers.filter((w) => w.state !== 'draining' && !w.recycling);
     const running = active.filter((w) => w.state === 'idle' || w.state === 'busy');
     const allBusy = running.length > 0 && running.every((w) => w.inflight + w.workerInflight > 0);
     if ((allBusy || this.#queue.length > 0) && active.length < this.#slots.length) {
@@ -400,8 +440,8 @@ export class Supervisor extends EventEmitter {
   #pick(): WorkerRecord | null {
     let best: WorkerRecord | null = null;
     const cap = this.config.pool.maxInflight;
-    for (const rec of this.#slots) {
-      if (!rec || (rec.state !== 'idle' && rec.state !== 'busy') || rec.inflight >= cap || this.#suspects.has(rec) || this.#spent(rec)) continue;
+    for (const rec of this.#live) {
+      if ((rec.state !== 'idle' && rec.state !== 'busy') || rec.inflight >= cap || this.#suspects.has(rec) || this.#spent(rec)) continue;
       if (!best || rec.inflight < best.inflight) best = rec;
     }
     return best;
@@ -438,6 +478,11 @@ export class Supervisor extends EventEmitter {
 
   release(rec: WorkerRecord): void {
     rec.inflight--;
+    if (rec.inflight === 0 && rec.onIdle) {
+      const idle = rec.onIdle;
+      rec.onIdle = null;
+      idle();
+    }
     if (rec.state === 'busy' && rec.inflight === 0 && rec.workerInflight === 0) rec.state = 'idle';
     this.#pump();
   }
