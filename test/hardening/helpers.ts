@@ -241,3 +241,24 @@ export function rssOf(pid: number, read: (p: string) => string): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(read(`/proc/${pid}/status`));
   return m ? Number(m[1]) * 1024 : 0;
 }
+
+/**
+ * Open `n` keep-alive connections to 127.0.0.1:`port`, `parallel` at a time; each asks `path`
+ * once (so the server holds it as an idle kept connection, not a half-open one) and then idles.
+ */
+export async function openIdleConnections(port: number, n: number, path = '/', parallel = 200): Promise<RawConn[]> {
+  const conns: RawConn[] = [];
+  let next = 0;
+  const lane = async () => {
+    while (next < n) {
+      next++;
+      const c = await RawConn.open(port);
+      c.write(`GET ${path} HTTP/1.1\r\nHost: idle.test\r\n\r\n`);
+      const r = await c.next(30_000);
+      if (r.status !== 200 || r.closed) throw new Error(`idle connection ${conns.length}: got ${r.status}${r.closed ? ' and a close' : ''}`);
+      conns.push(c);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(parallel, n) }, lane));
+  return conns;
+}
