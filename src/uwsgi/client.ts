@@ -54,9 +54,13 @@ export class UwsgiClient {
     return this.#idle.length;
   }
 
-  request(vars: UwsgiVars, body: Readable | Buffer | null, handler: ExchangeHandler, opts: { isHead: boolean; readTimeoutMs?: number }): Exchange {
+  /**
+   * Send one request. `idempotent` allows the one retry on a fresh connection when a kept
+   * connection dies before any answer (the server may or may not have seen the request).
+   */
+  request(vars: UwsgiVars, body: Readable | Buffer | null, handler: ExchangeHandler, opts: { isHead: boolean; idempotent: boolean; readTimeoutMs?: number }): Exchange {
     const packet = encodePacket(this.#opts.negotiate ? [...vars, KEEPALIVE_VAR, '1'] : vars);
-    const ex = new Exchange(this, packet, body, handler, opts.isHead, opts.readTimeoutMs ?? this.#opts.readTimeoutMs);
+    const ex = new Exchange(this, packet, body, handler, opts.isHead, opts.readTimeoutMs ?? this.#opts.readTimeoutMs, opts.idempotent);
     ex.start();
     return ex;
   }
@@ -129,7 +133,10 @@ export class Exchange {
   #completePending = false;
   #listeners: Record<(typeof EXCHANGE_EVENTS)[number], ((...a: never[]) => void) | null> = { data: null, end: null, timeout: null, error: null, close: null };
 
-  constructor(client: UwsgiClient, packet: Buffer, body: Readable | Buffer | null, handler: ExchangeHandler, isHead: boolean, readTimeoutMs: number) {
+  #idempotent: boolean;
+
+  constructor(client: UwsgiClient, packet: Buffer, body: Readable | Buffer | null, handler: ExchangeHandler, isHead: boolean, readTimeoutMs: number, idempotent: boolean) {
+    this.#idempotent = idempotent;
     this.#client = client;
     this.#packet = packet;
     this.#body = body;
@@ -270,7 +277,7 @@ export class Exchange {
     if (this.#finished) return;
     // A kept connection that died before any response byte, with a replayable body: the
     // request never reached a live worker; retry once on a fresh connection.
-    if (reused && !this.#gotBytes && !this.#retried && (this.#body === null || Buffer.isBuffer(this.#body))) {
+    if (reused && !this.#gotBytes && !this.#retried && this.#idempotent && (this.#body === null || Buffer.isBuffer(this.#body))) {
       this.#retried = true;
       this.#detach(this.#socket!);
       this.#socket!.destroy();
@@ -279,7 +286,9 @@ export class Exchange {
     }
     const cause = err.code ?? err.message;
     if (!this.#gotBytes && (err.code === 'ECONNREFUSED' || err.code === 'ENOENT' || err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH' || err.code === 'EACCES' || err.code === 'EAI_AGAIN' || err.code === 'ENOTFOUND')) {
-      this.#fail(new UpstreamUnreachable(this.#client.label, cause));
+      // Refused at connect: this attempt delivered nothing. After a retry, the first attempt
+      // (on a kept connection) may have been seen, which only an idempotent request tolerates.
+      this.#fail(Object.assign(new UpstreamUnreachable(this.#client.label, cause), { neverSent: !this.#retried }));
     } else if (!this.#head) {
       this.#fail(new UpstreamReset(this.#client.label, `${cause} before the response head`));
     } else {
