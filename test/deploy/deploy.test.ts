@@ -445,7 +445,7 @@ describe('container image', () => {
     expect(lines).toContain('**/*.test.ts');
     // A path is kept when neither it nor a parent folder is listed, or it is re-included with "!".
     const kept = (path: string) => included.has(path) || !path.split('/').some((_, i, parts) => excluded.has(parts.slice(0, i + 1).join('/')));
-    const needed = ['package.json', 'package-lock.json', 'bin', 'src', 'config', 'examples', 'dashboard/dist', 'deploy/stratum.container.yaml'];
+    const needed = ['package.json', 'package-lock.json', 'tsconfig.json', 'bin', 'src', 'config', 'examples', 'dashboard/src', 'dashboard/index.html', 'deploy/stratum.container.yaml'];
     for (const p of needed) expect(kept(p), p).toBe(true);
   });
 
@@ -501,8 +501,20 @@ describe('container image', () => {
         const intoDir = paths.length > 1 || rawDest.endsWith('/');
         for (const src of paths) {
           let from_: string;
-          if (from) {
-            expect(from).toBe(build.name);
+          if (from && from !== build.name) {
+            // Another stage (the dashboard's): it must build what is copied; here the repository
+            // builds it the same way (npm run build:dashboard) when it is missing.
+            const stage = all.find((st) => st.name === from);
+            expect(stage, `COPY --from=${from}: no such stage`).toBeDefined();
+            const script = stage!.steps.filter((st) => st.op === 'RUN').map((st) => st.args).find((a) => a.includes('npm run '));
+            expect(script, `stage ${from} runs no npm script`).toBeDefined();
+            const rel = src.replace(/^\/app\//, '');
+            if (!existsSync(join(REPO_ROOT, rel, 'index.html'))) {
+              const b = spawnSync(script!, { cwd: REPO_ROOT, shell: true, encoding: 'utf8', timeout: 120_000 });
+              expect(b.status, `${script}\n${b.stdout}${b.stderr}`).toBe(0);
+            }
+            from_ = join(REPO_ROOT, rel);
+          } else if (from) {
             const rel = src.replace(/^\/app\//, '');
             if (rel === 'node_modules') from_ = join(buildDir, rel);
             else if (existsSync(join(REPO_ROOT, rel))) from_ = join(REPO_ROOT, rel);
