@@ -313,18 +313,44 @@ export function cpuSnapshot(): Map<number, number> {
   return map;
 }
 
+/** Machine-wide busy CPU seconds (all CPUs: user, nice, system, irq, softirq, steal) from /proc/stat. */
+export function machineBusySeconds(): number {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
+  const [user, nice, system, _idle, _iowait, irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
+  return (user! + nice! + system! + irq! + softirq! + (steal ?? 0)) / CLK_TCK;
+}
+
+/** CPU seconds of this process plus its children that have exited and been reaped (wrk). */
+export function selfAndReapedSeconds(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / CLK_TCK;
+}
+
+export interface CpuMark {
+  pids: Map<number, number>;
+  machine: number;
+  self: number;
+}
+
+export function cpuMark(): CpuMark {
+  return { machine: machineBusySeconds(), self: selfAndReapedSeconds(), pids: cpuSnapshot() };
+}
+
 /**
- * CPU seconds spent between two snapshots by `pids` and by every other process alive at both
- * (processes that started or ended in between are not seen: good enough to notice a busy machine).
+ * CPU seconds between two marks: `mine` = spent by `pids` (the stack); `others` = the whole
+ * machine's busy time less the stack's and less this process's own and its reaped children's
+ * (wrk: it exits, and is reaped, before the second mark), so short-lived processes of anyone
+ * else count too. `ignore` (helpers such as the OTLP sink) count in neither.
  */
-export function cpuBetween(before: Map<number, number>, after: Map<number, number>, pids: Set<number>, ignore: Set<number>): { mine: number; others: number } {
+export function cpuBetween(before: CpuMark, after: CpuMark, pids: Set<number>, ignore: Set<number>): { mine: number; others: number } {
   let mine = 0;
-  let others = 0;
-  for (const [pid, t1] of after) {
-    const t0 = before.get(pid);
-    if (ignore.has(pid)) continue;
-    if (pids.has(pid)) mine += t1 - (t0 ?? 0);
-    else if (t0 !== undefined) others += t1 - t0;
+  let ignored = 0;
+  for (const [pid, t1] of after.pids) {
+    const d = t1 - (before.pids.get(pid) ?? 0);
+    if (ignore.has(pid)) ignored += d;
+    else if (pids.has(pid)) mine += d;
   }
-  return { mine, others };
+  const others = after.machine - before.machine - mine - ignored - (after.self - before.self);
+  return { mine, others: Math.max(0, others) };
 }

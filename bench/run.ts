@@ -17,7 +17,7 @@ import net from 'node:net';
 import os from 'node:os';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { cpuBetween, cpuSnapshot, installCleanup, makeTempDir, processName, processTree, removeTempDir, rssKiB, RssSampler, sleep, waitUntil } from './procs.ts';
+import { cpuBetween, cpuMark, installCleanup, makeTempDir, processName, processTree, removeTempDir, rssKiB, RssSampler, sleep, waitUntil } from './procs.ts';
 import { APP_PROCESSES, EXPECTED_BODY, STACKS, type RunningStack, type StackDef } from './stacks.ts';
 import { errorCount, runWrk, type WrkResult } from './wrk.ts';
 
@@ -292,10 +292,10 @@ async function benchStack(def: StackDef): Promise<RowResult> {
         const before = (await running.counters?.()) ?? {};
         log(`${def.name}: wrk ${DURATION}s at ${running.url}`);
         const notStack = new Set<number>([process.pid, ...(running.auxiliary?.() ?? [])]);
-        const cpu0 = cpuSnapshot();
+        const cpu0 = cpuMark();
         const t0 = performance.now();
         const result = await runWrk(running.url, { ...wrkOpts, durationS: DURATION, onSpawn: (pid) => notStack.add(pid) });
-        const cpu1 = cpuSnapshot();
+        const cpu1 = cpuMark();
         const elapsed = (performance.now() - t0) / 1000;
         const after = (await running.counters?.()) ?? {};
         const used = cpuBetween(cpu0, cpu1, new Set(processTree(running.roots())), notStack);
@@ -340,10 +340,10 @@ async function benchStack(def: StackDef): Promise<RowResult> {
 
 /** CPU (in cores) the rest of the machine uses over one second. */
 async function foreignLoad(): Promise<number> {
-  const a = cpuSnapshot();
+  const a = cpuMark();
   const t0 = performance.now();
   await sleep(1000);
-  const b = cpuSnapshot();
+  const b = cpuMark();
   return cpuBetween(a, b, new Set(), new Set([process.pid])).others / ((performance.now() - t0) / 1000);
 }
 
