@@ -156,6 +156,7 @@ describe('sizes', () => {
     const ms = performance.now() - t0;
     expect(r.status).toBe(413);
     expect(ms).toBeLessThan(1000);
+    console.log(`413 for 200 MB announced (limit 1m) after ${ms.toFixed(1)} ms`);
     expect(header(r, 'connection')).toBe('close');
     // The connection ends (lingering close: it does not wait for 200 MB).
     expect(await c.closed).toBeLessThan(6_000);
@@ -206,6 +207,7 @@ describe('slow clients time out and cannot exhaust workers or sockets', () => {
         expect(ms).toBeGreaterThan(900);
         expect(ms).toBeLessThan(2500);
       }
+      console.log(`clientHeaderTimeout 1 s: 1 silent + 40 trickling connections got 408 and were closed after ${Math.min(...closedAfter).toFixed(0)}–${Math.max(...closedAfter).toFixed(0)} ms`);
       expect(idle.raw).toMatch(/^HTTP\/1\.1 408 /);
       for (const c of slow) expect(c.raw).toMatch(/^HTTP\/1\.1 408 /);
     } finally {
@@ -229,7 +231,9 @@ describe('slow clients time out and cannot exhaust workers or sockets', () => {
     expect(performance.now() - t0).toBeLessThan(1000);
     const replies = await Promise.all(stalled.map((c) => c.next(4000)));
     for (const r of replies) expect(r.status).toBe(408);
-    for (const c of stalled) expect(await c.closed).toBeLessThan(4000);
+    const closed = await Promise.all(stalled.map((c) => c.closed));
+    for (const ms of closed) expect(ms).toBeLessThan(4000);
+    console.log(`clientBodyTimeout 1 s: 20 stalled uploads got 408 and were closed after ${Math.min(...closed).toFixed(0)}–${Math.max(...closed).toFixed(0)} ms`);
   });
 
   it('a body that keeps moving, however slowly, is not cut', async () => {

@@ -87,6 +87,7 @@ log: { access: false }
     }
     expect(Math.max(...ok.map((r) => r.ms))).toBeGreaterThan(1100); // the three ran one after another
     expect((await metric(s.admin, 'stratum_queue_rejections_total')) - rejectedBefore).toBe(27);
+    console.log(`saturated pool, 30 at once: 3 × 200 (last after ${Math.max(...ok.map((r) => r.ms)).toFixed(0)} ms), 27 × 503 + Retry-After within ${Math.max(...busy.map((r) => r.ms)).toFixed(0)} ms`);
 
     // Sustained overload for 2 s: 12 clients in a loop; every answer is a 200 or a quick 503.
     const deadline = performance.now() + 2000;
@@ -104,11 +105,14 @@ log: { access: false }
     expect(seen.filter((r) => r.status === 503 && r.ms > 300)).toEqual([]);
     expect(seen.some((r) => r.status === 200)).toBe(true);
     expect(seen.some((r) => r.status === 503)).toBe(true);
+    const n503 = seen.filter((r) => r.status === 503);
+    console.log(`sustained overload 2 s, 12 clients: ${seen.length - n503.length} × 200, ${n503.length} × 503 (slowest 503 ${Math.max(...n503.map((r) => r.ms)).toFixed(0)} ms)`);
 
     // Load drops: no restart, no intervention — everything is served again.
     const after: number[] = [];
     for (let i = 0; i < 20; i++) after.push((await fetch(`${s.front}/`)).status);
     expect(after).toEqual(Array(20).fill(200));
+    console.log('load dropped: next 20 requests all 200, 0 respawns, no intervention');
     type Stats = { respawns: number; queue: number; workers: Array<{ inflight: number }> };
     const stats = async () => (await (await fetch(`${s.admin}/stats`)).json()) as Stats;
     expect((await stats()).respawns).toBe(0);

@@ -128,6 +128,8 @@ const faults: Array<[string, { status: number; cut?: boolean; code: string; unde
 describe('upstream faults: coded, counted, logged, contained', () => {
   let poolLoop: Promise<number[]>;
   let stop = false;
+  const table: string[] = [];
+  afterAll(() => console.log(`upstream faults (client saw, after, counted as):\n${table.join('\n')}`));
 
   beforeAll(() => {
     // The pool route, asked all along: every answer must be 200.
@@ -149,6 +151,7 @@ describe('upstream faults: coded, counted, logged, contained', () => {
         const target = `127.0.0.1:${port_}`;
         const before = await metric(stratum.admin, 'stratum_upstream_errors_total', { target, code });
         const r = await get(`/${kind}/${fault}`);
+        table.push(`${kind === 'h' ? 'http ' : 'uwsgi'} ${fault.padEnd(18)} ${String(r.status)}${r.cut ? ' + cut' : '      '} ${r.ms.toFixed(0).padStart(5)} ms  ${code}`);
         expect(r.status).toBe(want.status);
         expect(r.cut).toBe(!!want.cut);
         if (want.under) expect(r.ms).toBeLessThan(want.under);
@@ -170,6 +173,7 @@ describe('upstream faults: coded, counted, logged, contained', () => {
     const statuses = await poolLoop;
     expect(statuses.length).toBeGreaterThan(20);
     expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    console.log(`pool route during the faults: ${statuses.length} requests, all 200`);
   });
 });
 
