@@ -88,6 +88,8 @@ export const ClientBodyTimeout = define('STRATUM_ERR_CLIENT_BODY_TIMEOUT', 408, 
   `client sent no body bytes for ${seconds} s (client_body_timeout)`);
 export const ClientClosed = define('STRATUM_ERR_CLIENT_CLOSED', 499, () =>
   'client closed the connection before its request body was complete');
+export const BodySpoolFailed = define('STRATUM_ERR_BODY_SPOOL', 500, (cause: string) =>
+  `cannot buffer the request body to a temporary file: ${cause}`);
 export const StaticForbidden = define('STRATUM_ERR_STATIC_FORBIDDEN', 403, (path: string) =>
   `path escapes the static root: ${JSON.stringify(path)}`);
 

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Route } from '../config/schema.ts';
-import { BodyTooLarge, ClientClosed, StratumError } from '../errors.ts';
+import { BodySpoolFailed, BodyTooLarge, ClientClosed, type StratumError } from '../errors.ts';
 import type { ForwardInfo } from './forward.ts';
 
 export interface UpstreamTimings {
@@ -127,7 +127,7 @@ function spool(req: IncomingMessage, limit: number, signal: AbortSignal | undefi
       if (size > MEMORY_SPOOL) {
         dir = mkdtempSync(path.join(os.tmpdir(), 'stratum-body-'));
         file = createWriteStream(path.join(dir, 'body'));
-        file.once('error', (err) => fail(new StratumError('STRATUM_ERR_INTERNAL', `cannot spool the request body: ${err.message}`, 500)));
+        file.once('error', (err) => fail(new BodySpoolFailed(err.message)));
         for (const p of parts.splice(0)) file.write(p);
       }
     };

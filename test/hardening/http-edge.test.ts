@@ -81,6 +81,7 @@ describe('request smuggling is refused at the proxy', () => {
     'duplicate differing Content-Length': `POST /rec HTTP/1.1\r\n${H}Content-Length: 4\r\nContent-Length: 5\r\n\r\nabcde`,
     'duplicate equal Content-Length': `POST /rec HTTP/1.1\r\n${H}Content-Length: 4\r\nContent-Length: 4\r\n\r\nabcd`,
     'Content-Length list': `POST /rec HTTP/1.1\r\n${H}Content-Length: 4, 4\r\n\r\nabcd`,
+    'Content-Length past 2^64': `POST /rec HTTP/1.1\r\n${H}Content-Length: 99999999999999999999999\r\n\r\nabcd`,
     'Content-Length with a sign': `POST /rec HTTP/1.1\r\n${H}Content-Length: +4\r\n\r\nabcd`,
     'obs-fold': `GET /rec HTTP/1.1\r\n${H}X-A: a\r\n b\r\n\r\n`,
     'obs-fold hiding Transfer-Encoding': `POST /rec HTTP/1.1\r\n${H}Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n`,
