@@ -132,7 +132,8 @@ export class FrontProxy {
     const e = clientErrorFor(err, this.config);
     const res = socket._httpMessage;
     if (res) {
-      if (!e || this.#lingering.has(socket)) return void (this.#lingering.has(socket) || socket.destroy());
+      if (!e) return void socket.destroy(); // a plain socket error
+      if (this.#lingering.has(socket)) return; // closing already: what still arrives is dropped
       const abort = this.#bodyAborts.get(res);
       if (abort && !res.req.complete) {
         // The body of the request in flight broke its framing (a bad chunk): it fails with 400
