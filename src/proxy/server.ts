@@ -102,6 +102,13 @@ export class FrontProxy {
     const entry = this.#routes.match(req.headers.host, req.url ?? '/');
     const upstream = entry?.upstream as (Upstream & { upgrade?: (ctx: ProxyContext, s: Socket, h: Buffer) => void }) | undefined;
     socket.on('error', () => socket.destroy());
+    const problem = framingProblem(req);
+    if (problem) {
+      const e = new ClientBadRequest(problem);
+      this.#log.info({ code: e.code, method: req.method, path: req.url }, e.message);
+      socket.end('HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nBad Request\n');
+      return;
+    }
     if (!entry || !upstream?.upgrade) {
       const status = entry ? '501 Not Implemented' : '404 Not Found';
       this.#log.info({ method: req.method, path: req.url, route: entry?.label ?? 'none' }, `refused upgrade: ${status}`);

@@ -95,6 +95,7 @@ describe('request smuggling is refused at the proxy', () => {
     'repeated Transfer-Encoding': `POST /rec HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,
     'Transfer-Encoding on HTTP/1.0': `POST /rec HTTP/1.0\r\n${H}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,
     'two Host headers': `GET /rec HTTP/1.1\r\nHost: edge.test\r\nHost: other.test\r\n\r\n`,
+    'two Host headers on an Upgrade request': `GET /rec HTTP/1.1\r\nHost: edge.test\r\nHost: other.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n`,
     'invalid chunk size': `POST /rec HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n`,
     'negative chunk size': `POST /rec HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n`,
     'chunk size overflow': `POST /rec HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\nabc\r\n0\r\n\r\n`,
