@@ -225,7 +225,7 @@ interface RowResult {
   responseHead?: string;
   counters?: Record<string, number>;
   /** CPU over the measured run: the stack's processes, and every other process but wrk's. */
-  cpu?: { stackCores: number; usPerRequest: number; otherCores: number };
+  cpu?: { stackCores: number; usPerRequest: number; otherCores: number; roles?: { master: number; workers: number[] } };
   /** Every measured run of the row (more than one when the machine was busy). */
   attempts?: Array<{ rps: number; p99Ms: number; otherCores: number }>;
   /** CPU the rest of the machine used just before the stack started (cores). */
@@ -299,10 +299,13 @@ async function benchStack(def: StackDef): Promise<RowResult> {
         const elapsed = (performance.now() - t0) / 1000;
         const after = (await running.counters?.()) ?? {};
         const used = cpuBetween(cpu0, cpu1, new Set(processTree(running.roots())), notStack);
+        const roles = running.roles?.();
+        const coresOf = (pid: number) => ((cpu1.pids.get(pid) ?? 0) - (cpu0.pids.get(pid) ?? 0)) / elapsed;
         const cpu = {
           stackCores: used.mine / elapsed,
           usPerRequest: (used.mine / Math.max(result.requests, 1)) * 1e6,
           otherCores: used.others / elapsed,
+          roles: roles ? { master: coresOf(roles.master[0]!), workers: roles.workers.map(coresOf) } : undefined,
         };
         row.attempts.push({ rps: result.rps, p99Ms: result.latency.p99, otherCores: cpu.otherCores });
         if (row.cpu && row.cpu.otherCores <= cpu.otherCores) continue;
@@ -596,6 +599,7 @@ async function main(): Promise<void> {
   for (const r of rows) {
     if (!r.ok) continue;
     const extra: string[] = [];
+    if (r.cpu?.roles) extra.push(`CPU during the run: master ${r.cpu.roles.master.toFixed(2)} cores, workers ${r.cpu.roles.workers.map((w) => w.toFixed(2)).join(' / ')} cores (1 core = one process's ceiling)`);
     if (r.idleRoleRssMiB) extra.push(`idle master ${fmt(r.idleRoleRssMiB.master, 1)} MiB, workers ${r.idleRoleRssMiB.workers.map((w) => fmt(w, 1)).join(' / ')} MiB; peak master ${fmt(r.peakRoleRssMiB?.master, 1)} MiB, workers ${r.peakRoleRssMiB?.workers.map((w) => fmt(w, 1)).join(' / ')} MiB`);
     if ((r.attempts?.length ?? 0) > 1) {
       extra.push(`measured ${r.attempts!.length} times, the machine being busy (${r.attempts!.map((a) => `${fmt(a.rps)} req/s with others at ${a.otherCores.toFixed(2)} CPU`).join('; ')}); kept the quietest`);
