@@ -59,7 +59,7 @@ export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: Requ
         res.off('close', onClose);
         reject(killed ?? err);
       },
-    }, { isHead: ctx.req.method === 'HEAD', idempotent: isIdempotent(ctx.req.method), readTimeoutMs: ctx.readTimeoutMs });
+    }, { isHead: ctx.req.method === 'HEAD', readTimeoutMs: ctx.readTimeoutMs });
     const onDrain = () => exchange.resume();
     const onClose = () => {
       if (!settled && !res.writableFinished) {
@@ -90,11 +90,6 @@ function parseTiming(v: string): { worker: number; app: number } {
     if ((k === 'worker' || k === 'app') && Number.isFinite(n)) out[k] = n;
   }
   return out;
-}
-
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
-function isIdempotent(method: string | undefined): boolean {
-  return IDEMPOTENT.has(method ?? 'GET');
 }
 
 export class PoolUpstream implements Upstream {
@@ -128,11 +123,8 @@ export class PoolUpstream implements Upstream {
         if (code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' || code === 'STRATUM_ERR_UPSTREAM_RESET') this.#pool.suspect(rec);
         // A request that never reached a worker (refused before anything was sent) goes to
         // another one; one that did reach it fails with it, as uWSGI's would.
-        // An idempotent request that may have been seen by a worker that then died goes too.
-        const unreachable = code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' && !ctx.res.headersSent;
-        const neverSent = unreachable && (err as { neverSent?: boolean }).neverSent !== false;
-        const replayable = unreachable && isIdempotent(ctx.req.method) && (body === null || body.replayable);
-        if (!(neverSent || replayable) || attempt > this.#pool.config.pool.workers) throw err;
+        const neverSent = code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' && !ctx.res.headersSent;
+        if (!neverSent || attempt > this.#pool.config.pool.workers) throw err;
       } finally {
         this.#pool.release(rec);
       }
@@ -210,7 +202,7 @@ export class ExternalUwsgiUpstream implements Upstream {
           if (++s.failures >= this.maxFails) s.downUntil = Date.now() + this.failTimeoutMs;
         }
         // Retry on another server only when the request was never sent (refused connection).
-        const neverSent = e.code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' && (e as { neverSent?: boolean }).neverSent !== false;
+        const neverSent = e.code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE';
         if (!neverSent || ctx.res.headersSent || tried.size >= this.#servers.length) throw e;
       } finally {
         s.inflight--;

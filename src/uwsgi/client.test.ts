@@ -87,7 +87,7 @@ function request(c: UwsgiClient, vars: UwsgiVars, body: Buffer | null = null): P
       },
       onComplete: () => resolve({ head: head!, body: Buffer.concat(chunks).toString(), reused }),
       onError: (err: StratumError) => reject(err),
-    }, { isHead: false, idempotent: true });
+    }, { isHead: false });
   });
 }
 

@@ -55,12 +55,13 @@ export class UwsgiClient {
   }
 
   /**
-   * Send one request. `idempotent` allows the one retry on a fresh connection when a kept
-   * connection dies before any answer (the server may or may not have seen the request).
+   * Send one request. A kept connection that dies before answering is not retried here: the
+   * server may have seen the request. Only a refused connection (UpstreamUnreachable: nothing
+   * was sent) is safe for the caller to retry elsewhere, as nginx's proxy_next_upstream does.
    */
-  request(vars: UwsgiVars, body: Readable | Buffer | null, handler: ExchangeHandler, opts: { isHead: boolean; idempotent: boolean; readTimeoutMs?: number }): Exchange {
+  request(vars: UwsgiVars, body: Readable | Buffer | null, handler: ExchangeHandler, opts: { isHead: boolean; readTimeoutMs?: number }): Exchange {
     const packet = encodePacket(this.#opts.negotiate ? [...vars, KEEPALIVE_VAR, '1'] : vars);
-    const ex = new Exchange(this, packet, body, handler, opts.isHead, opts.readTimeoutMs ?? this.#opts.readTimeoutMs, opts.idempotent);
+    const ex = new Exchange(this, packet, body, handler, opts.isHead, opts.readTimeoutMs ?? this.#opts.readTimeoutMs);
     ex.start();
     return ex;
   }
@@ -126,17 +127,13 @@ export class Exchange {
   #sentAll = false;
   #finished = false;
   #gotBytes = false;
-  #retried = false;
   #keep = false;
   // The parser completes inside execute(); completion waits until we know whether bytes follow.
   #executing = false;
   #completePending = false;
   #listeners: Record<(typeof EXCHANGE_EVENTS)[number], ((...a: never[]) => void) | null> = { data: null, end: null, timeout: null, error: null, close: null };
 
-  #idempotent: boolean;
-
-  constructor(client: UwsgiClient, packet: Buffer, body: Readable | Buffer | null, handler: ExchangeHandler, isHead: boolean, readTimeoutMs: number, idempotent: boolean) {
-    this.#idempotent = idempotent;
+  constructor(client: UwsgiClient, packet: Buffer, body: Readable | Buffer | null, handler: ExchangeHandler, isHead: boolean, readTimeoutMs: number) {
     this.#client = client;
     this.#packet = packet;
     this.#body = body;
@@ -202,9 +199,9 @@ export class Exchange {
       const phase = socket.connecting ? 'connect' : this.#head ? 'read' : 'response head';
       this.#fail(new UpstreamTimeout(this.#client.label, phase, socket.connecting ? connectTimeout : this.#readTimeoutMs));
     };
-    l.error = (err: NodeJS.ErrnoException) => this.#onSocketError(err, reused);
+    l.error = (err: NodeJS.ErrnoException) => this.#onSocketError(err);
     l.close = () => {
-      if (!this.#finished) this.#onSocketError(Object.assign(new Error('connection closed'), { code: 'ECONNRESET' }), reused);
+      if (!this.#finished) this.#onSocketError(Object.assign(new Error('connection closed'), { code: 'ECONNRESET' }));
     };
     for (const ev of EXCHANGE_EVENTS) socket.on(ev, l[ev] as (...a: unknown[]) => void);
     if (reused) {
@@ -273,22 +270,11 @@ export class Exchange {
     for (const ev of EXCHANGE_EVENTS) socket.off(ev, this.#listeners[ev] as (...a: unknown[]) => void);
   }
 
-  #onSocketError(err: NodeJS.ErrnoException, reused: boolean): void {
+  #onSocketError(err: NodeJS.ErrnoException): void {
     if (this.#finished) return;
-    // A kept connection that died before any response byte, with a replayable body: the
-    // request never reached a live worker; retry once on a fresh connection.
-    if (reused && !this.#gotBytes && !this.#retried && this.#idempotent && (this.#body === null || Buffer.isBuffer(this.#body))) {
-      this.#retried = true;
-      this.#detach(this.#socket!);
-      this.#socket!.destroy();
-      this.start();
-      return;
-    }
     const cause = err.code ?? err.message;
     if (!this.#gotBytes && (err.code === 'ECONNREFUSED' || err.code === 'ENOENT' || err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH' || err.code === 'EACCES' || err.code === 'EAI_AGAIN' || err.code === 'ENOTFOUND')) {
-      // Refused at connect: this attempt delivered nothing. After a retry, the first attempt
-      // (on a kept connection) may have been seen, which only an idempotent request tolerates.
-      this.#fail(Object.assign(new UpstreamUnreachable(this.#client.label, cause), { neverSent: !this.#retried }));
+      this.#fail(new UpstreamUnreachable(this.#client.label, cause)); // refused at connect: nothing was sent
     } else if (!this.#head) {
       this.#fail(new UpstreamReset(this.#client.label, `${cause} before the response head`));
     } else {
