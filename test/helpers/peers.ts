@@ -93,6 +93,8 @@ export interface NginxOptions {
   serverConf?: string;
   listenPort?: number;
   readyTimeoutMs?: number;
+  /** nginx's `user` directive for its workers (root only); default: root when we are root. */
+  user?: string;
 }
 
 function nginxConf(dir: string, port: number, opts: NginxOptions): string {
@@ -106,7 +108,7 @@ function nginxConf(dir: string, port: number, opts: NginxOptions): string {
       }`;
   // `user root` only when we are root: nginx workers would otherwise run as nobody and be refused
   // by a root-owned socket; as another user the directive is meaningless and nginx warns.
-  const user = process.getuid?.() === 0 ? 'user root;' : '';
+  const user = process.getuid?.() === 0 ? `user ${opts.user ?? 'root'};` : '';
   return `${user}
 worker_processes 1;
 error_log ${dir}/error.log info;
