@@ -516,7 +516,12 @@ async function soak(machine: ReturnType<typeof describeMachine>) {
       const start = v[0]!;
       const end = v[v.length - 1]!;
       const max = Math.max(...v);
-      return { start, end, max, growthPct: Math.round(((max - start) / start) * 1000) / 10, within10pct: max <= start * 1.1 && end <= start * 1.1 };
+      // A sawtooth (heap growing until a major GC) is not a leak: compare the means of the
+      // first and last thirds of the samples too.
+      const third = Math.max(1, Math.floor(v.length / 3));
+      const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+      const trendPct = Math.round(((mean(v.slice(-third)) - mean(v.slice(0, third))) / mean(v.slice(0, third))) * 1000) / 10;
+      return { start, end, max, growthPct: Math.round(((max - start) / start) * 1000) / 10, trendPct, within10pct: max <= start * 1.1 && end <= start * 1.1 };
     };
     const workerPids = Object.keys(samples[0]!.workers);
     const respawned = samples.some((s) => Object.keys(s.workers).join() !== workerPids.join());
@@ -541,7 +546,7 @@ async function soak(machine: ReturnType<typeof describeMachine>) {
       samples,
     };
     const line = (name: string, s: ReturnType<typeof series>) =>
-      `  ${name.padEnd(14)} start ${fmt(s.start, 1).padStart(6)} MiB  end ${fmt(s.end, 1).padStart(6)} MiB  max ${fmt(s.max, 1).padStart(6)} MiB  growth ${fmt(s.growthPct, 1).padStart(5)}%  ${s.within10pct ? 'within 10%' : 'GREW > 10%'}`;
+      `  ${name.padEnd(14)} start ${fmt(s.start, 1).padStart(6)} MiB  end ${fmt(s.end, 1).padStart(6)} MiB  max ${fmt(s.max, 1).padStart(6)} MiB  max/start ${fmt(s.growthPct, 1).padStart(5)}%  last/first third ${s.trendPct >= 0 ? '+' : ''}${fmt(s.trendPct, 1)}%  ${s.within10pct ? 'within 10%' : 'GREW > 10%'}`;
     console.log(`\nStratum soak: ${def.name}, ${SOAK_SECONDS} s of wrk -t${THREADS} -c${CONNECTIONS}, RSS every 10 s after a ${WARMUP} s warm-up`);
     console.log(`${machine.date} · ${machine.nproc} CPUs · ${machine.cpuModel} · node ${machine.node}`);
     console.log(`  ${fmt(result.rps)} req/s, p50 ${fmt(result.latency.p50, 2)} ms, p99 ${fmt(result.latency.p99, 2)} ms, ${fmt(result.requests)} requests, ${errorCount(result)} errors${respawned ? ', WORKERS RESPAWNED' : ''}`);
