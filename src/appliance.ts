@@ -178,6 +178,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     pool: pool?.publicLabel ?? undefined,
     workers: pool?.workers.map((w) => w.pid),
   }, 'stratum ready');
+  log.flush(); // the line operators and scripts wait for goes out now, not with the next batch
 
 }
 

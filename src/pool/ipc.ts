@@ -3,15 +3,16 @@
 // already knows them); only foreign requests (nginx on the shared socket) are announced, so
 // harakiri can see them.
 
-import type { Address } from '../config/schema.ts';
-
 /** Everything a worker needs, passed in the STRATUM_WORKER environment variable as JSON. */
 export interface WorkerSpec {
   id: number;
   generation: number;
   app: { module: string; export: string };
-  /** The shared uwsgi socket for foreign clients (nginx), or null (proxy-only pool use). */
-  publicAddress: Address | null;
+  /**
+   * The shared uwsgi socket (for nginx, a remote proxy): a file descriptor the master bound and
+   * passed down at fork, or null. The worker listens and accepts on it; the master holds it.
+   */
+  publicFd: number | null;
   /** This worker's own socket, where our proxy keeps connections. */
   privatePath: string;
   maxVarsSize: number;
@@ -21,7 +22,7 @@ export interface WorkerSpec {
 }
 
 export type WorkerMessage =
-  | { type: 'ready'; pid: number; publicAddress: string | null }
+  | { type: 'ready'; pid: number }
   | { type: 'status'; requests: number; inflight: number; exceptions: number; rss: number; totalMs: number; heapUsed: number; eventLoopP99Ms: number }
   | { type: 'foreign-start'; rid: number; method: string; path: string; requestId: string; at: number }
   | { type: 'foreign-end'; rid: number }

@@ -8,6 +8,7 @@ import cluster, { type Worker } from 'node:cluster';
 import { EventEmitter } from 'node:events';
 import { chmodSync, existsSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
+import util from 'node:util';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -100,6 +101,10 @@ export class Supervisor extends EventEmitter {
   #dispatched = new WeakMap<WorkerRecord, number>();
   /** Workers told to drain before they were ready. */
   #drainOnReady = new WeakSet<WorkerRecord>();
+  #publicFd: number | null = null;
+
+  /** The shared uwsgi socket, bound by the master and held for the pool's whole life. */
+  #publicHandle: BoundSocket | null = null;
 
   constructor(config: StratumConfig, log: Logger, opts: { publicSocket: boolean }) {
     super();
@@ -121,9 +126,21 @@ export class Supervisor extends EventEmitter {
   }
 
   async start(): Promise<void> {
-    cluster.schedulingPolicy = cluster.SCHED_NONE;
-    cluster.setupPrimary({ exec: WORKER_MAIN, args: [], silent: false });
-    if (this.publicAddress?.kind === 'unix') await removeStaleSocket(this.publicAddress.path);
+    const PUBLIC_FD = 4;
+    if (this.publicAddress) {
+      if (this.publicAddress.kind === 'unix') await removeStaleSocket(this.publicAddress.path);
+      this.#publicHandle = bindSocket(this.publicAddress);
+      this.publicLabel = socketLabel(this.#publicHandle, this.publicAddress);
+      if (this.publicAddress.kind === 'unix') chmodSync(this.publicAddress.path, parseInt(this.config.pool.socketMode, 8));
+    }
+    // The bound socket reaches every worker as fd 4 (uWSGI's pre-fork model: the master binds,
+    // the workers accept); a dead worker never takes it down, so nothing is refused meanwhile.
+    cluster.setupPrimary({
+      exec: WORKER_MAIN,
+      args: [],
+      stdio: this.#publicHandle ? [0, 1, 2, 'ipc', this.#publicHandle.fd] : [0, 1, 2, 'ipc'],
+    });
+    this.#publicFd = this.#publicHandle ? PUBLIC_FD : null;
     const initial = this.config.pool.cheaper.enabled ? this.config.pool.cheaper.min : this.#slots.length;
     const started = this.#slots.slice(0, initial).map((_, i) => this.#spawn(i + 1, 0));
     await Promise.all(started.map((w) => w.ready));
@@ -141,7 +158,7 @@ export class Supervisor extends EventEmitter {
       id,
       generation,
       app: { module: path.resolve(this.config.app.module!), export: this.config.app.export },
-      publicAddress: this.publicAddress,
+      publicFd: this.#publicFd,
       privatePath: path.join(this.runDir, `w${id}-${generation}-${respawns}-${Date.now() % 1e6}.sock`),
       maxVarsSize: this.config.pool.bufferSize,
       maxRequests: this.config.pool.maxRequests,
@@ -181,10 +198,6 @@ export class Supervisor extends EventEmitter {
   #onMessage(rec: WorkerRecord, msg: WorkerMessage, markReady: () => void, markFailed: (e: Error) => void): void {
     switch (msg.type) {
       case 'ready': {
-        if (msg.publicAddress && !this.publicLabel) {
-          this.publicLabel = msg.publicAddress;
-          if (this.publicAddress?.kind === 'unix') chmodSync(this.publicAddress.path, parseInt(this.config.pool.socketMode, 8));
-        }
         if (this.#drainOnReady.has(rec)) {
           // Told to drain while it was starting (a stop during start-up): it could not hear it then.
           this.#drainOnReady.delete(rec);
@@ -587,7 +600,37 @@ export class Supervisor extends EventEmitter {
     try {
       rmSync(this.runDir, { recursive: true, force: true });
     } catch {}
+    this.#publicHandle?.close(); // a Unix socket file goes with it
+    this.#publicHandle = null;
   }
+}
+
+/**
+ * Bind (without listening) the way the cluster module's primary does, with Node's own
+ * net._createServerHandle: the master never accepts; workers call listen() on their copies.
+ */
+interface BoundSocket {
+  fd: number;
+  close(): void;
+  getsockname?(out: Record<string, unknown>): number;
+}
+
+function bindSocket(a: Address): BoundSocket {
+  const create = (net as unknown as { _createServerHandle(address: string, port: number, addressType: number): BoundSocket | number })._createServerHandle;
+  const h = a.kind === 'unix' ? create(a.path, -1, -1) : create(a.host, a.port, net.isIPv6(a.host) ? 6 : 4);
+  if (typeof h === 'number') {
+    const code = util.getSystemErrorName(h);
+    const where = a.kind === 'unix' ? a.path : `${a.host}:${a.port}`;
+    throw Object.assign(new Error(`listen ${code}: ${where}`), { code, syscall: 'listen', address: a.kind === 'unix' ? a.path : a.host, port: a.kind === 'unix' ? undefined : a.port });
+  }
+  return h;
+}
+
+function socketLabel(h: BoundSocket, a: Address): string {
+  if (a.kind === 'unix') return `unix:${a.path}`;
+  const out: Record<string, unknown> = {};
+  h.getsockname?.(out);
+  return `tcp:${a.host}:${(out.port as number | undefined) ?? a.port}`;
 }
 
 /** A socket file nobody listens on (a previous run's) is removed; a live one is left alone. */

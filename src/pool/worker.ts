@@ -76,7 +76,7 @@ server.on(
     const meta = requestMeta(req);
     const started = performance.now();
     let rid = 0;
-    if (meta?.foreign) {
+    if (meta?.foreign || publicBridges.has(req.socket)) {
       rid = ++foreignSeq;
       send({ type: 'foreign-start', rid, method: req.method ?? 'GET', path: req.url ?? '/', requestId: String(req.headers['x-request-id'] ?? ''), at: Date.now() });
     }
@@ -110,38 +110,41 @@ const uwsgiOptions = {
   },
 };
 
-function accept(socket: net.Socket): void {
+// Requests on the shared (public) socket come from nginx or a remote `stratum proxy`: the master
+// cannot see them, so they are announced for harakiri. Our own proxy uses the private socket.
+const publicBridges = new WeakSet<object>();
+
+function accept(socket: net.Socket, isPublic: boolean): void {
   if (draining) {
     socket.destroy();
     return;
   }
-  serveUwsgiConnection(socket, server, uwsgiOptions);
+  const bridge = serveUwsgiConnection(socket, server, uwsgiOptions);
+  if (isPublic) publicBridges.add(bridge);
 }
 
-const privateServer = net.createServer(accept);
+let publicServer: net.Server | null = null;
+const privateServer = net.createServer((socket) => accept(socket, false));
 await new Promise<void>((resolve, reject) => {
   privateServer.once('error', reject);
   // exclusive: bind our own socket instead of asking the cluster master to share one.
   privateServer.listen({ path: spec.privatePath, exclusive: true }, () => resolve());
 });
 
-let publicServer: net.Server | null = null;
-let publicLabel: string | null = null;
-if (spec.publicAddress) {
-  publicServer = net.createServer(accept);
-  const a = spec.publicAddress;
+if (spec.publicFd !== null) {
+  publicServer = net.createServer((socket) => accept(socket, true));
   await new Promise<void>((resolve, reject) => {
     publicServer!.once('error', reject);
-    // Shared through the cluster master (SCHED_NONE): every worker accepts on the one socket,
-    // as uWSGI's pre-forked workers do.
-    if (a.kind === 'unix') publicServer!.listen({ path: a.path, backlog: 1024 }, () => resolve());
-    else publicServer!.listen({ host: a.host, port: a.port, backlog: 1024 }, () => resolve());
+    publicServer!.once('listening', () => resolve());
+    // The master bound the socket and holds it (so it outlives any worker, as uWSGI's does);
+    // every worker listens and accepts on its own copy of the descriptor — pre-fork, no hand-off.
+    // listen({ fd }) would route through the cluster primary; _listen2 (what the cluster module
+    // itself calls for an exclusive listen) opens the descriptor here, for TCP and Unix alike.
+    (publicServer as unknown as { _listen2(a: null, p: null, t: null, backlog: number, fd: number): void })._listen2(null, null, null, 1024, spec.publicFd!);
   });
-  const addr = publicServer.address();
-  publicLabel = typeof addr === 'string' ? `unix:${addr}` : addr ? `tcp:${addr.address}:${addr.port}` : null;
 }
 
-send({ type: 'ready', pid: process.pid, publicAddress: publicLabel });
+send({ type: 'ready', pid: process.pid });
 
 const statusTimer = setInterval(() => {
   const mem = process.memoryUsage();

@@ -1,0 +1,32 @@
+// Harakiri in split mode: requests reaching `stratum pool` on its shared socket from a remote
+// `stratum proxy` (kept connections, not "foreign") are still watched by the pool's master.
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { REPO_ROOT, startStratum, stopAllStratum } from '../helpers/stratum.ts';
+
+afterAll(stopAllStratum);
+
+const FIXTURE = join(REPO_ROOT, 'test/fixtures/apps/pool-app.ts');
+
+describe('harakiri behind a remote stratum proxy', () => {
+  it('kills the stuck worker of a stratum pool reached through stratum proxy', async () => {
+    const pool = await startStratum(['pool', '--socket', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--workers', '1', '--harakiri', '1', '--app', FIXTURE]);
+    const address = pool.pool!.replace(/^tcp:/, '');
+    const proxy = await startStratum(['proxy', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--route', `/=uwsgi://${address}`]);
+    const before = pool.workers[0];
+    const t0 = Date.now();
+    const res = await fetch(`${proxy.front}/slow?ms=10000`);
+    await res.text();
+    const took = Date.now() - t0;
+    // The pool kills its worker: the proxy sees the connection die (502, as nginx would).
+    expect(res.status).toBe(502);
+    expect(took).toBeLessThan(2_500);
+    const stats = (await (await fetch(`${pool.admin}/stats`)).json()) as { harakiriKills: number; workers: Array<{ pid: number }> };
+    expect(stats.harakiriKills).toBe(1);
+    expect(stats.workers.map((w) => w.pid)).not.toContain(before);
+    const after = await fetch(`${proxy.front}/pid`);
+    expect(after.status, `${await after.text()}\n${proxy.stdoutLines.slice(-5).join('\n')}`).toBe(200);
+    await proxy.stop();
+    await pool.stop();
+  }, 30_000);
+});
