@@ -314,6 +314,8 @@ export const STACKS: StackDef[] = [
     { changes: [[['log', 'access'], false]] }),
   stratum('stratum-tracing', 'Stratum + tracing 100%', 'the default with tracing.enabled true, sampleRatio 1, OTLP/HTTP protobuf to a local sink (OTEL_BSP_* defaults)',
     { changes: [[['tracing', 'enabled'], true], [['tracing', 'sampleRatio'], 1]], tracing: true }),
-  stratum('stratum-all-off', 'Stratum, instrumentation off', 'log.access false, proxy.serverTiming false, tracing off; metrics cannot be turned off (no setting), so they stay on',
+  stratum('stratum-metrics-only', 'Stratum, metrics only', 'log.access false, proxy.serverTiming false, tracing off; metrics on',
     { changes: [[['log', 'access'], false], [['proxy', 'serverTiming'], false], [['tracing', 'enabled'], false]] }),
+  stratum('stratum-all-off', 'Stratum, instrumentation off', 'metrics.enabled false, log.access false, proxy.serverTiming false, tracing off',
+    { changes: [[['metrics', 'enabled'], false], [['log', 'access'], false], [['proxy', 'serverTiming'], false], [['tracing', 'enabled'], false]] }),
 ];

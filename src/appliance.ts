@@ -50,7 +50,7 @@ export function buildRoutes(config: StratumConfig, pool: Supervisor | null): Rou
 async function run(config: StratumConfig, mode: Mode): Promise<void> {
   const log = createLogger(config.log.level);
   const tracing = await startTracing(config.tracing, 'master');
-  const metrics = new Metrics();
+  const metrics = config.metrics.enabled ? new Metrics() : null;
   const observer = createObserver(config, log, metrics, tracing?.tracer ?? null);
   const pool = mode === 'proxy' ? null : new Supervisor(config, log, { publicSocket: true });
   const admin = new AdminServer(config);
@@ -91,6 +91,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   admin.add({
     method: 'GET', path: '/metrics',
     handler: async (req, res) => {
+      if (!metrics) return sendJson(res, 404, { error: 'metrics are off (metrics.enabled: false)' });
       const { contentType, body } = await metrics.render(req.headers.accept);
       res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) });
       res.end(body);
@@ -129,8 +130,8 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     },
   });
   if (pool) {
-    metrics.attachPool(pool);
-    metrics.setWorkerSource(() => pool.collectWorkerMetrics() as never);
+    metrics?.attachPool(pool);
+    metrics?.setWorkerSource(() => pool.collectWorkerMetrics() as never);
     admin.add({ method: 'GET', path: '/stats', handler: (_q, res) => sendJson(res, 200, pool.stats()) });
     admin.add({
       method: 'POST', path: '/reload',
@@ -159,7 +160,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
       const routes = buildRoutes(config, pool);
       const external = routes.entries.map((e) => e.upstream).filter((u): u is ExternalUwsgiUpstream => u instanceof ExternalUwsgiUpstream);
       upstreamHealth = () => external.flatMap((u) => u.health());
-      if (external.length > 0) metrics.attachUpstreamHealth(upstreamHealth);
+      if (external.length > 0) metrics?.attachUpstreamHealth(upstreamHealth);
       proxy = new FrontProxy(config, routes, log, observer);
       frontUrl = await proxy.listen();
     }

@@ -407,6 +407,14 @@ export const schema = z
         }, { error: expected('a mapping') })
         .prefault({})
         .describe('Logging (pino, JSON lines on stdout).'),
+      metrics: z
+        .strictObject({
+          enabled: bool()
+            .default(true)
+            .describe('Record Prometheus metrics and serve them at /metrics on the admin listener; false leaves /metrics answering 404 (for measuring their cost).'),
+        }, { error: expected('a mapping') })
+        .prefault({})
+        .describe('Prometheus metrics (prom-client).'),
       tracing: z
         .strictObject({
           enabled: bool().default(false).describe('Record OpenTelemetry spans for each layer a request crosses.'),
