@@ -87,13 +87,19 @@ server.on(
       if (spec.maxRequests > 0 && requests >= spec.maxRequests && !draining) send({ type: 'recycle', reason: 'max-requests' });
       if (draining && inflight === 0) finishDrain();
     });
-    try {
-      appListener(req, res);
-    } catch (err) {
+    // A listener that throws, or an async one whose promise rejects, answers 500 (or cuts a
+    // response already begun) and is counted — it never takes the worker's other requests down.
+    const failed = (err: unknown) => {
       exceptions++;
       if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' }).end('Internal Server Error\n');
       else res.destroy();
       console.error(JSON.stringify({ level: 50, msg: 'app threw', pid: process.pid, err: String((err as Error)?.stack ?? err) }));
+    };
+    try {
+      const result: unknown = (appListener as (q: typeof req, r: typeof res) => unknown)(req, res);
+      if (result && typeof (result as Promise<unknown>).then === 'function') (result as Promise<unknown>).then(undefined, failed);
+    } catch (err) {
+      failed(err);
     }
   }),
 );
