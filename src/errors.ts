@@ -50,6 +50,8 @@ export const UwsgiBadContentLength = define('STRATUM_ERR_UWSGI_BAD_CONTENT_LENGT
   `uwsgi CONTENT_LENGTH is not a valid length: ${JSON.stringify(value.slice(0, 40))}`);
 export const UwsgiTruncatedBody = define('STRATUM_ERR_UWSGI_TRUNCATED_BODY', 400, (got: number, want: number) =>
   `uwsgi connection ended after ${got} of ${want} body bytes`);
+export const UwsgiReadTimeout = define('STRATUM_ERR_UWSGI_READ_TIMEOUT', 408, (ms: number) =>
+  `uwsgi client sent nothing for ${ms} ms in the middle of a request (socket-timeout)`);
 export const UwsgiUnsupportedModifier = define('STRATUM_ERR_UWSGI_MODIFIER', 400, (m1: number) =>
   `uwsgi modifier1 ${m1} is not supported (only 0, a WSGI/HTTP request)`);
 

@@ -32,6 +32,7 @@ describe('defaults', () => {
       listen: 1024,
       maxInflight: 64,
       gracefulTimeout: 30,
+      socketTimeout: 60,
       cheaper: { enabled: false, min: 1, max: null },
     });
     expect(c.proxy).toEqual({
@@ -51,6 +52,7 @@ describe('defaults', () => {
     ]);
     expect(c.log).toEqual({ level: 'info', access: true });
     expect(c.tracing).toEqual({ enabled: false, sampleRatio: 1, serviceName: 'stratum' });
+    expect(c.metrics).toEqual({ enabled: true });
   });
 
   test('a partly written section keeps the defaults of its other fields', () => {

@@ -314,6 +314,9 @@ export const schema = z
           gracefulTimeout: seconds()
             .default(30)
             .describe('Seconds workers get to finish in-flight requests on reload or shutdown before they are killed (uWSGI `worker-reload-mercy`).'),
+          socketTimeout: positiveSeconds()
+            .default(60)
+            .describe('Seconds a worker waits for the rest of a uwsgi packet or body from a client that stopped sending, before it drops that connection (uWSGI `socket-timeout`).'),
           cheaper: z
             .strictObject({
               enabled: bool()

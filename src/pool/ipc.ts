@@ -16,6 +16,7 @@ export interface WorkerSpec {
   /** This worker's own socket, where our proxy keeps connections. */
   privatePath: string;
   maxVarsSize: number;
+  socketTimeoutMs: number;
   maxRequests: number;
   statusIntervalMs: number;
   tracing: { enabled: boolean; sampleRatio: number; serviceName: string };

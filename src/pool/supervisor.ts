@@ -161,6 +161,7 @@ export class Supervisor extends EventEmitter {
       publicFd: this.#publicFd,
       privatePath: path.join(this.runDir, `w${id}-${generation}-${respawns}-${Date.now() % 1e6}.sock`),
       maxVarsSize: this.config.pool.bufferSize,
+      socketTimeoutMs: this.config.pool.socketTimeout * 1000,
       maxRequests: this.config.pool.maxRequests,
       statusIntervalMs: 500,
       tracing: this.config.tracing,

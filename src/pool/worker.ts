@@ -111,6 +111,7 @@ server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
 
 const uwsgiOptions = {
   maxVarsSize: spec.maxVarsSize,
+  readTimeoutMs: spec.socketTimeoutMs,
   onProtocolError(err: { code: string; message: string }, socket: net.Socket) {
     console.error(JSON.stringify({ level: 40, msg: 'malformed uwsgi packet', code: err.code, detail: err.message, pid: process.pid, remote: socket.remoteAddress ?? 'unix' }));
   },

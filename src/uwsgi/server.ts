@@ -11,9 +11,9 @@
 
 import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
-import { ServerResponse, type Server as HttpServer, type IncomingMessage } from 'node:http';
+import { ServerResponse, STATUS_CODES, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import { PacketHeadDecoder, type UwsgiVars } from './codec.ts';
-import { StratumError, UwsgiBadContentLength, UwsgiBadVar, UwsgiTruncatedBody } from '../errors.ts';
+import { StratumError, UwsgiBadContentLength, UwsgiBadVar, UwsgiReadTimeout, UwsgiTruncatedBody } from '../errors.ts';
 
 export const KEEPALIVE_VAR = 'STRATUM_KEEPALIVE';
 export const KEEPALIVE_HEADER = 'x-stratum-keepalive';
@@ -34,6 +34,8 @@ export interface UwsgiRequestMeta {
 
 export interface UwsgiServerOptions {
   maxVarsSize: number;
+  /** A client silent this long while a packet or body is incomplete is dropped (0 = never). */
+  readTimeoutMs?: number;
   onProtocolError(err: StratumError, socket: Socket): void;
 }
 
@@ -142,6 +144,22 @@ export class UwsgiBridge extends Duplex {
     socket.on('error', () => this.destroy());
     socket.on('close', () => this.destroy());
     socket.on('drain', () => this.emit('drain'));
+    if (opts.readTimeoutMs) socket.setTimeout(opts.readTimeoutMs, () => this.#onSilence(opts.readTimeoutMs!));
+  }
+
+  /**
+   * The client sent nothing for a while. Only a sender stuck mid-packet or mid-body (or one that
+   * never sent a first packet) is dropped; waiting on the app, on our own backpressure, or an idle
+   * kept connection of our proxy's is normal.
+   */
+  #onSilence(ms: number): void {
+    const waitingForInput = this.#packets === 0 || this.#decoder.pending > 0 || this.#bodyLeft > 0;
+    if (!waitingForInput || this.socket.isPaused()) return;
+    if (this.#packets === 0 && this.#decoder.pending === 0) {
+      this.socket.destroy(); // connected and never said anything: nothing to answer
+      return;
+    }
+    this.#fail(new UwsgiReadTimeout(ms));
   }
 
   // Node's http.Server calls these on sockets; a bridge has no timers or options of its own.
@@ -222,7 +240,7 @@ export class UwsgiBridge extends Duplex {
     if (this.#bodyLeft === 0 && this.metas.length === 0 && this.#packets === 0 && this.socket.writable) {
       const body = `${err.code}\n`;
       this.#answered = true;
-      this.socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+      this.socket.end(`HTTP/1.1 ${err.statusCode} ${STATUS_CODES[err.statusCode] ?? 'Bad Request'}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
     } else {
       this.socket.destroy();
     }
