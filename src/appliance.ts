@@ -5,6 +5,7 @@
 // and owns the process's signals: SIGTERM/SIGINT drain and exit 0, SIGHUP reloads the workers.
 
 import type { StratumConfig } from './config/schema.ts';
+import { ConfigInvalid } from './errors.ts';
 import { AdminServer, sendJson } from './admin/server.ts';
 import { dashboardRoutes } from './admin/dashboard.ts';
 import { createLogger } from './observability/log.ts';
@@ -29,7 +30,7 @@ export function buildRoutes(config: StratumConfig, pool: Supervisor | null): Rou
     let upstream: Upstream;
     switch (t.kind) {
       case 'pool':
-        if (!poolUpstream) throw new Error(`routes.${index}.target: "pool" needs stratum serve`);
+        if (!poolUpstream) throw new ConfigInvalid(`routes.${index}.target`, '"pool" needs stratum serve');
         upstream = poolUpstream;
         break;
       case 'uwsgi':
@@ -52,7 +53,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   const tracing = await startTracing(config.tracing, 'master');
   const metrics = config.metrics.enabled ? new Metrics() : null;
   const observer = createObserver(config, log, metrics, tracing?.tracer ?? null);
-  const pool = mode === 'proxy' ? null : new Supervisor(config, log, { publicSocket: true });
+  const pool = mode === 'proxy' ? null : new Supervisor(config, log);
   const admin = new AdminServer(config);
   let ready = false;
   let proxy: FrontProxy | null = null;

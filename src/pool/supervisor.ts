@@ -76,7 +76,7 @@ export class Supervisor extends EventEmitter {
   readonly config: StratumConfig;
   readonly log: Logger;
   readonly runDir: string;
-  readonly publicAddress: Address | null;
+  readonly publicAddress: Address;
   publicLabel: string | null = null;
   #slots: Array<WorkerRecord | null>;
   #byWorker = new Map<Worker, WorkerRecord>();
@@ -106,15 +106,13 @@ export class Supervisor extends EventEmitter {
   /** The shared uwsgi socket, bound by the master and held for the pool's whole life. */
   #publicHandle: BoundSocket | null = null;
 
-  constructor(config: StratumConfig, log: Logger, opts: { publicSocket: boolean }) {
+  constructor(config: StratumConfig, log: Logger) {
     super();
     this.config = config;
     this.log = log;
     this.runDir = mkdtempSync(path.join(os.tmpdir(), 'stratum-'));
     const socket = config.pool.socket;
-    this.publicAddress = !opts.publicSocket ? null
-      : socket === null ? { kind: 'unix', path: path.join(this.runDir, 'pool.sock') }
-      : parseAddress(socket, 'pool.socket');
+    this.publicAddress = socket === null ? { kind: 'unix', path: path.join(this.runDir, 'pool.sock') } : parseAddress(socket, 'pool.socket');
     // Slots up to the most workers the pool may run; with cheaper, only `min` start.
     const max = config.pool.cheaper.enabled ? (config.pool.cheaper.max ?? config.pool.workers) : config.pool.workers;
     this.#slots = new Array(max).fill(null);
