@@ -188,21 +188,30 @@ export function canConnect(port: number): Promise<boolean> {
 
 // ---- /proc ----
 
-/** pid → parent pid of every process on the machine. */
-function parentMap(): Map<number, number> {
-  const map = new Map<number, number>();
+/**
+ * Every process's /proc/<pid>/stat fields after "pid (comm) " — state ppid pgrp session tty tpgid
+ * flags minflt cminflt majflt cmajflt utime stime … (comm may hold spaces and parentheses, so the
+ * split starts after the last ')').
+ */
+function statFields(): Map<number, string[]> {
+  const map = new Map<number, string[]>();
   for (const entry of readdirSync('/proc')) {
     const pid = Number(entry);
     if (!Number.isInteger(pid)) continue;
     try {
       const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      // "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the last ')'.
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      map.set(pid, Number(fields[1]));
+      map.set(pid, stat.slice(stat.lastIndexOf(')') + 2).split(' '));
     } catch {
       // exited meanwhile
     }
   }
+  return map;
+}
+
+/** pid → parent pid of every process on the machine. */
+function parentMap(): Map<number, number> {
+  const map = new Map<number, number>();
+  for (const [pid, fields] of statFields()) map.set(pid, Number(fields[1]));
   return map;
 }
 
@@ -298,18 +307,7 @@ const CLK_TCK = 100;
 /** pid → utime + stime in seconds, for every process on the machine. */
 export function cpuSnapshot(): Map<number, number> {
   const map = new Map<number, number>();
-  for (const entry of readdirSync('/proc')) {
-    const pid = Number(entry);
-    if (!Number.isInteger(pid)) continue;
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      // After "pid (comm) ": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      map.set(pid, (Number(fields[11]) + Number(fields[12])) / CLK_TCK);
-    } catch {
-      // exited meanwhile
-    }
-  }
+  for (const [pid, fields] of statFields()) map.set(pid, (Number(fields[11]) + Number(fields[12])) / CLK_TCK);
   return map;
 }
 
