@@ -27,3 +27,14 @@ export function createLogger(level: LogLevel): Logger {
     formatters: { level: (label) => ({ level: label }) },
   }, dest);
 }
+
+/**
+ * A writer straight to the logger's destination, for the one line written per request (the access
+ * log): built by hand it costs a few µs where pino's generic serializer cost about 10 µs of the
+ * master's ~90 µs per request (`npm run bench`). Null when info lines are not logged.
+ */
+export function infoLineWriter(log: Logger): ((line: string) => void) | null {
+  if (!log.isLevelEnabled('info')) return null;
+  const stream = (log as unknown as Record<symbol, { write(s: string): unknown }>)[pino.symbols.streamSym];
+  return (line) => void stream.write(line);
+}

@@ -11,6 +11,7 @@ import { layerTimes, serverTiming, type LayerTimes } from './layers.ts';
 import type { Metrics } from './metrics.ts';
 import { RecentTraces, waterfall } from './recent.ts';
 import { ProxySpans } from './tracing.ts';
+import { infoLineWriter } from './log.ts';
 
 export interface Observer extends ProxyHooks {
   recent: RecentTraces;
@@ -24,7 +25,7 @@ type Traced = ProxyContext & { [spansKey]?: ProxySpans };
 export function createObserver(config: StratumConfig, log: Logger, metrics: Metrics | null, tracer: Tracer | null): Observer {
   const recent = new RecentTraces();
   const listeners: Observer['listeners'] = [];
-  const accessLog = config.log.access;
+  const writeLine = config.log.access ? infoLineWriter(log) : null;
   const timingHeader = config.proxy.serverTiming;
   return {
     recent,
@@ -95,22 +96,19 @@ export function createObserver(config: StratumConfig, log: Logger, metrics: Metr
         spans: waterfall(layers ?? { proxy: totalMs - upstreamMs, queue: upstreamMs, worker: 0, app: 0, total: totalMs }, t.dispatchAt ? t.dispatchAt - ctx.startAt : 0, { master: process.pid, worker: ctx.workerPid }, ctx.upstreamLabel, name),
       });
       for (const l of listeners) l(ctx, layers, totalMs);
-      if (accessLog) {
-        log.info({
-          type: 'access',
-          method: ctx.req.method,
-          path: ctx.req.url,
-          status,
-          bytes: ctx.bytesOut,
-          route: ctx.routeLabel,
-          upstream: ctx.upstreamLabel || undefined,
-          workerPid: ctx.workerPid || undefined,
-          requestId: ctx.forward.requestId,
-          traceId: traceId ?? undefined,
-          ms: round(totalMs),
-          layers: layers ? { proxy: round(layers.proxy), queue: round(layers.queue), worker: round(layers.worker), app: round(layers.app) } : undefined,
-          upstreamMs: t.dispatchAt ? { connect: t.connectAt ? round(t.connectAt - t.dispatchAt) : null, header: t.headAt ? round(t.headAt - t.dispatchAt) : null, response: round(upstreamMs) } : undefined,
-        }, 'request');
+      if (writeLine) {
+        // The same fields pino would write, serialized by hand on this hot path (log.ts).
+        let line = `{"level":"info","time":"${new Date().toISOString()}","pid":${process.pid},"type":"access","method":${JSON.stringify(ctx.req.method ?? '')},"path":${JSON.stringify(ctx.req.url ?? '')},"status":${status},"bytes":${ctx.bytesOut},"route":${JSON.stringify(ctx.routeLabel)}`;
+        if (ctx.upstreamLabel) line += `,"upstream":${JSON.stringify(ctx.upstreamLabel)}`;
+        if (ctx.workerPid) line += `,"workerPid":${ctx.workerPid}`;
+        line += `,"requestId":${JSON.stringify(ctx.forward.requestId)}`;
+        if (traceId) line += `,"traceId":"${traceId}"`;
+        line += `,"ms":${round(totalMs)}`;
+        if (layers) line += `,"layers":{"proxy":${round(layers.proxy)},"queue":${round(layers.queue)},"worker":${round(layers.worker)},"app":${round(layers.app)}}`;
+        if (t.dispatchAt) {
+          line += `,"upstreamMs":{"connect":${t.connectAt ? round(t.connectAt - t.dispatchAt) : null},"header":${t.headAt ? round(t.headAt - t.dispatchAt) : null},"response":${round(upstreamMs)}}`;
+        }
+        writeLine(`${line},"msg":"request"}\n`);
       }
     },
   };
