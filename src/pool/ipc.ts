@@ -10,9 +10,9 @@ export interface WorkerSpec {
   app: { module: string; export: string };
   /**
    * The shared uwsgi socket (for nginx, a remote proxy): a file descriptor the master bound and
-   * passed down at fork, or null. The worker listens and accepts on it; the master holds it.
+   * passed down at fork. The worker listens and accepts on it; the master holds it.
    */
-  publicFd: number | null;
+  publicFd: number;
   /** This worker's own socket, where our proxy keeps connections. */
   privatePath: string;
   maxVarsSize: number;

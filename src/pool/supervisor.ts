@@ -70,6 +70,8 @@ interface Waiter {
   timer: NodeJS.Timeout | null;
 }
 
+/** Where the shared uwsgi socket sits in every worker's descriptor table (after stdio and IPC). */
+const PUBLIC_FD = 4;
 const WORKER_MAIN = fileURLToPath(new URL('./worker.ts', import.meta.url));
 
 export class Supervisor extends EventEmitter {
@@ -101,7 +103,6 @@ export class Supervisor extends EventEmitter {
   #dispatched = new WeakMap<WorkerRecord, number>();
   /** Workers told to drain before they were ready. */
   #drainOnReady = new WeakSet<WorkerRecord>();
-  #publicFd: number | null = null;
 
   /** The shared uwsgi socket, bound by the master and held for the pool's whole life. */
   #publicHandle: BoundSocket | null = null;
@@ -124,21 +125,14 @@ export class Supervisor extends EventEmitter {
   }
 
   async start(): Promise<void> {
-    const PUBLIC_FD = 4;
-    if (this.publicAddress) {
-      if (this.publicAddress.kind === 'unix') await removeStaleSocket(this.publicAddress.path);
-      this.#publicHandle = bindSocket(this.publicAddress);
-      this.publicLabel = socketLabel(this.#publicHandle, this.publicAddress);
-      if (this.publicAddress.kind === 'unix') chmodSync(this.publicAddress.path, parseInt(this.config.pool.socketMode, 8));
-    }
-    // The bound socket reaches every worker as fd 4 (uWSGI's pre-fork model: the master binds,
-    // the workers accept); a dead worker never takes it down, so nothing is refused meanwhile.
-    cluster.setupPrimary({
-      exec: WORKER_MAIN,
-      args: [],
-      stdio: this.#publicHandle ? [0, 1, 2, 'ipc', this.#publicHandle.fd] : [0, 1, 2, 'ipc'],
-    });
-    this.#publicFd = this.#publicHandle ? PUBLIC_FD : null;
+    const a = this.publicAddress;
+    if (a.kind === 'unix') await removeStaleSocket(a.path);
+    this.#publicHandle = bindSocket(a);
+    this.publicLabel = socketLabel(this.#publicHandle, a);
+    if (a.kind === 'unix') chmodSync(a.path, parseInt(this.config.pool.socketMode, 8));
+    // The bound socket reaches every worker as fd PUBLIC_FD (uWSGI's pre-fork model: the master
+    // binds, the workers accept); a dead worker never takes it down, so nothing is refused meanwhile.
+    cluster.setupPrimary({ exec: WORKER_MAIN, args: [], stdio: [0, 1, 2, 'ipc', this.#publicHandle.fd] });
     const initial = this.config.pool.cheaper.enabled ? this.config.pool.cheaper.min : this.#slots.length;
     const started = this.#slots.slice(0, initial).map((_, i) => this.#spawn(i + 1, 0));
     await Promise.all(started.map((w) => w.ready));
@@ -156,7 +150,7 @@ export class Supervisor extends EventEmitter {
       id,
       generation,
       app: { module: path.resolve(this.config.app.module!), export: this.config.app.export },
-      publicFd: this.#publicFd,
+      publicFd: PUBLIC_FD,
       privatePath: path.join(this.runDir, `w${id}-${generation}-${respawns}-${Date.now() % 1e6}.sock`),
       maxVarsSize: this.config.pool.bufferSize,
       socketTimeoutMs: this.config.pool.socketTimeout * 1000,

@@ -130,7 +130,6 @@ function accept(socket: net.Socket, isPublic: boolean): void {
   if (isPublic) publicBridges.add(bridge);
 }
 
-let publicServer: net.Server | null = null;
 const privateServer = net.createServer((socket) => accept(socket, false));
 await new Promise<void>((resolve, reject) => {
   privateServer.once('error', reject);
@@ -138,18 +137,16 @@ await new Promise<void>((resolve, reject) => {
   privateServer.listen({ path: spec.privatePath, exclusive: true }, () => resolve());
 });
 
-if (spec.publicFd !== null) {
-  publicServer = net.createServer((socket) => accept(socket, true));
-  await new Promise<void>((resolve, reject) => {
-    publicServer!.once('error', reject);
-    publicServer!.once('listening', () => resolve());
-    // The master bound the socket and holds it (so it outlives any worker, as uWSGI's does);
-    // every worker listens and accepts on its own copy of the descriptor — pre-fork, no hand-off.
-    // listen({ fd }) would route through the cluster primary; _listen2 (what the cluster module
-    // itself calls for an exclusive listen) opens the descriptor here, for TCP and Unix alike.
-    (publicServer as unknown as { _listen2(a: null, p: null, t: null, backlog: number, fd: number): void })._listen2(null, null, null, 1024, spec.publicFd!);
-  });
-}
+const publicServer = net.createServer((socket) => accept(socket, true));
+await new Promise<void>((resolve, reject) => {
+  publicServer.once('error', reject);
+  publicServer.once('listening', () => resolve());
+  // The master bound the socket and holds it (so it outlives any worker, as uWSGI's does);
+  // every worker listens and accepts on its own copy of the descriptor — pre-fork, no hand-off.
+  // listen({ fd }) would route through the cluster primary; _listen2 (what the cluster module
+  // itself calls for an exclusive listen) opens the descriptor here, for TCP and Unix alike.
+  (publicServer as unknown as { _listen2(a: null, p: null, t: null, backlog: number, fd: number): void })._listen2(null, null, null, 1024, spec.publicFd);
+});
 
 send({ type: 'ready', pid: process.pid });
 
@@ -176,7 +173,7 @@ process.on('message', (msg: MasterMessage) => {
   // Stop taking new connections; requests in flight finish; idle kept connections close (the
   // master sends drain only once it has nothing in flight here, so none is in transit).
   privateServer.close();
-  publicServer?.close();
+  publicServer.close();
   server.closeIdleConnections();
   if (inflight === 0) return finishDrain();
   drainTimer = setTimeout(() => process.exit(0), msg.graceMs);

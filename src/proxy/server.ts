@@ -30,6 +30,12 @@ export interface ProxyHooks {
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** The client's X-Request-Id when it is a sane token, else a fresh one (nginx's $request_id). */
+function requestIdOf(req: IncomingMessage): string {
+  const given = req.headers['x-request-id'];
+  return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+}
 /** How long a refused connection may go on sending before we close it (nginx lingering_timeout). */
 const LINGER_MS = 5_000;
 
@@ -115,13 +121,12 @@ export class FrontProxy {
       socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${status.length - 3}\r\nConnection: close\r\n\r\n${status.slice(4)}\n`);
       return;
     }
-    const given = req.headers['x-request-id'];
     const ctx = {
       req,
       route: entry.route,
       routeLabel: entry.label,
       forward: {
-        requestId: typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID(),
+        requestId: requestIdOf(req),
         clientAddress: socket.remoteAddress ?? '',
         clientPort: socket.remotePort ?? 0,
         scheme: 'http',
@@ -196,8 +201,7 @@ export class FrontProxy {
     if (this.#lingering.has(socket)) return void socket.destroy();
     this.#inflight++;
     if (this.#closing) res.shouldKeepAlive = false;
-    const given = req.headers['x-request-id'];
-    const requestId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    const requestId = requestIdOf(req);
     const entry = this.#routes.match(req.headers.host, req.url ?? '/');
     const ctx: ProxyContext = {
       req, res,
