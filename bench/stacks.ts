@@ -318,4 +318,55 @@ export const STACKS: StackDef[] = [
     { changes: [[['log', 'access'], false], [['proxy', 'serverTiming'], false], [['tracing', 'enabled'], false]] }),
   stratum('stratum-all-off', 'Stratum, instrumentation off', 'metrics.enabled false, log.access false, proxy.serverTiming false, tracing off',
     { changes: [[['metrics', 'enabled'], false], [['log', 'access'], false], [['proxy', 'serverTiming'], false], [['tracing', 'enabled'], false]] }),
+  // HTTP upstreams: Stratum's front proxy to the Fastify cluster over HTTP, beside a plain undici
+  // proxy doing the same (what Stratum's HTTP upstream is built on).
+  {
+    name: 'stratum-http-upstream',
+    title: 'Stratum → HTTP → Fastify',
+    notes: 'config/stratum.yaml as shipped with routes[0] (/) targeting the Fastify cluster over HTTP (undici Pool); the 2 pool workers stay idle; Fastify in node:cluster with 2 workers on TCP',
+    stratum: true,
+    async start(ctx) {
+      const app = await startFastifyCluster(ctx);
+      let stratum: RunningStack;
+      try {
+        stratum = await startStratum(ctx, { changes: [[['routes', '0', 'target'], `http://127.0.0.1:${app.port}`]] });
+      } catch (err) {
+        await app.child.stop('SIGKILL');
+        throw err;
+      }
+      return {
+        ...stratum,
+        roots: () => [...stratum.roots(), app.child.pid],
+        async stop() {
+          await stratum.stop();
+          await app.child.stop('SIGKILL');
+        },
+      };
+    },
+  },
+  {
+    name: 'undici-proxy-fastify',
+    title: 'undici Pool proxy → Fastify',
+    notes: 'bench/apps/undici-proxy.ts: an undici Pool (pipelining 1) behind node:http in 1 process, X-Forwarded-* added; Fastify in node:cluster with 2 workers on TCP',
+    async start(ctx) {
+      const app = await startFastifyCluster(ctx);
+      const port = await freePort();
+      const proxy = await startNodeApp(ctx, 'undici-proxy', 'undici-proxy.ts', { PORT: String(port), UPSTREAM: `http://127.0.0.1:${app.port}` });
+      return {
+        url: `http://127.0.0.1:${port}/`,
+        roots: () => [proxy.pid, app.child.pid],
+        async stop() {
+          await proxy.stop('SIGKILL');
+          await app.child.stop('SIGKILL');
+        },
+      };
+    },
+  },
 ];
+
+/** The Fastify app in node:cluster on a free port, as the http-proxy-fastify and fastify rows start it. */
+async function startFastifyCluster(ctx: StackContext): Promise<{ child: Child; port: number }> {
+  const port = await freePort();
+  const child = await startNodeApp(ctx, 'fastify', 'fastify-cluster.ts', { PORT: String(port), WORKERS: String(APP_PROCESSES) });
+  return { child, port };
+}
