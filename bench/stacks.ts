@@ -1,6 +1,7 @@
 // The stacks the benchmark compares. Every one binds 127.0.0.1 (or sockets in its temp dir),
 // runs 2 app processes, and answers GET / with the same bytes: {"hello":"world"},
 // Content-Type application/json; charset=utf-8.
+import { spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,8 +10,29 @@ import { canConnect, childrenOf, freePort, startChild, waitForLine, waitUntil, d
 
 export const REPO = fileURLToPath(new URL('../', import.meta.url));
 const APPS = fileURLToPath(new URL('./apps/', import.meta.url));
-const STRATUM_BIN = join(REPO, 'bin/stratum.js');
+// The Stratum rows run what production runs: the compiled build (bin/stratum-dist.js, as `npm
+// start` and the image do), built from the current sources before the first row starts.
+const STRATUM_BIN = join(REPO, 'bin/stratum-dist.js');
+const STRATUM_APP = join(APPS, 'fastify-hello.ts');
 const DEFAULT_CONFIG = join(REPO, 'config/stratum.yaml');
+
+let stratumBuilt = false;
+/**
+ * `npm run build:server`, once per benchmark; then the app's entry in Node's compile cache, as a
+ * host that has started Stratum before has it (a worker writes it once it has loaded the app):
+ * every row measures the steady state, where no worker loads the TypeScript stripper (~20 MiB).
+ */
+function buildStratum(): void {
+  if (stratumBuilt) return;
+  const run = (what: string, command: string, args: string[]) => {
+    const r = spawnSync(command, args, { cwd: REPO, encoding: 'utf8', env: nodeEnv(), timeout: 120_000 });
+    if (r.status !== 0) throw new Error(`${what} failed (${r.error?.message ?? `exit ${r.status}`})\n${r.stdout}${r.stderr}`);
+  };
+  run('npm run build:server', 'npm', ['run', '--silent', 'build:server']);
+  run('warming the compile cache', process.execPath, ['--input-type=module', '-e',
+    `import { enableCompileCache, flushCompileCache } from 'node:module'; enableCompileCache(); await import(${JSON.stringify(STRATUM_APP)}); flushCompileCache(); process.exit(0);`]);
+  stratumBuilt = true;
+}
 const UWSGI_PARAMS = '/etc/nginx/uwsgi_params';
 const UWSGI_PLUGIN_DIR = '/usr/lib/uwsgi/plugins';
 
@@ -176,6 +198,7 @@ export interface StratumVariant {
 }
 
 async function startStratum(ctx: StackContext, variant: StratumVariant): Promise<RunningStack> {
+  buildStratum();
   let config = DEFAULT_CONFIG;
   if (variant.changes) {
     // The shipped default file with only the named fields changed, so every variant follows it.
@@ -201,7 +224,7 @@ async function startStratum(ctx: StackContext, variant: StratumVariant): Promise
     '--listen', '127.0.0.1:0',
     '--admin', '127.0.0.1:0',
     '--workers', String(APP_PROCESSES),
-    '--app', join(APPS, 'fastify-hello.ts'),
+    '--app', STRATUM_APP,
   ];
   // stdout (the JSON log, access log included) goes to a file, as to a log shipper's file.
   const child = startChild('stratum', process.execPath, args, { dir: ctx.dir, env: nodeEnv(env), cwd: REPO });

@@ -1,6 +1,14 @@
 #!/usr/bin/env node
-// Node 24 runs the TypeScript sources directly (type stripping): no build step between edit and run.
-import { main } from '../src/cli.ts';
+// Runs the TypeScript sources (src/): Node 24 strips the types as it loads them, so there is no
+// build step between an edit and a run. This is the entry of development and of the tests;
+// production runs the compiled build instead (bin/stratum-dist.js, `npm start`, the image).
+import { enableCompileCache } from 'node:module';
+
+// Node's compile cache keeps each module's stripped source (and V8's code cache) on disk, keyed by
+// path and content: from the second start on, no process of this tree loads the type stripper,
+// ~20 MiB resident each. The master passes the directory on to its workers.
+enableCompileCache();
+const { main } = await import('../src/cli.ts');
 
 const code = await main(process.argv.slice(2));
 // A start that failed half-way can leave workers or servers open; a failed command must not linger.

@@ -45,6 +45,13 @@ type Command = keyof typeof COMMANDS;
 
 const RUNNERS = { serve: 'runServe', pool: 'runPool', proxy: 'runProxy' } as const;
 
+// Loaded only by the command that needs it (`stratum top` never loads the appliance). Literal
+// specifiers, so the production build (tsc, rewriteRelativeImportExtensions) imports its .js files.
+const LAZY_MODULES: Record<string, () => Promise<unknown>> = {
+  './appliance.ts': () => import('./appliance.ts'),
+  './admin/top.ts': () => import('./admin/top.ts'),
+};
+
 const FLAG_HELP: Record<keyof typeof FLAG_OVERRIDES, string> = {
   listen: 'front proxy address',
   admin: 'admin server address (metrics, stats)',
@@ -65,7 +72,7 @@ export async function main(argv: string[], io: Partial<CliIO> = {}): Promise<num
   const err = io.stderr ?? ((text: string) => void process.stderr.write(text));
   const env = io.env ?? process.env;
   const cwd = io.cwd ?? process.cwd();
-  const importModule = io.importModule ?? ((specifier: string) => import(new URL(specifier, import.meta.url).href));
+  const importModule = io.importModule ?? ((specifier: string) => LAZY_MODULES[specifier]!());
 
   try {
     const first = argv[0];

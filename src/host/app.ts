@@ -40,8 +40,11 @@ function isFastify(x: unknown): x is FastifyLike {
 export async function loadApp(modulePath: string, exportName = 'default'): Promise<LoadedApp> {
   let mod: Record<string, unknown>;
   try {
-    // A query string defeats the ESM cache: a rolling reload must see fresh code.
-    mod = (await import(`${pathToFileURL(resolve(modulePath)).href}?t=${Date.now()}`)) as Record<string, unknown>;
+    // Each worker is a fresh process (a reload forks new ones), so its ESM cache never holds an old
+    // version of the app. No cache-busting query: it would defeat Node's compile cache, whose
+    // entries are keyed by URL — a TypeScript app would then load the type stripper (~20 MiB) in
+    // every worker, and leave one more cache file behind at every start.
+    mod = (await import(pathToFileURL(resolve(modulePath)).href)) as Record<string, unknown>;
   } catch (err) {
     throw new AppLoadFailed(modulePath, (err as Error).message.split('\n')[0]!);
   }

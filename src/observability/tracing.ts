@@ -3,14 +3,17 @@
 // the worker for the uwsgi request, and the app's own spans beneath it (@fastify/otel). Context
 // crosses the uwsgi hop as the HTTP_TRACEPARENT var — to our workers and to a foreign uWSGI — and
 // as the traceparent header to HTTP upstreams. Export: OTLP/HTTP, configured by OTEL_* vars.
-// When tracing is off nothing here runs: no SDK, no span objects, no header work.
+// When tracing is off nothing here runs: no SDK, no span objects, no header work — and nothing of
+// OpenTelemetry is even loaded: @opentelemetry/api alone is ~2–4 MiB of resident memory per
+// process (npm run bench, idle RSS), so it is imported by startTracing, not at the top.
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import {
-  context, propagation, trace, ROOT_CONTEXT, SpanKind, SpanStatusCode,
-  type Context, type Span, type TextMapGetter, type Tracer,
-} from '@opentelemetry/api';
+import type { Context, Span, TextMapGetter, Tracer } from '@opentelemetry/api';
 import type { StratumConfig } from '../config/schema.ts';
+
+type OtelApi = typeof import('@opentelemetry/api');
+/** Set by startTracing; ProxySpans and tracedListener only exist once it has run (they need a tracer). */
+let api: OtelApi;
 
 const headerGetter: TextMapGetter<IncomingMessage['headers']> = {
   keys: (h) => Object.keys(h),
@@ -28,6 +31,7 @@ export interface TracingHandle {
  */
 export async function startTracing(config: StratumConfig['tracing'], role: string): Promise<TracingHandle | null> {
   if (!config.enabled) return null;
+  api = await import('@opentelemetry/api');
   const [{ NodeSDK }, { ParentBasedSampler, TraceIdRatioBasedSampler }, { resourceFromAttributes }] = await Promise.all([
     import('@opentelemetry/sdk-node'),
     import('@opentelemetry/sdk-trace'),
@@ -47,7 +51,7 @@ export async function startTracing(config: StratumConfig['tracing'], role: strin
     instrumentations,
   });
   sdk.start();
-  return { tracer: trace.getTracer('stratum'), shutdown: () => sdk.shutdown() };
+  return { tracer: api.trace.getTracer('stratum'), shutdown: () => sdk.shutdown() };
 }
 
 /** The proxy's spans for one request. */
@@ -58,11 +62,11 @@ export class ProxySpans {
 
   constructor(tracer: Tracer, req: IncomingMessage, route: string, scheme: string) {
     // A client's traceparent is honoured: our SERVER span continues its trace.
-    const parent = propagation.extract(ROOT_CONTEXT, req.headers, headerGetter);
+    const parent = api.propagation.extract(api.ROOT_CONTEXT, req.headers, headerGetter);
     const host = req.headers.host ?? '';
     const colon = host.lastIndexOf(':');
     this.server = tracer.startSpan(`${req.method} ${route}`, {
-      kind: SpanKind.SERVER,
+      kind: api.SpanKind.SERVER,
       attributes: {
         'http.request.method': req.method ?? 'GET',
         'url.path': (req.url ?? '/').split('?')[0],
@@ -75,7 +79,7 @@ export class ProxySpans {
         'stratum.layer': 'proxy',
       },
     }, parent);
-    this.ctx = trace.setSpan(parent, this.server);
+    this.ctx = api.trace.setSpan(parent, this.server);
   }
 
   get traceId(): string {
@@ -85,11 +89,11 @@ export class ProxySpans {
   /** Start the CLIENT span for the upstream call; returns the traceparent to send upstream. */
   startClient(tracer: Tracer, method: string, kind: string, target: string): string | null {
     this.client = tracer.startSpan(`${method}`, {
-      kind: SpanKind.CLIENT,
+      kind: api.SpanKind.CLIENT,
       attributes: { 'http.request.method': method, 'server.address': target, 'stratum.upstream.kind': kind, 'stratum.layer': 'queue' },
     }, this.ctx);
     const carrier: Record<string, string> = {};
-    propagation.inject(trace.setSpan(this.ctx, this.client), carrier);
+    api.propagation.inject(api.trace.setSpan(this.ctx, this.client), carrier);
     return carrier.traceparent ?? null;
   }
 
@@ -99,7 +103,7 @@ export class ProxySpans {
       span.setAttribute('http.response.status_code', status);
       for (const [k, v] of Object.entries(extra)) span.setAttribute(k, v);
       if (status >= 500 || error) {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: error?.message });
+        span.setStatus({ code: api.SpanStatusCode.ERROR, message: error?.message });
         if (error) span.setAttribute('error.type', error.code);
       }
     }
@@ -111,9 +115,9 @@ export class ProxySpans {
 /** Worker side: a SERVER span around the app, child of the proxy's CLIENT span. */
 export function tracedListener(tracer: Tracer, listener: (req: IncomingMessage, res: ServerResponse) => void, workerId: number) {
   return (req: IncomingMessage, res: ServerResponse): void => {
-    const parent = propagation.extract(ROOT_CONTEXT, req.headers, headerGetter);
+    const parent = api.propagation.extract(api.ROOT_CONTEXT, req.headers, headerGetter);
     const span = tracer.startSpan(`uwsgi ${req.method}`, {
-      kind: SpanKind.SERVER,
+      kind: api.SpanKind.SERVER,
       attributes: {
         'http.request.method': req.method ?? 'GET',
         'url.path': (req.url ?? '/').split('?')[0],
@@ -124,9 +128,9 @@ export function tracedListener(tracer: Tracer, listener: (req: IncomingMessage, 
     }, parent);
     res.once('close', () => {
       span.setAttribute('http.response.status_code', res.statusCode);
-      if (res.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+      if (res.statusCode >= 500) span.setStatus({ code: api.SpanStatusCode.ERROR });
       span.end();
     });
-    context.with(trace.setSpan(parent, span), () => listener(req, res));
+    api.context.with(api.trace.setSpan(parent, span), () => listener(req, res));
   };
 }

@@ -7,6 +7,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import { EventEmitter } from 'node:events';
 import { chmodSync, existsSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
+import { getCompileCacheDir } from 'node:module';
 import net from 'node:net';
 import util from 'node:util';
 import os from 'node:os';
@@ -72,7 +73,9 @@ interface Waiter {
 
 /** Where the shared uwsgi socket sits in every worker's descriptor table (after stdio and IPC). */
 const PUBLIC_FD = 4;
-const WORKER_MAIN = fileURLToPath(new URL('./worker.ts', import.meta.url));
+// The worker runs the same build as the master: worker.ts beside supervisor.ts (sources), or
+// worker.js beside supervisor.js (the production build in dist/).
+const WORKER_MAIN = fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? './worker.ts' : './worker.js', import.meta.url));
 
 export class Supervisor extends EventEmitter {
   readonly config: StratumConfig;
@@ -158,7 +161,10 @@ export class Supervisor extends EventEmitter {
       statusIntervalMs: 500,
       tracing: this.config.tracing,
     };
-    const worker = cluster.fork({ [WORKER_ENV]: JSON.stringify(spec) });
+    // Workers share the master's compile cache (bin/ enables it): a TypeScript app is stripped
+    // once, not by every worker at every start, and no worker then loads the stripper (~20 MiB).
+    const compileCache = getCompileCacheDir();
+    const worker = cluster.fork({ [WORKER_ENV]: JSON.stringify(spec), ...(compileCache ? { NODE_COMPILE_CACHE: compileCache } : {}) });
     const client = new UwsgiClient({ kind: 'unix', path: spec.privatePath }, {
       negotiate: true,
       connectTimeoutMs: this.config.proxy.connectTimeout * 1000,

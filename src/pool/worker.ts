@@ -2,7 +2,7 @@
 // foreign clients such as nginx) and on its own private socket (for our proxy's kept
 // connections), reports status to the master, and drains on request.
 
-import http from 'node:http';
+import { flushCompileCache } from 'node:module';
 import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { loadApp, type LoadedApp } from '../host/app.ts';
@@ -10,6 +10,11 @@ import { requestMeta, serveUwsgiConnection, uwsgiRequestListener, UwsgiServerRes
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { startTracing, tracedListener } from '../observability/tracing.ts';
 import { WORKER_ENV, type MasterMessage, type WorkerMessage, type WorkerSpec } from './ipc.ts';
+
+// Not `import http from 'node:http'`: an ES import of node:http reads every export of the module,
+// WebSocket and its events included, which loads Node's bundled undici (~3 MiB resident, npm run
+// bench). getBuiltinModule hands over the CommonJS exports and leaves the lazy ones unread.
+const http = process.getBuiltinModule('node:http');
 
 const spec = JSON.parse(process.env[WORKER_ENV] ?? 'null') as WorkerSpec | null;
 if (!spec || typeof process.send !== 'function') {
@@ -54,6 +59,10 @@ try {
   send({ type: 'fatal', message: (err as Error).message, code: (err as { code?: string }).code });
   process.exit(3);
 }
+// The compile cache (enabled by the master, NODE_COMPILE_CACHE) is written now rather than at exit:
+// a worker that dies by harakiri or SIGKILL never exits cleanly, and every worker forked after
+// this one then finds a TypeScript app already stripped, without loading the stripper (~20 MiB).
+flushCompileCache();
 
 const loop = monitorEventLoopDelay({ resolution: 20 });
 loop.enable();

@@ -3,7 +3,7 @@
 // dashboard and alerts query, and the Dockerfile's runtime stage replayed outside Docker (no
 // Docker engine runs in CI) to show that its CMD serves and its HEALTHCHECK passes.
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, describe, expect, it, type TestContext } from 'vitest';
 import { parse, parseAllDocuments, stringify } from 'yaml';
@@ -418,6 +418,41 @@ function waitForReady(t: Tracked, timeoutMs: number): Promise<Record<string, unk
   });
 }
 
+const replayed = new Map<Stage, string>();
+
+/**
+ * A build stage other than the first, replayed into dir (its /app): its COPY steps copy from the
+ * repository, its RUN commands run there — except `npm ci`, for which the repository's own
+ * node_modules stands in (the same lockfile, dev dependencies included). Nothing is written into
+ * the repository, so a dist/ or dashboard/dist/ lying there is never what the test runs.
+ */
+function replayStage(stage: Stage, dir: string): string {
+  const done = replayed.get(stage);
+  if (done) return done;
+  mkdirSync(dir, { recursive: true });
+  symlinkSync(join(REPO_ROOT, 'node_modules'), join(dir, 'node_modules'));
+  for (const step of stage.steps) {
+    if (step.op === 'COPY') {
+      expect(step.args, `stage ${stage.name}: COPY --from is not replayed`).not.toMatch(/--from=/);
+      const paths = step.args.split(/\s+/).filter((p) => !p.startsWith('--'));
+      const rawDest = paths.pop()!;
+      const intoDir = paths.length > 1 || rawDest.endsWith('/');
+      for (const src of paths) {
+        const target = join(dir, rawDest, intoDir ? src.split('/').at(-1)! : '');
+        cpSync(join(REPO_ROOT, src), target, { recursive: true, filter: (p) => !p.endsWith('.test.ts') });
+      }
+    } else if (step.op === 'RUN') {
+      for (const command of step.args.split('&&').map((c) => c.trim())) {
+        if (command.startsWith('npm ci')) continue;
+        const r = spawnSync(command, { cwd: dir, shell: true, encoding: 'utf8', timeout: 120_000 });
+        expect(r.status, `stage ${stage.name}: ${command}\n${r.stdout}${r.stderr}`).toBe(0);
+      }
+    }
+  }
+  replayed.set(stage, dir);
+  return dir;
+}
+
 describe('container image', () => {
   const stages = () => parseDockerfile(read('deploy/Dockerfile'));
 
@@ -433,7 +468,11 @@ describe('container image', () => {
     expect(last('EXPOSE')?.split(/\s+/).sort()).toEqual(['8080', '9900']);
     expect(last('STOPSIGNAL')).toBe('SIGTERM');
     expect(last('HEALTHCHECK')).toMatch(/\/readyz/);
-    expect(execForm(last('CMD')!, 'CMD')).toEqual(['node', 'bin/stratum.js', 'serve', '--config', '/etc/stratum/stratum.yaml']);
+    expect(execForm(last('CMD')!, 'CMD')).toEqual(['node', 'bin/stratum-dist.js', 'serve', '--config', '/etc/stratum/stratum.yaml']);
+    // The image runs the compiled build, and ships no sources it could run instead.
+    const copied = runtime.filter((s) => s.op === 'COPY').map((s) => s.args.split(/\s+/).filter((p) => !p.startsWith('--')).slice(0, -1)).flat();
+    expect(copied.some((p) => p.endsWith('/dist'))).toBe(true);
+    expect(copied.some((p) => /(^|\/)src$/.test(p))).toBe(false);
     expect(runtime.some((s) => s.op === 'COPY' && s.args.endsWith(' /etc/stratum/stratum.yaml'))).toBe(true);
   });
 
@@ -445,7 +484,7 @@ describe('container image', () => {
     expect(lines).toContain('**/*.test.ts');
     // A path is kept when neither it nor a parent folder is listed, or it is re-included with "!".
     const kept = (path: string) => included.has(path) || !path.split('/').some((_, i, parts) => excluded.has(parts.slice(0, i + 1).join('/')));
-    const needed = ['package.json', 'package-lock.json', 'tsconfig.json', 'bin', 'src', 'config', 'examples', 'dashboard/src', 'dashboard/index.html', 'deploy/stratum.container.yaml'];
+    const needed = ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'bin', 'src', 'config', 'examples', 'dashboard/src', 'dashboard/index.html', 'deploy/stratum.container.yaml'];
     for (const p of needed) expect(kept(p), p).toBe(true);
   });
 
@@ -502,18 +541,11 @@ describe('container image', () => {
         for (const src of paths) {
           let from_: string;
           if (from && from !== build.name) {
-            // Another stage (the dashboard's): it must build what is copied; here the repository
-            // builds it the same way (npm run build:dashboard) when it is missing.
+            // Another stage (the compile stage: dist/ and the dashboard page), replayed once.
             const stage = all.find((st) => st.name === from);
             expect(stage, `COPY --from=${from}: no such stage`).toBeDefined();
-            const script = stage!.steps.filter((st) => st.op === 'RUN').map((st) => st.args).find((a) => a.includes('npm run '));
-            expect(script, `stage ${from} runs no npm script`).toBeDefined();
-            const rel = src.replace(/^\/app\//, '');
-            if (!existsSync(join(REPO_ROOT, rel, 'index.html'))) {
-              const b = spawnSync(script!, { cwd: REPO_ROOT, shell: true, encoding: 'utf8', timeout: 120_000 });
-              expect(b.status, `${script}\n${b.stdout}${b.stderr}`).toBe(0);
-            }
-            from_ = join(REPO_ROOT, rel);
+            from_ = join(replayStage(stage!, join(root, `.${from}`)), src.replace(/^\/app\//, ''));
+            expect(existsSync(from_), `stage ${from} made no ${src}`).toBe(true);
           } else if (from) {
             const rel = src.replace(/^\/app\//, '');
             if (rel === 'node_modules') from_ = join(buildDir, rel);
