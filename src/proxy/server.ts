@@ -136,6 +136,7 @@ export class FrontProxy {
       },
       extraHeaders: [],
       error: null,
+      onClientGone: null,
     } as unknown as ProxyContext;
     upstream.upgrade(ctx, socket, head);
   }
@@ -231,8 +232,10 @@ export class FrontProxy {
       },
       bytesOut: 0,
       error: null,
+      onClientGone: null,
     };
     res.once('close', () => {
+      if (ctx.onClientGone && !res.writableFinished) ctx.onClientGone();
       this.#inflight--;
       this.#hooks.onResponse?.(ctx);
       if (this.#inflight === 0) for (const w of this.#idleWaiters.splice(0)) w();
@@ -241,23 +244,33 @@ export class FrontProxy {
     const problem = framingProblem(req);
     if (problem) return this.#fail(ctx, new ClientBadRequest(problem), null);
     if (!entry) return this.#fail(ctx, new RouteNotFound(req.headers.host ?? '', req.url ?? '/'), null);
-    let body: RequestBody | null = null;
     const configured = entry.route.clientMaxBodySize ?? this.config.proxy.clientMaxBodySize;
     const limit = configured === 0 ? Infinity : configured; // 0 = no limit, as nginx's client_max_body_size 0
     if (expectContinue && !(Number(req.headers['content-length']) > limit)) res.writeContinue();
+    // No body announced (most requests): straight to the upstream, no body promise to wait on.
+    if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined) return this.#dispatch(ctx, entry.upstream, null);
     const abort = this.#watchBody(ctx);
     prepareBody(req, limit, { buffer: this.config.proxy.requestBuffering, signal: abort?.signal })
-      .then((b) => {
-        body = b;
-        this.#hooks.onDispatch?.(ctx, entry.upstream.kind);
-        ctx.timings.dispatchAt = performance.now();
-        return entry.upstream.handle(ctx, b);
-      })
-      .then(() => body?.cleanup())
-      .catch((err: unknown) => {
+      .then((b) => this.#dispatch(ctx, entry.upstream, b), (err: unknown) => this.#fail(ctx, err, null));
+  }
+
+  #dispatch(ctx: ProxyContext, upstream: Upstream, body: RequestBody | null): void {
+    let p: Promise<void>;
+    try {
+      this.#hooks.onDispatch?.(ctx, upstream.kind);
+      ctx.timings.dispatchAt = performance.now();
+      p = upstream.handle(ctx, body);
+    } catch (err) {
+      body?.cleanup();
+      return this.#fail(ctx, err, body);
+    }
+    p.then(
+      () => body?.cleanup(),
+      (err: unknown) => {
         body?.cleanup();
         this.#fail(ctx, err, body);
-      });
+      },
+    );
   }
 
   /**

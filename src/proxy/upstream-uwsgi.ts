@@ -19,10 +19,19 @@ import { sendHead, type ProxyContext, type RequestBody, type Upstream } from './
 export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: RequestBody | null, opts: { joinRepeated: boolean; harakiri?: () => StratumError }): Promise<void> {
   const { harakiri } = opts;
   return new Promise<void>((resolve, reject) => {
-    const vars = uwsgiVars(ctx.req, { ...ctx.forward, contentLength: body ? body.length : -1 }, ctx.extraVars, opts.joinRepeated);
+    ctx.forward.contentLength = body ? body.length : -1;
+    const vars = uwsgiVars(ctx.req, ctx.forward, ctx.extraVars, opts.joinRepeated);
     const res = ctx.res;
     let settled = false;
     let killed: StratumError | null = null;
+    let timer: NodeJS.Timeout | null = null;
+    const settle = () => {
+      settled = true;
+      ctx.timings.endAt = performance.now();
+      ctx.onClientGone = null;
+      if (timer) clearTimeout(timer);
+    };
+    const onDrain = () => exchange.resume();
     const exchange = client.request(vars, body ? body.open() : null, {
       onConnect() {
         ctx.timings.connectAt = performance.now();
@@ -42,40 +51,32 @@ export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: Requ
       },
       onBody(chunk) {
         ctx.bytesOut += chunk.length;
-        return res.write(chunk);
+        if (res.write(chunk)) return true;
+        res.once('drain', onDrain);
+        return false;
       },
       onComplete() {
-        ctx.timings.endAt = performance.now();
-        settled = true;
-        res.off('drain', onDrain);
-        res.off('close', onClose);
+        settle();
         res.end();
         resolve();
       },
       onError(err) {
-        ctx.timings.endAt = performance.now();
-        settled = true;
-        res.off('drain', onDrain);
-        res.off('close', onClose);
+        settle();
         reject(killed ?? err);
       },
     }, { isHead: ctx.req.method === 'HEAD', readTimeoutMs: ctx.readTimeoutMs });
-    const onDrain = () => exchange.resume();
-    const onClose = () => {
-      if (!settled && !res.writableFinished) {
-        exchange.abort();
-        settled = true;
-        resolve();
-      }
+    // The client went away first: drop the upstream connection (the proxy calls this on close).
+    ctx.onClientGone = () => {
+      if (settled) return;
+      settle();
+      exchange.abort();
+      resolve();
     };
-    res.on('drain', onDrain);
-    res.on('close', onClose);
     if (ctx.harakiriMs > 0 && harakiri) {
-      const t = setTimeout(() => {
+      timer = setTimeout(() => {
         if (!settled) killed = harakiri();
       }, ctx.harakiriMs);
-      t.unref();
-      res.once('close', () => clearTimeout(t));
+      timer.unref();
     }
   });
 }

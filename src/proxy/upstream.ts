@@ -43,6 +43,8 @@ export interface ProxyContext {
   beforeHead(headers: string[]): void;
   bytesOut: number;
   error: StratumError | null;
+  /** Set by an upstream while it serves: the client's connection closed before the response ended. */
+  onClientGone: (() => void) | null;
 }
 
 export interface Upstream {

@@ -2,11 +2,15 @@
 // response back. One UwsgiClient per server address. With `negotiate`, it offers keep-alive
 // (STRATUM_KEEPALIVE=1); only a server that answers with the x-stratum-keepalive header (our own
 // workers) gets its connection kept — nginx-era peers such as uWSGI see plain uwsgi and close.
+//
+// Hot path: a connection carries its listeners, its response parser and its read timeout for
+// its whole life (undici's client does the same); an exchange only takes the connection's
+// current slot. Nothing is attached, detached or re-armed per request.
 
 import net from 'node:net';
 import type { Readable } from 'node:stream';
 import { encodePacket, type UwsgiVars } from './codec.ts';
-import { ResponseParser, type ResponseHead } from './response.ts';
+import { ResponseParser, type ResponseHead, type ResponseSink } from './response.ts';
 import { KEEPALIVE_HEADER, KEEPALIVE_VAR } from './server.ts';
 import { StratumError, UpstreamReset, UpstreamTimeout, UpstreamUnreachable } from '../errors.ts';
 import type { Address } from '../config/schema.ts';
@@ -34,14 +38,13 @@ export function addressLabel(a: Address): string {
   return a.kind === 'unix' ? `unix:${a.path}` : `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
 }
 
-const IDLE_EVENTS = ['close', 'error', 'data', 'end'] as const;
-const idleDrop = new WeakMap<net.Socket, () => void>();
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOENT', 'EHOSTUNREACH', 'ENETUNREACH', 'EACCES', 'EAI_AGAIN', 'ENOTFOUND']);
 
 export class UwsgiClient {
   readonly address: Address;
   readonly label: string;
   #opts: UwsgiClientOptions;
-  #idle: net.Socket[] = [];
+  #idle: Connection[] = [];
   #closed = false;
 
   constructor(address: Address, opts: UwsgiClientOptions) {
@@ -54,75 +57,150 @@ export class UwsgiClient {
     return this.#idle.length;
   }
 
+  get options(): UwsgiClientOptions {
+    return this.#opts;
+  }
+
   /**
    * Send one request. A kept connection that dies before answering is not retried here: the
    * server may have seen the request. Only a refused connection (UpstreamUnreachable: nothing
    * was sent) is safe for the caller to retry elsewhere, as nginx's proxy_next_upstream does.
+   * `vars` is consumed (the keep-alive offer is appended to it).
    */
   request(vars: UwsgiVars, body: Readable | Buffer | null, handler: ExchangeHandler, opts: { isHead: boolean; readTimeoutMs?: number }): Exchange {
-    const packet = encodePacket(this.#opts.negotiate ? [...vars, KEEPALIVE_VAR, '1'] : vars);
-    const ex = new Exchange(this, packet, body, handler, opts.isHead, opts.readTimeoutMs ?? this.#opts.readTimeoutMs);
-    ex.start();
+    if (this.#opts.negotiate) vars.push(KEEPALIVE_VAR, '1');
+    const ex = new Exchange(this, encodePacket(vars), body, handler, opts.isHead, opts.readTimeoutMs ?? this.#opts.readTimeoutMs);
+    let conn: Connection | undefined;
+    while ((conn = this.#idle.pop()) !== undefined) {
+      if (!conn.socket.destroyed && conn.socket.writable) break;
+    }
+    if (conn) conn.start(ex, true);
+    else {
+      const socket = this.address.kind === 'unix'
+        ? net.connect({ path: this.address.path })
+        : net.connect({ host: this.address.host, port: this.address.port });
+      socket.setNoDelay(true);
+      new Connection(this, socket, this.#opts.maxHeaderSize).start(ex, false);
+    }
     return ex;
   }
 
-  /** @internal */
-  acquire(): { socket: net.Socket; reused: boolean } {
-    while (this.#idle.length > 0) {
-      const s = this.#idle.pop()!;
-      const drop = idleDrop.get(s);
-      if (drop) {
-        for (const ev of IDLE_EVENTS) s.off(ev, drop);
-        idleDrop.delete(s);
-      }
-      if (!s.destroyed && s.writable) return { socket: s, reused: true };
+  /** @internal The exchange on `conn` completed cleanly: park the connection for reuse. */
+  park(conn: Connection): void {
+    if (this.#closed || this.#idle.length >= (this.#opts.maxIdle ?? 256) || conn.socket.destroyed) conn.socket.destroy();
+    else {
+      if (conn.socket.isPaused()) conn.socket.resume(); // an idle connection must see a close or stray bytes
+      this.#idle.push(conn);
     }
-    const socket = this.address.kind === 'unix'
-      ? net.connect({ path: this.address.path })
-      : net.connect({ host: this.address.host, port: this.address.port });
-    socket.setNoDelay(true);
-    return { socket, reused: false };
   }
 
-  /** @internal The exchange has removed its own listeners; park the socket for reuse. */
-  release(socket: net.Socket): void {
-    if (this.#closed || this.#idle.length >= (this.#opts.maxIdle ?? 256) || socket.destroyed) {
-      socket.destroy();
-      return;
-    }
-    socket.setTimeout(0);
-    // An idle kept connection that closes, errs, or receives anything is out of step: drop it.
-    const drop = () => {
-      const i = this.#idle.indexOf(socket);
-      if (i >= 0) this.#idle.splice(i, 1);
-      socket.destroy();
-    };
-    idleDrop.set(socket, drop);
-    for (const ev of IDLE_EVENTS) socket.on(ev, drop);
-    this.#idle.push(socket);
+  /** @internal An idle connection closed, erred or spoke out of turn. */
+  forget(conn: Connection): void {
+    const i = this.#idle.indexOf(conn);
+    if (i >= 0) this.#idle.splice(i, 1);
   }
 
   close(): void {
     this.#closed = true;
-    for (const s of this.#idle.splice(0)) s.destroy();
-  }
-
-  get options(): UwsgiClientOptions {
-    return this.#opts;
+    for (const c of this.#idle.splice(0)) c.socket.destroy();
   }
 }
 
-const EXCHANGE_EVENTS = ['data', 'end', 'timeout', 'error', 'close'] as const;
+/** One connection to the server, with its listeners and parser attached once. */
+class Connection implements ResponseSink {
+  readonly socket: net.Socket;
+  #client: UwsgiClient;
+  #parser: ResponseParser;
+  #ex: Exchange | null = null;
+  #timeoutMs = -1;
+
+  constructor(client: UwsgiClient, socket: net.Socket, maxHeaderSize: number | undefined) {
+    this.#client = client;
+    this.socket = socket;
+    this.#parser = new ResponseParser(this, { isHead: false, maxHeaderSize });
+    socket.on('data', (chunk: Buffer) => {
+      const ex = this.#ex;
+      if (ex) ex.onData(chunk, this.#parser);
+      else this.#drop(); // an idle kept connection that receives anything is out of step
+    });
+    socket.on('end', () => {
+      const ex = this.#ex;
+      if (ex) ex.onEnd(this.#parser);
+      else this.#drop();
+    });
+    socket.on('timeout', () => this.#ex?.onTimeout(socket.connecting));
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      const ex = this.#ex;
+      if (ex) ex.onSocketError(err);
+      else this.#drop();
+    });
+    socket.on('close', () => {
+      const ex = this.#ex;
+      if (ex) ex.onSocketError(Object.assign(new Error('connection closed'), { code: 'ECONNRESET' }));
+      else this.#client.forget(this);
+    });
+  }
+
+  start(ex: Exchange, reused: boolean): void {
+    this.#ex = ex;
+    this.#parser.reset(ex.isHead);
+    ex.attach(this);
+    if (reused) {
+      if (this.socket.isPaused()) this.socket.resume();
+      this.#setTimeout(ex.readTimeoutMs);
+      ex.onConnected(true);
+    } else {
+      this.#setTimeout(this.#client.options.connectTimeoutMs);
+      this.socket.once('connect', () => {
+        this.#setTimeout(ex.readTimeoutMs);
+        ex.onConnected(false);
+      });
+    }
+  }
+
+  /** The exchange ended; keep the connection only if the response and the request both ended cleanly. */
+  finish(keep: boolean): void {
+    this.#ex = null;
+    if (keep) this.#client.park(this);
+    else this.socket.destroy();
+  }
+
+  // ResponseSink: forwarded to the current exchange.
+  onHead(head: ResponseHead): void {
+    this.#ex?.onHead(head);
+  }
+
+  onBody(chunk: Buffer): void {
+    this.#ex?.onBody(chunk);
+  }
+
+  onComplete(): void {
+    this.#ex?.onParsed();
+  }
+
+  #setTimeout(ms: number): void {
+    // Armed once; an idle connection's timeout fires into no exchange and is ignored, and the
+    // next write re-arms it.
+    if (ms !== this.#timeoutMs) {
+      this.#timeoutMs = ms;
+      this.socket.setTimeout(ms);
+    }
+  }
+
+  #drop(): void {
+    this.#client.forget(this);
+    this.socket.destroy();
+  }
+}
 
 export class Exchange {
+  readonly isHead: boolean;
+  readonly readTimeoutMs: number;
   #client: UwsgiClient;
   #packet: Buffer;
   #body: Readable | Buffer | null;
   #handler: ExchangeHandler;
-  #isHead: boolean;
-  #readTimeoutMs: number;
-  #socket: net.Socket | null = null;
-  #parser!: ResponseParser;
+  #conn: Connection | null = null;
   #head: ResponseHead | null = null;
   #sentAll = false;
   #finished = false;
@@ -131,95 +209,22 @@ export class Exchange {
   // The parser completes inside execute(); completion waits until we know whether bytes follow.
   #executing = false;
   #completePending = false;
-  #listeners: Record<(typeof EXCHANGE_EVENTS)[number], ((...a: never[]) => void) | null> = { data: null, end: null, timeout: null, error: null, close: null };
 
   constructor(client: UwsgiClient, packet: Buffer, body: Readable | Buffer | null, handler: ExchangeHandler, isHead: boolean, readTimeoutMs: number) {
     this.#client = client;
     this.#packet = packet;
     this.#body = body;
     this.#handler = handler;
-    this.#isHead = isHead;
-    this.#readTimeoutMs = readTimeoutMs;
-  }
-
-  start(): void {
-    const { socket, reused } = this.#client.acquire();
-    this.#socket = socket;
-    this.#gotBytes = false;
-    this.#parser = new ResponseParser(
-      {
-        onHead: (head) => {
-          this.#head = head;
-          this.#keep = head.keepAlive && hasKeepaliveMarker(head.rawHeaders);
-          this.#handler.onHead(head);
-        },
-        onBody: (chunk) => {
-          if (!this.#handler.onBody(chunk)) socket.pause();
-        },
-        onComplete: () => {
-          if (this.#executing) this.#completePending = true;
-          else this.#complete();
-        },
-      },
-      { isHead: this.#isHead, maxHeaderSize: this.#client.options.maxHeaderSize },
-    );
-    const connectTimeout = this.#client.options.connectTimeoutMs;
-    const onConnect = () => {
-      socket.setTimeout(this.#readTimeoutMs);
-      this.#handler.onConnect(reused);
-      this.#send(socket);
-    };
-    const l = this.#listeners;
-    l.data = (chunk: Buffer) => {
-      this.#gotBytes = true;
-      let rest: number;
-      this.#executing = true;
-      try {
-        rest = this.#parser.execute(chunk);
-      } catch (err) {
-        this.#fail(err as StratumError);
-        return;
-      } finally {
-        this.#executing = false;
-      }
-      if (rest >= 0 && rest < chunk.length) this.#keep = false; // bytes past the response: out of step
-      if (this.#completePending) {
-        this.#completePending = false;
-        this.#complete(); // decides keep vs destroy only now, with #keep final
-      }
-    };
-    l.end = () => {
-      try {
-        this.#parser.finish();
-      } catch (err) {
-        this.#fail(err as StratumError);
-      }
-    };
-    l.timeout = () => {
-      const phase = socket.connecting ? 'connect' : this.#head ? 'read' : 'response head';
-      this.#fail(new UpstreamTimeout(this.#client.label, phase, socket.connecting ? connectTimeout : this.#readTimeoutMs));
-    };
-    l.error = (err: NodeJS.ErrnoException) => this.#onSocketError(err);
-    l.close = () => {
-      if (!this.#finished) this.#onSocketError(Object.assign(new Error('connection closed'), { code: 'ECONNRESET' }));
-    };
-    for (const ev of EXCHANGE_EVENTS) socket.on(ev, l[ev] as (...a: unknown[]) => void);
-    if (reused) {
-      socket.resume();
-      onConnect();
-    }
-    else {
-      socket.setTimeout(connectTimeout);
-      socket.once('connect', onConnect);
-    }
+    this.isHead = isHead;
+    this.readTimeoutMs = readTimeoutMs;
   }
 
   pause(): void {
-    this.#socket?.pause();
+    this.#conn?.socket.pause();
   }
 
   resume(): void {
-    this.#socket?.resume();
+    this.#conn?.socket.resume();
   }
 
   /** The client went away: drop the upstream connection. */
@@ -227,7 +232,86 @@ export class Exchange {
     if (this.#finished) return;
     this.#finished = true;
     if (this.#body && !Buffer.isBuffer(this.#body)) this.#body.unpipe?.();
-    this.#socket?.destroy();
+    this.#conn?.finish(false);
+  }
+
+  /** @internal */
+  attach(conn: Connection): void {
+    this.#conn = conn;
+  }
+
+  /** @internal */
+  onConnected(reused: boolean): void {
+    if (this.#finished) return;
+    this.#handler.onConnect(reused);
+    this.#send(this.#conn!.socket);
+  }
+
+  /** @internal */
+  onData(chunk: Buffer, parser: ResponseParser): void {
+    if (this.#finished) return;
+    this.#gotBytes = true;
+    let rest: number;
+    this.#executing = true;
+    try {
+      rest = parser.execute(chunk);
+    } catch (err) {
+      this.#executing = false;
+      this.#fail(err as StratumError);
+      return;
+    }
+    this.#executing = false;
+    if (rest >= 0 && rest < chunk.length) this.#keep = false; // bytes past the response: out of step
+    if (this.#completePending) {
+      this.#completePending = false;
+      this.#complete(); // decides keep vs destroy only now, with #keep final
+    }
+  }
+
+  /** @internal */
+  onEnd(parser: ResponseParser): void {
+    try {
+      parser.finish();
+    } catch (err) {
+      this.#fail(err as StratumError);
+    }
+  }
+
+  /** @internal */
+  onTimeout(connecting: boolean): void {
+    const phase = connecting ? 'connect' : this.#head ? 'read' : 'response head';
+    this.#fail(new UpstreamTimeout(this.#client.label, phase, connecting ? this.#client.options.connectTimeoutMs : this.readTimeoutMs));
+  }
+
+  /** @internal */
+  onHead(head: ResponseHead): void {
+    this.#head = head;
+    this.#keep = head.keepAlive && hasKeepaliveMarker(head.rawHeaders);
+    this.#handler.onHead(head);
+  }
+
+  /** @internal */
+  onBody(chunk: Buffer): void {
+    if (!this.#handler.onBody(chunk)) this.#conn?.socket.pause();
+  }
+
+  /** @internal The parser saw the end of the response. */
+  onParsed(): void {
+    if (this.#executing) this.#completePending = true;
+    else this.#complete();
+  }
+
+  /** @internal */
+  onSocketError(err: NodeJS.ErrnoException): void {
+    if (this.#finished) return;
+    const cause = err.code ?? err.message;
+    if (!this.#gotBytes && UNREACHABLE.has(err.code ?? '')) {
+      this.#fail(new UpstreamUnreachable(this.#client.label, cause)); // refused at connect: nothing was sent
+    } else if (!this.#head) {
+      this.#fail(new UpstreamReset(this.#client.label, `${cause} before the response head`));
+    } else {
+      this.#fail(new UpstreamReset(this.#client.label, `${cause} inside the response body`));
+    }
   }
 
   #send(socket: net.Socket): void {
@@ -259,33 +343,14 @@ export class Exchange {
   #complete(): void {
     if (this.#finished) return;
     this.#finished = true;
-    const socket = this.#socket!;
-    this.#detach(socket);
-    if (this.#keep && this.#sentAll) this.#client.release(socket);
-    else socket.destroy();
+    this.#conn!.finish(this.#keep && this.#sentAll);
     this.#handler.onComplete();
-  }
-
-  #detach(socket: net.Socket): void {
-    for (const ev of EXCHANGE_EVENTS) socket.off(ev, this.#listeners[ev] as (...a: unknown[]) => void);
-  }
-
-  #onSocketError(err: NodeJS.ErrnoException): void {
-    if (this.#finished) return;
-    const cause = err.code ?? err.message;
-    if (!this.#gotBytes && (err.code === 'ECONNREFUSED' || err.code === 'ENOENT' || err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH' || err.code === 'EACCES' || err.code === 'EAI_AGAIN' || err.code === 'ENOTFOUND')) {
-      this.#fail(new UpstreamUnreachable(this.#client.label, cause)); // refused at connect: nothing was sent
-    } else if (!this.#head) {
-      this.#fail(new UpstreamReset(this.#client.label, `${cause} before the response head`));
-    } else {
-      this.#fail(new UpstreamReset(this.#client.label, `${cause} inside the response body`));
-    }
   }
 
   #fail(err: StratumError): void {
     if (this.#finished) return;
     this.#finished = true;
-    this.#socket?.destroy();
+    this.#conn?.finish(false);
     this.#handler.onError(err);
   }
 }

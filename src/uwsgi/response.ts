@@ -47,6 +47,15 @@ export class ResponseParser {
     this.maxHeaderSize = opts.maxHeaderSize ?? 65536;
   }
 
+  /** Ready for the next response on the same connection. */
+  reset(isHead: boolean): void {
+    this.#isHead = isHead;
+    this.#state = enum_.HEAD;
+    this.#head = null;
+    this.#remaining = 0;
+    this.#line = null;
+  }
+
   get done(): boolean {
     return this.#state === enum_.DONE;
   }
