@@ -12,6 +12,7 @@ import { createLogger } from './observability/log.ts';
 import { Metrics } from './observability/metrics.ts';
 import { createObserver } from './observability/observer.ts';
 import { LiveFeed } from './observability/live.ts';
+import { releaseStartupMemory } from './memory.ts';
 import { startTracing } from './observability/tracing.ts';
 import type { Supervisor } from './pool/supervisor.ts';
 import { RouteTable, type RouteEntry } from './proxy/routes.ts';
@@ -181,6 +182,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     admin.close();
     throw err;
   }
+  releaseStartupMemory();
   ready = true;
   log.info({
     front: frontUrl,

@@ -9,6 +9,7 @@ import { loadApp, type LoadedApp } from '../host/app.ts';
 import { requestMeta, serveUwsgiConnection, uwsgiRequestListener, UwsgiServerResponse } from '../uwsgi/server.ts';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { startTracing, tracedListener } from '../observability/tracing.ts';
+import { releaseStartupMemory } from '../memory.ts';
 import { WORKER_ENV, type MasterMessage, type WorkerMessage, type WorkerSpec } from './ipc.ts';
 
 // Not `import http from 'node:http'`: an ES import of node:http reads every export of the module,
@@ -157,6 +158,7 @@ await new Promise<void>((resolve, reject) => {
   (publicServer as unknown as { _listen2(a: null, p: null, t: null, backlog: number, fd: number): void })._listen2(null, null, null, 1024, spec.publicFd);
 });
 
+releaseStartupMemory();
 send({ type: 'ready', pid: process.pid });
 
 const statusTimer = setInterval(() => {
