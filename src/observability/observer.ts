@@ -9,7 +9,7 @@ import type { ProxyHooks } from '../proxy/server.ts';
 import type { ProxyContext } from '../proxy/upstream.ts';
 import { layerTimes, serverTiming, type LayerTimes } from './layers.ts';
 import type { Metrics } from './metrics.ts';
-import { RecentTraces, waterfall } from './recent.ts';
+import { RecentTraces } from './recent.ts';
 import { ProxySpans } from './tracing.ts';
 import { infoLineWriter } from './log.ts';
 
@@ -78,7 +78,6 @@ export function createObserver(config: StratumConfig, log: Logger, metrics: Metr
         traceId,
       });
       if (ctx.error && ctx.error.statusCode >= 500 && ctx.upstreamLabel) metrics?.upstreamErrors.inc({ target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel, code: ctx.error.code });
-      const name = `${ctx.req.method} ${ctx.routeLabel}`;
       recent.add({
         id: traceId ?? ctx.forward.requestId,
         traceId,
@@ -93,7 +92,8 @@ export function createObserver(config: StratumConfig, log: Logger, metrics: Metr
         upstream: ctx.upstreamLabel,
         workerPid: ctx.workerPid,
         layers,
-        spans: waterfall(layers ?? { proxy: totalMs - upstreamMs, queue: upstreamMs, worker: 0, app: 0, total: totalMs }, t.dispatchAt ? t.dispatchAt - ctx.startAt : 0, { master: process.pid, worker: ctx.workerPid }, ctx.upstreamLabel, name),
+        dispatchMs: t.dispatchAt ? t.dispatchAt - ctx.startAt : 0,
+        upstreamMs,
       });
       for (const l of listeners) l(ctx, layers, totalMs);
       if (writeLine) {

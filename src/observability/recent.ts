@@ -33,28 +33,45 @@ export interface RecentTrace {
   spans: TraceSpan[];
 }
 
+/**
+ * What the proxy records per request: the trace without its waterfall, which is drawn only when
+ * someone reads it (the dashboard asks for a few; every request is recorded).
+ */
+export interface RecentEntry extends Omit<RecentTrace, 'spans'> {
+  /** ms from arrival to dispatch upstream (0: never dispatched). */
+  dispatchMs?: number;
+  /** ms spent upstream, for the waterfall of a request without layer times. */
+  upstreamMs?: number;
+}
+
 export class RecentTraces {
   readonly size: number;
   readonly slowWindowMs: number;
-  #latest: RecentTrace[] = [];
-  #slow: RecentTrace[] = [];
-  #failed: RecentTrace[] = [];
-  #byId = new Map<string, RecentTrace>();
+  // Latest: a ring, so recording a request moves nothing. Slow and failed change rarely.
+  #ring: Array<RecentEntry | undefined>;
+  #next = 0;
+  #slow: RecentEntry[] = [];
+  #slowOldest = Infinity;
+  #failed: RecentEntry[] = [];
 
   constructor(size = 100, slowWindowMs = 10 * 60_000) {
     this.size = size;
     this.slowWindowMs = slowWindowMs;
+    this.#ring = new Array<RecentEntry | undefined>(size);
   }
 
-  add(t: RecentTrace): void {
-    this.#push(this.#latest, t);
-    if (t.status >= 500 || t.error) this.#push(this.#failed, t);
+  add(t: RecentEntry): void {
+    this.#ring[this.#next] = t;
+    this.#next = (this.#next + 1) % this.size;
+    if (t.status >= 500 || t.error) {
+      this.#failed.push(t);
+      if (this.#failed.length > this.size) this.#failed.shift();
+    }
     // The slow list is sorted by duration, not age: any entry may have aged out.
     const cutoff = t.at - this.slowWindowMs;
-    if (this.#slow.some((x) => x.at < cutoff)) {
-      const aged = this.#slow.filter((x) => x.at < cutoff);
+    if (this.#slowOldest < cutoff) {
       this.#slow = this.#slow.filter((x) => x.at >= cutoff);
-      for (const x of aged) this.#forget(x);
+      this.#slowOldest = this.#slow.reduce((m, x) => Math.min(m, x.at), Infinity);
     }
     const min = this.#slow.length < this.size ? -1 : this.#slow[this.#slow.length - 1]!.durationMs;
     if (t.durationMs > min) {
@@ -62,30 +79,41 @@ export class RecentTraces {
       let i = this.#slow.findIndex((x) => x.durationMs < t.durationMs);
       if (i < 0) i = this.#slow.length;
       this.#slow.splice(i, 0, t);
-      this.#byId.set(t.id, t);
-      if (this.#slow.length > this.size) this.#forget(this.#slow.pop()!);
+      if (this.#slow.length > this.size) this.#slow.pop();
+      if (t.at < this.#slowOldest) this.#slowOldest = t.at;
     }
   }
 
   list(kind: 'latest' | 'slow' | 'failed', limit = 50): RecentTrace[] {
-    const src = kind === 'slow' ? this.#slow : kind === 'failed' ? this.#failed : this.#latest;
-    return (kind === 'slow' ? src : [...src].reverse()).slice(0, limit);
+    const src = kind === 'slow' ? this.#slow : kind === 'failed' ? [...this.#failed].reverse() : this.#latest();
+    return src.slice(0, limit).map(withSpans);
   }
 
+  /** The newest recorded request with this id, while it is in any list. */
   get(id: string): RecentTrace | undefined {
-    return this.#byId.get(id);
+    let found: RecentEntry | undefined;
+    for (const t of this.#latest()) if (t.id === id) return withSpans(t);
+    for (const t of this.#failed) if (t.id === id) found = t;
+    for (const t of this.#slow) if (t.id === id && (!found || t.at > found.at)) found = t;
+    return found && withSpans(found);
   }
 
-  #push(list: RecentTrace[], t: RecentTrace): void {
-    list.push(t);
-    this.#byId.set(t.id, t);
-    if (list.length > this.size) this.#forget(list.shift()!);
+  /** The ring, newest first. */
+  #latest(): RecentEntry[] {
+    const out: RecentEntry[] = [];
+    for (let k = 1; k <= this.size; k++) {
+      const t = this.#ring[(this.#next - k + this.size) % this.size];
+      if (t === undefined) break;
+      out.push(t);
+    }
+    return out;
   }
+}
 
-  #forget(t: RecentTrace): void {
-    // Requests of one client trace share an id: drop the index entry only if it is this one.
-    if (this.#byId.get(t.id) === t && !this.#latest.includes(t) && !this.#failed.includes(t) && !this.#slow.includes(t)) this.#byId.delete(t.id);
-  }
+function withSpans(t: RecentEntry): RecentTrace {
+  const { dispatchMs = 0, upstreamMs = 0, ...rest } = t;
+  const l = t.layers ?? { proxy: t.durationMs - upstreamMs, queue: upstreamMs, worker: 0, app: 0, total: t.durationMs };
+  return { ...rest, spans: waterfall(l, dispatchMs, { master: process.pid, worker: t.workerPid }, t.upstream, `${t.method} ${t.route}`) };
 }
 
 /** The waterfall of one request from its layer times; `dispatch` = ms from arrival to dispatch. */

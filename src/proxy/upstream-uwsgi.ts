@@ -82,13 +82,18 @@ export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: Requ
 }
 
 /** `worker=0.310,app=50.200` (milliseconds) from our worker's timing header. */
-function parseTiming(v: string): { worker: number; app: number } {
+export function parseTiming(v: string): { worker: number; app: number } {
   const out = { worker: 0, app: 0 };
-  for (const part of v.split(',')) {
-    const eq = part.indexOf('=');
-    const k = part.slice(0, eq).trim();
-    const n = Number(part.slice(eq + 1));
-    if ((k === 'worker' || k === 'app') && Number.isFinite(n)) out[k] = n;
+  for (let at = 0; at < v.length;) {
+    let comma = v.indexOf(',', at);
+    if (comma < 0) comma = v.length;
+    const eq = v.indexOf('=', at);
+    if (eq > at && eq < comma) {
+      const k = v.slice(at, eq).trim();
+      const n = Number(v.slice(eq + 1, comma));
+      if ((k === 'worker' || k === 'app') && Number.isFinite(n)) out[k] = n;
+    }
+    at = comma + 1;
   }
   return out;
 }

@@ -268,11 +268,11 @@ export class UwsgiBridge extends Duplex {
       const key = vars[i]!;
       const value = vars[i + 1]!;
       if (key.charCodeAt(0) === 72 /* H */ && key.startsWith('HTTP_')) {
-        if (SKIPPED_HEADERS.has(key)) continue;
-        if (!HEADER_NAME.test(key)) throw new UwsgiBadVar(0, `invalid header var name ${JSON.stringify(key.slice(0, 40))}`);
+        const name = headerName(key);
+        if (name === null) continue;
         if (BAD_VALUE.test(value)) throw new UwsgiBadVar(0, `CR, LF or NUL inside ${key}`);
         if (key === 'HTTP_HOST') host = value;
-        headers += `${key.slice(5).replaceAll('_', '-').toLowerCase()}: ${value}\r\n`;
+        headers += `${name}: ${value}\r\n`;
         continue;
       }
       switch (key) {
@@ -322,6 +322,19 @@ export class UwsgiBridge extends Duplex {
     this.#bodyTotal = contentLength;
     if (!this.push(Buffer.from(`${method} ${uri} HTTP/1.1\r\n${headers}\r\n`, 'latin1'))) this.socket.pause();
   }
+}
+
+// HTTP_ACCEPT_ENCODING → "accept-encoding: ", once per distinct var (bounded, like nginx's hash).
+const headerNames = new Map<string, string | null>();
+/** The request header line prefix for an HTTP_* var, null for one we skip; throws for a bad name. */
+function headerName(key: string): string | null {
+  let name = headerNames.get(key);
+  if (name !== undefined) return name;
+  if (SKIPPED_HEADERS.has(key)) name = null;
+  else if (!HEADER_NAME.test(key)) throw new UwsgiBadVar(0, `invalid header var name ${JSON.stringify(key.slice(0, 40))}`);
+  else name = key.slice(5).replaceAll('_', '-').toLowerCase();
+  if (headerNames.size < 1000) headerNames.set(key, name);
+  return name;
 }
 
 /** Re-encode a decoded PATH_INFO (latin1 string of UTF-8 bytes) into a request target path. */
