@@ -8,6 +8,7 @@
 // the build is refused, with the command that rebuilds it. The image ships dist/ without src/.
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { enableCompileCache } from 'node:module';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -39,7 +40,8 @@ if (existsSync(src)) {
 }
 
 // The user's app may still be TypeScript: the compile cache strips it once (see bin/stratum.js).
-enableCompileCache();
+process.env.NODE_COMPILE_CACHE ||= join(tmpdir(), 'node-compile-cache');
+enableCompileCache(process.env.NODE_COMPILE_CACHE);
 const { main } = await import('../dist/cli.js');
 
 const code = await main(process.argv.slice(2));
