@@ -98,7 +98,7 @@ export function createObserver(config: StratumConfig, log: Logger, metrics: Metr
       for (const l of listeners) l(ctx, layers, totalMs);
       if (writeLine) {
         // The same fields pino would write, serialized by hand on this hot path (log.ts).
-        let line = `{"level":"info","time":"${new Date().toISOString()}","pid":${process.pid},"type":"access","method":${JSON.stringify(ctx.req.method ?? '')},"path":${JSON.stringify(ctx.req.url ?? '')},"status":${status},"bytes":${ctx.bytesOut},"route":${JSON.stringify(ctx.routeLabel)}`;
+        let line = `{"level":"info","time":"${isoNow()}","pid":${process.pid},"type":"access","method":${JSON.stringify(ctx.req.method ?? '')},"path":${JSON.stringify(ctx.req.url ?? '')},"status":${status},"bytes":${ctx.bytesOut},"route":${JSON.stringify(ctx.routeLabel)}`;
         if (ctx.upstreamLabel) line += `,"upstream":${JSON.stringify(ctx.upstreamLabel)}`;
         if (ctx.workerPid) line += `,"workerPid":${ctx.workerPid}`;
         line += `,"requestId":${JSON.stringify(ctx.forward.requestId)}`;
@@ -112,6 +112,18 @@ export function createObserver(config: StratumConfig, log: Logger, metrics: Metr
       }
     },
   };
+}
+
+// Thousands of access lines share each millisecond: format its timestamp once.
+let isoAt = 0;
+let iso = '';
+function isoNow(): string {
+  const now = Date.now();
+  if (now !== isoAt) {
+    isoAt = now;
+    iso = new Date(now).toISOString();
+  }
+  return iso;
 }
 
 function round(ms: number): number {

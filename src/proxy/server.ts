@@ -10,7 +10,7 @@
 // clientHeaderTimeout, bodies may not stall longer than clientBodyTimeout, and bodies are read
 // whole before a request goes upstream (requestBuffering), so slow clients never hold a worker.
 
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
@@ -19,6 +19,9 @@ import { listenAt } from '../listen.ts';
 import { ClientBadRequest, ClientBodyTimeout, ClientHeadersTooLarge, ClientHeaderTimeout, RouteNotFound, StratumError } from '../errors.ts';
 import type { RouteTable } from './routes.ts';
 import { prepareBody, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
+
+// getBuiltinModule rather than an ES import, which would load Node's bundled undici (src/pool/worker.ts).
+const http = process.getBuiltinModule('node:http');
 
 /** Moments of a request's life the observability layer attaches to (Fastify's hooks idea). */
 export interface ProxyHooks {
@@ -63,7 +66,7 @@ function framingProblem(req: IncomingMessage): string | null {
 
 export class FrontProxy {
   readonly config: StratumConfig;
-  readonly server: http.Server;
+  readonly server: HttpServer;
   #routes: RouteTable<Upstream>;
   #log: Logger;
   #hooks: ProxyHooks;

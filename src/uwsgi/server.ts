@@ -11,9 +11,13 @@
 
 import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
-import { ServerResponse, STATUS_CODES, type Server as HttpServer, type IncomingMessage } from 'node:http';
+import type { Server as HttpServer, IncomingMessage, ServerResponse as HttpServerResponse } from 'node:http';
 import { PacketHeadDecoder, type UwsgiVars } from './codec.ts';
 import { StratumError, UwsgiBadContentLength, UwsgiBadVar, UwsgiReadTimeout, UwsgiTruncatedBody } from '../errors.ts';
+
+// node:http through getBuiltinModule, not an ES import: that would read every export and so load
+// Node's bundled undici (~2–3 MiB per process) that nothing here uses (see src/pool/worker.ts).
+const { ServerResponse, STATUS_CODES } = process.getBuiltinModule('node:http');
 
 export const KEEPALIVE_VAR = 'STRATUM_KEEPALIVE';
 export const KEEPALIVE_HEADER = 'x-stratum-keepalive';
@@ -83,8 +87,8 @@ export class UwsgiServerResponse extends ServerResponse {
  * plain framing. Install the result as the http.Server's 'request' listener.
  */
 export function uwsgiRequestListener(
-  listener: (req: IncomingMessage, res: ServerResponse) => void,
-): (req: IncomingMessage, res: ServerResponse) => void {
+  listener: (req: IncomingMessage, res: HttpServerResponse) => void,
+): (req: IncomingMessage, res: HttpServerResponse) => void {
   return (req, res) => {
     const bridge = req.socket as unknown as UwsgiBridge;
     const meta = bridge.metas.shift();
