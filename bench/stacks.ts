@@ -385,6 +385,28 @@ export const STACKS: StackDef[] = [
       };
     },
   },
+  {
+    name: 'node-uwsgi-floor',
+    title: 'minimal Node proxy → Stratum pool (floor)',
+    notes: 'bench/apps/uwsgi-floor-proxy.ts: node:http + 32 kept uwsgi connections, nothing else (no routing, timeouts, errors, observability), in front of `stratum pool` (2 workers, the same app); the least any Node front can spend on this hop',
+    async start(ctx) {
+      buildStratum();
+      const socket = join(ctx.dir, 'pool.sock');
+      const args = [STRATUM_BIN, 'pool', '--socket', socket, '--admin', '127.0.0.1:0', '--workers', String(APP_PROCESSES), '--app', STRATUM_APP];
+      const pool = startChild('stratum-pool', process.execPath, args, { dir: ctx.dir, env: nodeEnv(), cwd: REPO });
+      await waitForLine(pool, /"msg":"stratum ready"/, 30_000);
+      const port = await freePort();
+      const proxy = await startNodeApp(ctx, 'floor-proxy', 'uwsgi-floor-proxy.ts', { PORT: String(port), UPSTREAM: socket, CONNECTIONS: '32' });
+      return {
+        url: `http://127.0.0.1:${port}/`,
+        roots: () => [proxy.pid, pool.pid],
+        async stop() {
+          await proxy.stop('SIGKILL');
+          await pool.stop('SIGTERM', 20_000);
+        },
+      };
+    },
+  },
 ];
 
 /** The Fastify app in node:cluster on a free port, as the http-proxy-fastify and fastify rows start it. */
