@@ -7,6 +7,7 @@
 // created in that mode and switched per scrape to what the scraper's Accept header asks for.
 
 import client, { AggregatorRegistry, Registry } from 'prom-client';
+import { Histogram3 } from './histogram.ts';
 
 type MetricJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>[number];
 import type { Supervisor, WorkerState } from '../pool/supervisor.ts';
@@ -35,8 +36,9 @@ const MISNAMED = new Set(['nodejs_active_handles_total', 'nodejs_active_requests
 
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH']);
 
+const STATUS_CLASSES = ['other', '1xx', '2xx', '3xx', '4xx', '5xx'];
 export function statusClass(status: number): string {
-  return status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : 'other';
+  return status >= 100 && status < 600 ? STATUS_CLASSES[Math.floor(status / 100)]! : 'other';
 }
 
 export type WorkerMetricsSource = () => Promise<MetricJson[][]>;
@@ -50,28 +52,25 @@ export class Metrics {
   #scrape: Promise<unknown> = Promise.resolve();
   #workerSource: WorkerMetricsSource | null = null;
 
-  readonly layerDuration = new client.Histogram({
+  readonly layerDuration = new Histogram3({
     name: 'stratum_layer_duration_seconds',
     help: 'Time a request spent in each layer: proxy (front proxy\'s own), queue (waiting for a worker, plus the hop), worker (uwsgi protocol work), app (the application handler).',
     labelNames: ['layer', 'route', 'status_class'] as const,
     buckets: LATENCY_BUCKETS,
-    enableExemplars: true,
     registers: [this.registry],
   });
-  readonly serverDuration = new client.Histogram({
+  readonly serverDuration = new Histogram3({
     name: 'http_server_request_duration_seconds',
     help: 'Duration of HTTP server requests at the front proxy (OpenTelemetry http.server.request.duration).',
     labelNames: ['http_request_method', 'http_response_status_code', 'http_route'] as const,
     buckets: LATENCY_BUCKETS,
-    enableExemplars: true,
     registers: [this.registry],
   });
-  readonly clientDuration = new client.Histogram({
+  readonly clientDuration = new Histogram3({
     name: 'http_client_request_duration_seconds',
     help: 'Duration of requests to upstreams, per target (OpenTelemetry http.client.request.duration).',
     labelNames: ['server_address', 'stratum_upstream_kind', 'http_response_status_code'] as const,
     buckets: LATENCY_BUCKETS,
-    enableExemplars: true,
     registers: [this.registry],
   });
   readonly requests = this.#counter('stratum_requests_total', 'Requests answered by the front proxy.', ['route', 'status_class']);
@@ -148,28 +147,21 @@ export class Metrics {
 
   observe(o: RequestObservation): void {
     const sc = statusClass(o.status);
-    // prom-client types exemplar labels as the metric's own labels; any label set is valid.
-    const exemplar = (o.traceId ? { trace_id: o.traceId } : undefined) as never;
+    const status = String(o.status);
+    const route = o.route;
+    const trace = o.traceId;
     if (o.layers) {
-      for (const layer of LAYERS) {
-        this.layerDuration.observe({ labels: { layer, route: o.route, status_class: sc }, value: Math.max(o.layers[layer], 0), exemplarLabels: exemplar });
-      }
+      const l = o.layers;
+      this.layerDuration.observe('proxy', route, sc, Math.max(l.proxy, 0), trace);
+      this.layerDuration.observe('queue', route, sc, Math.max(l.queue, 0), trace);
+      this.layerDuration.observe('worker', route, sc, Math.max(l.worker, 0), trace);
+      this.layerDuration.observe('app', route, sc, Math.max(l.app, 0), trace);
     } else {
-      this.layerDuration.observe({ labels: { layer: 'proxy', route: o.route, status_class: sc }, value: o.totalSeconds - (o.upstream?.seconds ?? 0), exemplarLabels: exemplar });
+      this.layerDuration.observe('proxy', route, sc, o.totalSeconds - (o.upstream?.seconds ?? 0), trace);
     }
-    this.serverDuration.observe({
-      labels: { http_request_method: KNOWN_METHODS.has(o.method) ? o.method : '_OTHER', http_response_status_code: String(o.status), http_route: o.route },
-      value: o.totalSeconds,
-      exemplarLabels: exemplar,
-    });
-    if (o.upstream) {
-      this.clientDuration.observe({
-        labels: { server_address: o.upstream.target, stratum_upstream_kind: o.upstream.kind, http_response_status_code: String(o.status) },
-        value: o.upstream.seconds,
-        exemplarLabels: exemplar,
-      });
-    }
-    this.requests.inc({ route: o.route, status_class: sc });
+    this.serverDuration.observe(KNOWN_METHODS.has(o.method) ? o.method : '_OTHER', status, route, o.totalSeconds, trace);
+    if (o.upstream) this.clientDuration.observe(o.upstream.target, o.upstream.kind, status, o.upstream.seconds, trace);
+    this.requests.inc({ route, status_class: sc });
   }
 
   /** Render for a scraper: OpenMetrics when its Accept header asks for it, else Prometheus text. */
