@@ -32,6 +32,10 @@ export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: Requ
       if (timer) clearTimeout(timer);
     };
     const onDrain = () => exchange.resume();
+    // A Content-Length body that arrives whole with its head (hello-world sizes) goes out with the
+    // head in one string write; head + body buffer + end would be a three-part writev.
+    let whole = -1;
+    let ended = false;
     const exchange = client.request(vars, body ? body.open() : null, {
       onConnect() {
         ctx.timings.connectAt = performance.now();
@@ -47,9 +51,16 @@ export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: Requ
           }
         }
         if (res.destroyed) return;
+        whole = head.framing === 'length' && head.contentLength <= 16384 ? head.contentLength : -1;
         sendHead(ctx, head.statusCode, head.statusMessage, headers);
       },
       onBody(chunk) {
+        if (chunk.length === whole && ctx.bytesOut === 0) {
+          ctx.bytesOut = chunk.length;
+          ended = true;
+          res.end(chunk.toString('latin1'), 'latin1');
+          return true;
+        }
         ctx.bytesOut += chunk.length;
         if (res.write(chunk)) return true;
         res.once('drain', onDrain);
@@ -57,7 +68,7 @@ export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: Requ
       },
       onComplete() {
         settle();
-        res.end();
+        if (!ended) res.end();
         resolve();
       },
       onError(err) {
