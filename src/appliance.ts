@@ -32,7 +32,7 @@ export async function buildRoutes(config: StratumConfig, pool: Supervisor | null
   const uwsgi = kinds.has('pool') || kinds.has('uwsgi') ? await import('./proxy/upstream-uwsgi.ts') : null;
   const http = kinds.has('http') ? await import('./proxy/upstream-http.ts') : null;
   const files = kinds.has('static') ? await import('./proxy/upstream-static.ts') : null;
-  const poolUpstream = pool ? new uwsgi!.PoolUpstream(pool, config) : null;
+  const poolUpstream = pool && uwsgi ? new uwsgi.PoolUpstream(pool, config) : null;
   const entries: RouteEntry<Upstream>[] = config.routes.map((route, index) => {
     const t = route.targets[0]!;
     let upstream: Upstream;
