@@ -189,4 +189,59 @@ describe('UwsgiClient', () => {
     expect(elapsed).toBeGreaterThanOrEqual(150);
     expect(elapsed).toBeLessThan(3000);
   });
+
+  // A connection keeps its listeners and read timeout for its whole life; these pin what that
+  // must still do between and across requests.
+  const KEPT = `HTTP/1.1 200 OK\r\n${KEEPALIVE_HEADER}: 1\r\nContent-Length: 2\r\n\r\nok`;
+
+  it('times out the second request on a kept connection too (the timeout is not re-armed per request)', async () => {
+    // Answers the first packet on a connection, never the second.
+    const once = await listen('once', (sock) => {
+      sock.on('error', () => {});
+      let n = 0;
+      sock.on('data', () => {
+        if (n++ === 0) sock.write(KEPT);
+      });
+    });
+    const c = client(once.path, { readTimeoutMs: 300 });
+    expect((await request(c, vars('/a'))).body).toBe('ok');
+    await new Promise((r) => setTimeout(r, 450)); // idle past readTimeoutMs: that timeout fires into no request
+    expect(c.idleConnections).toBe(1);
+    const t0 = performance.now();
+    expect(await codeOfRejection(request(c, vars('/b')))).toBe('STRATUM_ERR_UPSTREAM_TIMEOUT');
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(250);
+    expect(once.connections).toBe(1);
+  });
+
+  it('drops an idle kept connection that the server closes, and serves the next request on a new one', async () => {
+    const closing = await listen('closing', (sock) => {
+      sock.on('error', () => {});
+      sock.on('data', () => {
+        sock.write(KEPT);
+        setTimeout(() => sock.end(), 50); // then closes the idle connection
+      });
+    });
+    const c = client(closing.path);
+    expect((await request(c, vars('/a'))).reused).toBe(false);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(c.idleConnections).toBe(0);
+    const b = await request(c, vars('/b'));
+    expect([b.body, b.reused]).toEqual(['ok', false]);
+    expect(closing.connections).toBe(2);
+  });
+
+  it('drops an idle kept connection that receives stray bytes', async () => {
+    const stray = await listen('stray', (sock) => {
+      sock.on('error', () => {});
+      sock.on('data', () => {
+        sock.write(KEPT);
+        setTimeout(() => sock.write('HTTP/1.1 200 OK\r\n'), 50); // out of turn
+      });
+    });
+    const c = client(stray.path);
+    await request(c, vars('/a'));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(c.idleConnections).toBe(0);
+    expect((await request(c, vars('/b'))).reused).toBe(false);
+  });
 });
