@@ -64,6 +64,8 @@ export const UpstreamTruncated = define('STRATUM_ERR_UPSTREAM_TRUNCATED', 502, (
   `upstream closed the connection early: ${what}`);
 export const UpstreamUnreachable = define('STRATUM_ERR_UPSTREAM_UNREACHABLE', 502, (target: string, cause: string) =>
   `upstream ${target} is unreachable: ${cause}`);
+/** errno codes of a connection that was never made: nothing was sent, so a retry elsewhere is safe. */
+export const UNREACHABLE_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'ENOENT', 'EHOSTUNREACH', 'ENETUNREACH', 'EACCES', 'EAI_AGAIN', 'ENOTFOUND']);
 export const UpstreamTimeout = define('STRATUM_ERR_UPSTREAM_TIMEOUT', 504, (target: string, phase: string, ms: number) =>
   `upstream ${target} timed out (${phase}) after ${ms} ms`);
 export const UpstreamReset = define('STRATUM_ERR_UPSTREAM_RESET', 502, (target: string, cause: string) =>

@@ -21,12 +21,11 @@ import { errors, Pool, type Dispatcher } from 'undici';
 import type { StratumConfig } from '../config/schema.ts';
 import {
   ClientBadRequest, ClientClosed, StratumError, UpstreamBadResponse, UpstreamHeadersTooLarge, UpstreamReset, UpstreamTimeout,
-  UpstreamTruncated, UpstreamUnreachable,
+  UpstreamTruncated, UpstreamUnreachable, UNREACHABLE_CODES,
 } from '../errors.ts';
 import { httpRequestHeaders, responseHeaders } from './forward.ts';
 import { sendHead, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
 
-const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOENT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'EACCES']);
 /** Response head limit, as Node's own client (http.maxHeaderSize, 16 KiB unless --max-http-header-size). */
 const MAX_RESPONSE_HEAD = http.maxHeaderSize;
 
@@ -61,7 +60,7 @@ export class HttpUpstream implements Upstream {
     return new Promise<void>((resolve, reject) => {
       const { req } = ctx;
       const exchange = new Exchange(ctx, this.label, this.#connectTimeoutMs, resolve, reject);
-      let headers = httpRequestHeaders(req, { ...ctx.forward, contentLength: body ? body.length : -1 }, ctx.extraHeaders);
+      let headers = httpRequestHeaders(req, ctx.forward, ctx.extraHeaders);
       // We answered the client's 100-continue ourselves and send the body anyway; undici refuses
       // an Expect header outright.
       if (req.headers.expect !== undefined) headers = withoutExpect(headers);
@@ -70,7 +69,7 @@ export class HttpUpstream implements Upstream {
       // before reading it all. Destroying the client's request would cut the client's connection
       // before our answer reaches it: give undici a pipe of its own instead.
       if (b === req) b = req.pipe(new PassThrough());
-      ctx.res.once('close', () => exchange.clientClosed());
+      ctx.onClientGone = () => exchange.clientClosed(); // the proxy's own close listener calls it
       this.#pool.dispatch({
         method: req.method ?? 'GET',
         path: this.#base + (req.url ?? '/'),
@@ -89,7 +88,7 @@ export class HttpUpstream implements Upstream {
    */
   upgrade(ctx: ProxyContext, clientSocket: Duplex, head: Buffer): void {
     const { req } = ctx;
-    const headers = httpRequestHeaders(req, { ...ctx.forward, contentLength: -1 }, ctx.extraHeaders);
+    const headers = httpRequestHeaders(req, ctx.forward, ctx.extraHeaders); // no body: contentLength is -1
     // Hop-by-hop headers were dropped; an upgrade needs exactly these two back.
     headers.push('connection', 'upgrade', 'upgrade', String(req.headers.upgrade ?? 'websocket'));
     const upstream = http.request({
@@ -276,7 +275,7 @@ class Exchange implements Dispatcher.DispatchHandler {
         return new ClientBadRequest(err.message);
     }
     // Nothing was sent: the connection was never made.
-    if (!ctx.timings.connectAt && UNREACHABLE.has(err.code ?? '')) return new UpstreamUnreachable(this.#label, code);
+    if (!ctx.timings.connectAt && UNREACHABLE_CODES.has(err.code ?? '')) return new UpstreamUnreachable(this.#label, code);
     // llhttp refused the response (garbage status line, bad header, bad framing) — undici's
     // parser errors carry no code, only the parser's reason. "Invalid EOF state" is the clean
     // close inside a chunked body sent with Connection: close.

@@ -12,7 +12,7 @@ import type { Readable } from 'node:stream';
 import { encodePacket, type UwsgiVars } from './codec.ts';
 import { ResponseParser, type ResponseHead, type ResponseSink } from './response.ts';
 import { KEEPALIVE_HEADER, KEEPALIVE_VAR } from './server.ts';
-import { StratumError, UpstreamReset, UpstreamTimeout, UpstreamUnreachable } from '../errors.ts';
+import { StratumError, UNREACHABLE_CODES, UpstreamReset, UpstreamTimeout, UpstreamUnreachable } from '../errors.ts';
 import type { Address } from '../config/schema.ts';
 
 export interface ExchangeHandler {
@@ -38,7 +38,6 @@ export function addressLabel(a: Address): string {
   return a.kind === 'unix' ? `unix:${a.path}` : `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
 }
 
-const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOENT', 'EHOSTUNREACH', 'ENETUNREACH', 'EACCES', 'EAI_AGAIN', 'ENOTFOUND']);
 
 export class UwsgiClient {
   readonly address: Address;
@@ -146,8 +145,7 @@ class Connection implements ResponseSink {
     this.#parser.reset(ex.isHead);
     ex.attach(this);
     if (reused) {
-      if (this.socket.isPaused()) this.socket.resume();
-      this.#setTimeout(ex.readTimeoutMs);
+      this.#setTimeout(ex.readTimeoutMs); // parked connections are flowing (UwsgiClient.park)
       ex.onConnected(true);
     } else {
       this.#setTimeout(this.#client.options.connectTimeoutMs);
@@ -305,7 +303,7 @@ export class Exchange {
   onSocketError(err: NodeJS.ErrnoException): void {
     if (this.#finished) return;
     const cause = err.code ?? err.message;
-    if (!this.#gotBytes && UNREACHABLE.has(err.code ?? '')) {
+    if (!this.#gotBytes && UNREACHABLE_CODES.has(err.code ?? '')) {
       this.#fail(new UpstreamUnreachable(this.#client.label, cause)); // refused at connect: nothing was sent
     } else if (!this.#head) {
       this.#fail(new UpstreamReset(this.#client.label, `${cause} before the response head`));
