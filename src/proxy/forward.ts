@@ -17,7 +17,7 @@ export interface ForwardInfo {
   clientPort: number;
   scheme: 'http' | 'https';
   serverPort: number;
-  /** The request body length to announce, or -1 when there is none. */
+  /** The request body length to announce, or -1 when there is none (set when the request is dispatched). */
   contentLength: number;
   /** Tracing is on: the client's traceparent/tracestate are replaced by our span's. */
   replaceTrace: boolean;

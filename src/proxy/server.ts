@@ -18,7 +18,7 @@ import type { StratumConfig } from '../config/schema.ts';
 import { listenAt } from '../listen.ts';
 import { ClientBadRequest, ClientBodyTimeout, ClientHeadersTooLarge, ClientHeaderTimeout, RouteNotFound, StratumError } from '../errors.ts';
 import type { RouteTable } from './routes.ts';
-import { prepareBody, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
+import { announcesBody, prepareBody, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
 
 // getBuiltinModule rather than an ES import, which would load Node's bundled undici (src/pool/worker.ts).
 const http = process.getBuiltinModule('node:http');
@@ -251,7 +251,7 @@ export class FrontProxy {
     const limit = configured === 0 ? Infinity : configured; // 0 = no limit, as nginx's client_max_body_size 0
     if (expectContinue && !(Number(req.headers['content-length']) > limit)) res.writeContinue();
     // No body announced (most requests): straight to the upstream, no body promise to wait on.
-    if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined) return this.#dispatch(ctx, entry.upstream, null);
+    if (!announcesBody(req)) return this.#dispatch(ctx, entry.upstream, null);
     const abort = this.#watchBody(ctx);
     prepareBody(req, limit, { buffer: this.config.proxy.requestBuffering, signal: abort?.signal })
       .then((b) => this.#dispatch(ctx, entry.upstream, b), (err: unknown) => this.#fail(ctx, err, null));
@@ -259,6 +259,7 @@ export class FrontProxy {
 
   #dispatch(ctx: ProxyContext, upstream: Upstream, body: RequestBody | null): void {
     let p: Promise<void>;
+    ctx.forward.contentLength = body ? body.length : -1;
     try {
       this.#hooks.onDispatch?.(ctx, upstream.kind);
       ctx.timings.dispatchAt = performance.now();

@@ -19,7 +19,6 @@ import { sendHead, type ProxyContext, type RequestBody, type Upstream } from './
 export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: RequestBody | null, opts: { joinRepeated: boolean; harakiri?: () => StratumError }): Promise<void> {
   const { harakiri } = opts;
   return new Promise<void>((resolve, reject) => {
-    ctx.forward.contentLength = body ? body.length : -1;
     const vars = uwsgiVars(ctx.req, ctx.forward, ctx.extraVars, opts.joinRepeated);
     const res = ctx.res;
     let settled = false;

@@ -73,6 +73,11 @@ export interface BodyOptions {
   signal?: AbortSignal;
 }
 
+/** The request announces a body (Content-Length, even 0, or Transfer-Encoding). */
+export function announcesBody(req: IncomingMessage): boolean {
+  return req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+}
+
 /**
  * Prepare the client's body. Content-Length bodies are checked against the limit before a byte
  * is read; then, with `buffer`, read whole like chunked bodies, else streamed straight through.
@@ -80,11 +85,9 @@ export interface BodyOptions {
  * nginx's client_body_buffer_size/client_body_temp do — in memory up to 1 MiB, then to a file.
  */
 export async function prepareBody(req: IncomingMessage, limit: number, opts: BodyOptions = {}): Promise<RequestBody | null> {
-  const cl = req.headers['content-length'];
-  const chunked = req.headers['transfer-encoding'] !== undefined;
-  if (!chunked) {
-    if (cl === undefined) return null;
-    const length = Number(cl);
+  if (!announcesBody(req)) return null;
+  if (req.headers['transfer-encoding'] === undefined) {
+    const length = Number(req.headers['content-length']);
     if (length > limit) throw new BodyTooLarge(limit);
     if (length === 0) return { length: 0, open: () => Buffer.alloc(0), replayable: true, cleanup() {} };
     if (!opts.buffer) return { length, open: () => req, replayable: false, cleanup() {} };
