@@ -151,11 +151,7 @@ export class Metrics {
     const route = o.route;
     const trace = o.traceId;
     if (o.layers) {
-      const l = o.layers;
-      this.layerDuration.observe('proxy', route, sc, Math.max(l.proxy, 0), trace);
-      this.layerDuration.observe('queue', route, sc, Math.max(l.queue, 0), trace);
-      this.layerDuration.observe('worker', route, sc, Math.max(l.worker, 0), trace);
-      this.layerDuration.observe('app', route, sc, Math.max(l.app, 0), trace);
+      for (const layer of LAYERS) this.layerDuration.observe(layer, route, sc, Math.max(o.layers[layer], 0), trace);
     } else {
       this.layerDuration.observe('proxy', route, sc, o.totalSeconds - (o.upstream?.seconds ?? 0), trace);
     }

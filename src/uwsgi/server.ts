@@ -328,9 +328,10 @@ export class UwsgiBridge extends Duplex {
   }
 }
 
-// HTTP_ACCEPT_ENCODING → "accept-encoding: ", once per distinct var (bounded, like nginx's hash).
+// HTTP_ACCEPT_ENCODING → "accept-encoding", converted once per distinct var (bounded, as
+// forward.ts's headerVar is in the other direction).
 const headerNames = new Map<string, string | null>();
-/** The request header line prefix for an HTTP_* var, null for one we skip; throws for a bad name. */
+/** The request header name for an HTTP_* var, null for one we skip; throws for a bad name. */
 function headerName(key: string): string | null {
   let name = headerNames.get(key);
   if (name !== undefined) return name;
