@@ -279,16 +279,15 @@ export const STACKS: StackDef[] = [
     title: 'http-proxy → Fastify',
     notes: 'npm http-proxy in 1 process, keep-alive http.Agent, xfwd; Fastify in node:cluster with 2 workers (round-robin) on TCP',
     async start(ctx) {
-      const appPort = await freePort();
-      const app = await startNodeApp(ctx, 'fastify', 'fastify-cluster.ts', { PORT: String(appPort), WORKERS: String(APP_PROCESSES) });
+      const app = await startFastifyCluster(ctx);
       const port = await freePort();
-      const proxy = await startNodeApp(ctx, 'http-proxy', 'http-proxy.ts', { PORT: String(port), UPSTREAM: `http://127.0.0.1:${appPort}` });
+      const proxy = await startNodeApp(ctx, 'http-proxy', 'http-proxy.ts', { PORT: String(port), UPSTREAM: `http://127.0.0.1:${app.port}` });
       return {
         url: `http://127.0.0.1:${port}/`,
-        roots: () => [proxy.pid, app.pid],
+        roots: () => [proxy.pid, app.child.pid],
         async stop() {
           await proxy.stop('SIGKILL');
-          await app.stop('SIGKILL');
+          await app.child.stop('SIGKILL');
         },
       };
     },
@@ -320,13 +319,12 @@ export const STACKS: StackDef[] = [
     title: 'Fastify alone',
     notes: 'the Fastify app in node:cluster with 2 workers (round-robin), no proxy: the ceiling',
     async start(ctx) {
-      const port = await freePort();
-      const app = await startNodeApp(ctx, 'fastify', 'fastify-cluster.ts', { PORT: String(port), WORKERS: String(APP_PROCESSES) });
+      const app = await startFastifyCluster(ctx);
       return {
-        url: `http://127.0.0.1:${port}/`,
-        roots: () => [app.pid],
+        url: `http://127.0.0.1:${app.port}/`,
+        roots: () => [app.child.pid],
         async stop() {
-          await app.stop('SIGKILL');
+          await app.child.stop('SIGKILL');
         },
       };
     },
@@ -409,7 +407,7 @@ export const STACKS: StackDef[] = [
   },
 ];
 
-/** The Fastify app in node:cluster on a free port, as the http-proxy-fastify and fastify rows start it. */
+/** The Fastify app in node:cluster on a free port: the fastify row, and the upstream of every HTTP-proxy row. */
 async function startFastifyCluster(ctx: StackContext): Promise<{ child: Child; port: number }> {
   const port = await freePort();
   const child = await startNodeApp(ctx, 'fastify', 'fastify-cluster.ts', { PORT: String(port), WORKERS: String(APP_PROCESSES) });

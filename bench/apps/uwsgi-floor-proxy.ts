@@ -8,6 +8,7 @@
 //   PORT=8080 UPSTREAM=/tmp/x/pool.sock CONNECTIONS=32 node bench/apps/uwsgi-floor-proxy.ts
 import http from 'node:http';
 import net from 'node:net';
+import { encodePacket } from '../../src/uwsgi/codec.ts';
 
 const port = Number(process.env.PORT);
 const poolSocket = process.env.UPSTREAM!;
@@ -48,22 +49,6 @@ function connect(): Conn {
   return c;
 }
 
-function packet(vars: string[]): Buffer {
-  let size = 0;
-  for (const s of vars) size += 2 + s.length;
-  const b = Buffer.allocUnsafe(4 + size);
-  b[0] = 0;
-  b.writeUInt16LE(size, 1);
-  b[3] = 0;
-  let off = 4;
-  for (const s of vars) {
-    b.writeUInt16LE(s.length, off);
-    off += 2;
-    off += b.write(s, off, 'latin1');
-  }
-  return b;
-}
-
 const DROP = new Set(['connection', 'transfer-encoding', 'x-stratum-keepalive', 'x-stratum-timing']);
 
 for (let i = 0; i < connections; i++) idle.push(connect());
@@ -81,7 +66,7 @@ http.createServer((req, res) => {
       res.writeHead(Number(lines[0]!.slice(9, 12)), headers);
       res.end(body);
     };
-    c.socket.write(packet([
+    c.socket.write(encodePacket([
       'REQUEST_METHOD', req.method!, 'REQUEST_URI', req.url!, 'PATH_INFO', req.url!, 'QUERY_STRING', '',
       'SERVER_PROTOCOL', 'HTTP/1.1', 'REMOTE_ADDR', '127.0.0.1', 'REMOTE_PORT', '0', 'SERVER_NAME', 'localhost',
       'SERVER_PORT', String(port), 'HTTP_HOST', req.headers.host ?? '', 'STRATUM_KEEPALIVE', '1',
