@@ -22,8 +22,17 @@ const { values } = parseArgs({
 const warmMs = Number(values.seconds) * 1000;
 const dir = makeTempDir('dashboard-shot');
 const stratum = await startStratum([
-  'serve', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--socket', join(dir, 'pool.sock'),
-  '--workers', '3', '--app', join(REPO_ROOT, 'test/fixtures/apps/fastify.ts'),
+  'serve',
+  '--listen',
+  '127.0.0.1:0',
+  '--admin',
+  '127.0.0.1:0',
+  '--socket',
+  join(dir, 'pool.sock'),
+  '--workers',
+  '3',
+  '--app',
+  join(REPO_ROOT, 'test/fixtures/apps/fastify.ts'),
 ]);
 const front = stratum.front!;
 const until = Date.now() + warmMs + 30_000;
@@ -31,7 +40,10 @@ let stop = false;
 
 const loop = async (paths: string[], pauseMs: number) => {
   for (let i = 0; !stop && Date.now() < until; i++) {
-    await fetch(`${front}${paths[i % paths.length]}`).then((r) => r.arrayBuffer(), () => {});
+    await fetch(`${front}${paths[i % paths.length]}`).then(
+      (r) => r.arrayBuffer(),
+      () => {},
+    );
     await new Promise((r) => setTimeout(r, pauseMs));
   }
 };
@@ -40,20 +52,28 @@ const phases = async () => {
   const t0 = Date.now();
   while (!stop && Date.now() < until) {
     const slow = Math.floor((Date.now() - t0) / 20_000) % 2 === 1;
-    await fetch(`${front}/slow?ms=${slow ? 40 : 3}`).then((r) => r.arrayBuffer(), () => {});
+    await fetch(`${front}/slow?ms=${slow ? 40 : 3}`).then(
+      (r) => r.arrayBuffer(),
+      () => {},
+    );
   }
 };
 const load = Promise.all([
   loop(['/', '/echo', '/status/204', '/slow?ms=5'], 3),
   loop(['/', '/echo/x', '/status/404', '/slow?ms=20'], 4),
-  phases(), phases(), phases(),
+  phases(),
+  phases(),
+  phases(),
   loop(['/slow?ms=300', '/slow?ms=120'], 700),
   loop(['/fail', '/status/503'], 500),
 ]);
 
 try {
   await new Promise((r) => setTimeout(r, warmMs));
-  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] });
+  const browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+  });
   const page = await browser.newPage({ viewport: { width: Number(values.width), height: 900 } });
   await page.goto(`${stratum.admin}/`);
   await page.locator('[data-testid="link"][data-state="connected"]').waitFor();

@@ -44,9 +44,24 @@ const dir = makeTempDir('fuzz');
 const socket = join(dir, 'pool.sock');
 const config = join(dir, 'stratum.yaml');
 writeFileSync(config, 'pool:\n  bufferSize: 8192\n  harakiri: 30\n');
-const pool = await startStratum(['pool', '--config', config, '--socket', socket, '--admin', '127.0.0.1:0', '--workers', values.workers!, '--app', join(REPO_ROOT, 'test/hardening/fixtures/app.ts')]);
+const pool = await startStratum([
+  'pool',
+  '--config',
+  config,
+  '--socket',
+  socket,
+  '--admin',
+  '127.0.0.1:0',
+  '--workers',
+  values.workers!,
+  '--app',
+  join(REPO_ROOT, 'test/hardening/fixtures/app.ts'),
+]);
 const before = await stats(pool.admin);
-console.log(`stratum pool on ${socket}, workers ${before.workers.map((w) => w.pid).join(', ')}; seed ${seed}, target ${target} packets, ${concurrency} connections at a time`);
+console.log(
+  `stratum pool on ${socket}, workers ${before.workers.map((w) => w.pid).join(', ')}; seed ${seed}, ` +
+    `target ${target} packets, ${concurrency} connections at a time`,
+);
 
 const tally = newTally();
 const steady = steadyClient(socket);
@@ -55,27 +70,49 @@ let batchNo = 0;
 let failed = 0;
 while (tally.packets < target && performance.now() - started < maxMs) {
   // One batch of sessions per fast-check draw, each from its own derived seed (reproducible).
-  const sessions = fc.sample(fc.array(sessionArb, { minLength: 2000, maxLength: 2000 }), { numRuns: 1, seed: seed + batchNo })[0]!;
+  const sessions = fc.sample(fc.array(sessionArb, { minLength: 2000, maxLength: 2000 }), {
+    numRuns: 1,
+    seed: seed + batchNo,
+  })[0]!;
   batchNo++;
   failed += (await playAll(socket, sessions, concurrency, tally)).length;
   const s = (performance.now() - started) / 1000;
-  if (batchNo % 10 === 0) console.log(`  ${tally.packets} packets, ${tally.sessions} connections, ${(tally.packets / s).toFixed(0)} packets/s, ${failed} failures`);
+  if (batchNo % 10 === 0)
+    console.log(
+      `  ${tally.packets} packets, ${tally.sessions} connections, ` +
+        `${(tally.packets / s).toFixed(0)} packets/s, ${failed} failures`,
+    );
 }
 const seconds = (performance.now() - started) / 1000;
 const steadyResult = await steady.stop();
 const after = await stats(pool.admin);
 const logs = pool.logs();
 const died = logs.filter((l) => l.msg === 'worker died').length;
-const samePids = JSON.stringify(before.workers.map((w) => w.pid).sort()) === JSON.stringify(after.workers.map((w) => w.pid).sort());
+const samePids =
+  JSON.stringify(before.workers.map((w) => w.pid).sort()) === JSON.stringify(after.workers.map((w) => w.pid).sort());
 const exceptions = after.workers.reduce((n, w) => n + w.exceptions, 0);
 await pool.stop();
 await stopAllStratum();
 
 console.log(formatTally(tally));
-console.log(`\n${tally.packets} packets in ${seconds.toFixed(1)} s (${(tally.packets / seconds).toFixed(0)}/s), seed ${seed}`);
-console.log(`well-formed client meanwhile: ${steadyResult.sent} requests, ${steadyResult.failures.length} failed, slowest ${steadyResult.maxMs.toFixed(1)} ms`);
-console.log(`workers: pids unchanged ${samePids}, respawns ${after.respawns}, 'worker died' lines ${died}, app exceptions ${exceptions}`);
+console.log(
+  `\n${tally.packets} packets in ${seconds.toFixed(1)} s (${(tally.packets / seconds).toFixed(0)}/s), seed ${seed}`,
+);
+console.log(
+  `well-formed client meanwhile: ${steadyResult.sent} requests, ${steadyResult.failures.length} failed, ` +
+    `slowest ${steadyResult.maxMs.toFixed(1)} ms`,
+);
+console.log(
+  `workers: pids unchanged ${samePids}, respawns ${after.respawns}, 'worker died' lines ${died}, ` +
+    `app exceptions ${exceptions}`,
+);
 for (const f of tally.failures) console.log(`FAILED ${f.kind}: ${f.why}\n  ${f.hex}`);
-const ok = failed === 0 && steadyResult.failures.length === 0 && samePids && after.respawns === 0 && died === 0 && exceptions === 0;
+const ok =
+  failed === 0 &&
+  steadyResult.failures.length === 0 &&
+  samePids &&
+  after.respawns === 0 &&
+  died === 0 &&
+  exceptions === 0;
 console.log(ok ? 'PASS' : 'FAIL');
 process.exit(ok ? 0 : 1);

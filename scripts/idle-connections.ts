@@ -48,7 +48,13 @@ async function main(): Promise<void> {
   const mib = (b: number) => (b / 2 ** 20).toFixed(1);
   const rss = (pid: number) => rssOf(pid, (p) => readFileSync(p, 'utf8'));
 
-  async function measure(label: string, port: number, pid: number, heap: () => Promise<number>, base: string): Promise<void> {
+  async function measure(
+    label: string,
+    port: number,
+    pid: number,
+    heap: () => Promise<number>,
+    base: string,
+  ): Promise<void> {
     // Warm-up: JIT, connection pools, parser pool; then settle and measure.
     (await openIdleConnections(port, Math.min(500, n), '/', parallel)).forEach((c) => c.destroy());
     await sleep(2000);
@@ -80,24 +86,44 @@ async function main(): Promise<void> {
     await sleep(2000);
     const rss2 = rss(pid);
     lat.sort((a, b) => a - b);
-    console.log(`\n${label}: ${n} idle keep-alive connections (opened in ${openSeconds.toFixed(1)} s, held ${holdMs / 1000} s, ${alive} still open)`);
-    console.log(`  master RSS   ${mib(rss0)} → ${mib(rss1)} MiB: +${mib(rss1 - rss0)} MiB, ${((rss1 - rss0) / n / 1024).toFixed(1)} KiB (${((rss1 - rss0) / n / 2 ** 20).toFixed(4)} MiB) per connection`);
-    console.log(`  V8 heap used ${mib(heap0)} → ${mib(heap1)} MiB: ${((heap1 - heap0) / n / 1024).toFixed(1)} KiB per connection`);
-    console.log(`  meanwhile    100 new requests all 200 (p50 ${lat[49]!.toFixed(1)} ms, max ${lat[99]!.toFixed(1)} ms); ${reused} held connections reused, all 200`);
+    console.log(
+      `\n${label}: ${n} idle keep-alive connections ` +
+        `(opened in ${openSeconds.toFixed(1)} s, held ${holdMs / 1000} s, ${alive} still open)`,
+    );
+    console.log(
+      `  master RSS   ${mib(rss0)} → ${mib(rss1)} MiB: +${mib(rss1 - rss0)} MiB, ` +
+        `${((rss1 - rss0) / n / 1024).toFixed(1)} KiB (${((rss1 - rss0) / n / 2 ** 20).toFixed(4)} MiB) per connection`,
+    );
+    console.log(
+      `  V8 heap used ${mib(heap0)} → ${mib(heap1)} MiB: ${((heap1 - heap0) / n / 1024).toFixed(1)} KiB per connection`,
+    );
+    console.log(
+      `  meanwhile    100 new requests all 200 (p50 ${lat[49]!.toFixed(1)} ms, max ${lat[99]!.toFixed(1)} ms); ` +
+        `${reused} held connections reused, all 200`,
+    );
     console.log(`  after close  RSS ${mib(rss2)} MiB`);
   }
 
-  const { file } = writeConfig('idle', `
+  const { file } = writeConfig(
+    'idle',
+    `
 listen: 127.0.0.1:0
 admin: { listen: 127.0.0.1:0 }
 app: { module: ${join(REPO_ROOT, 'test/hardening/fixtures/app.ts')} }
 pool: { workers: 1 }
 proxy: { keepAliveTimeout: 300 }
 log: { access: false }
-`);
+`,
+  );
   const s = await startStratum(['serve', '--config', file]);
   try {
-    await measure('stratum serve (front proxy → pool)', portOf(s.front!), s.proc.pid!, () => metric(s.admin, 'nodejs_heap_size_used_bytes', { worker: 'master' }), s.front!);
+    await measure(
+      'stratum serve (front proxy → pool)',
+      portOf(s.front!),
+      s.proc.pid!,
+      () => metric(s.admin, 'nodejs_heap_size_used_bytes', { worker: 'master' }),
+      s.front!,
+    );
   } finally {
     await s.stop();
     await stopAllStratum();
@@ -106,10 +132,11 @@ log: { access: false }
   if (values.baseline) {
     const child = fork(new URL(import.meta.url).pathname, ['--server']);
     const port = await new Promise<number>((r) => child.once('message', (m) => r(m as number)));
-    const heap = () => new Promise<number>((r) => {
-      child.once('message', (m) => r((m as { heap: number }).heap));
-      child.send('heap');
-    });
+    const heap = () =>
+      new Promise<number>((r) => {
+        child.once('message', (m) => r((m as { heap: number }).heap));
+        child.send('heap');
+      });
     try {
       await measure('bare node:http server (baseline)', port, child.pid!, heap, `http://127.0.0.1:${port}`);
     } finally {

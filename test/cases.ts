@@ -44,7 +44,7 @@ export function httpCases(label: string, getBase: () => string, opts: CaseOption
   const values = (doc: EchoDocument, name: string) => headerValues(doc.headers as HeaderList, name);
 
   describe(label, () => {
-    it('GET / answers the app\'s hello document', async () => {
+    it("GET / answers the app's hello document", async () => {
       const res = await rawRequest(getBase(), { path: '/' });
       expect(res.status).toBe(200);
       expect(res.headers['content-type']).toMatch(/application\/json/);
@@ -54,7 +54,12 @@ export function httpCases(label: string, getBase: () => string, opts: CaseOption
     for (const method of ['GET', 'POST', 'PUT', 'DELETE', 'PATCH']) {
       const body = method === 'GET' ? undefined : Buffer.from(`${method} body ✓`);
       it(`${method} reaches the app with its method${body ? ' and body' : ''}`, async () => {
-        const doc = await echo({ method, path: '/echo/method', body, headers: body ? [['Content-Type', 'text/plain']] : [] });
+        const doc = await echo({
+          method,
+          path: '/echo/method',
+          body,
+          headers: body ? [['Content-Type', 'text/plain']] : [],
+        });
         expect(doc.method).toBe(method);
         expect(doc.bodyLength).toBe(body?.length ?? 0);
         if (body) expect(doc.bodySha256).toBe(sha256(body));

@@ -36,7 +36,11 @@ export class HttpError extends Error {
 }
 
 export async function getJson<T>(path: string, signal?: AbortSignal): Promise<T> {
-  const res = await fetch(endpoint(path), { headers: token ? { authorization: `Bearer ${token}` } : {}, cache: 'no-store', signal });
+  const res = await fetch(endpoint(path), {
+    headers: token ? { authorization: `Bearer ${token}` } : {},
+    cache: 'no-store',
+    signal,
+  });
   if (!res.ok) throw new HttpError(res.status, path);
   return (await res.json()) as T;
 }
@@ -69,7 +73,10 @@ function streamWithEventSource(on: LiveHandlers): void {
     on.state('reconnecting');
     void getJson('/live/history').then(
       () => setTimeout(() => streamWithEventSource(on), 2000),
-      (err: unknown) => (err instanceof HttpError && err.status === 401 ? on.state('unauthorized') : setTimeout(() => streamWithEventSource(on), 2000)),
+      (err: unknown) =>
+        err instanceof HttpError && err.status === 401
+          ? on.state('unauthorized')
+          : setTimeout(() => streamWithEventSource(on), 2000),
     );
   });
 }
@@ -79,7 +86,10 @@ async function streamWithFetch(on: LiveHandlers): Promise<void> {
   on.state('connecting');
   for (;;) {
     try {
-      const res = await fetch(endpoint('/live'), { headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream' }, cache: 'no-store' });
+      const res = await fetch(endpoint('/live'), {
+        headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream' },
+        cache: 'no-store',
+      });
       if (res.status === 401) return on.state('unauthorized');
       if (!res.ok || !res.body) throw new HttpError(res.status, '/live');
       on.state('connected');

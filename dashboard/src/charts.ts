@@ -100,18 +100,34 @@ export class TimeChart {
     const yMax = Math.max(step * Math.ceil((max > 0 ? max : 1) / step), step);
     const y = (v: number) => M.top + ih - (v / yMax) * ih;
 
-    const svg = s('svg', { width, height, viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': this.#opts.label });
+    const svg = s('svg', {
+      width,
+      height,
+      viewBox: `0 0 ${width} ${height}`,
+      role: 'img',
+      'aria-label': this.#opts.label,
+    });
     const grid = s('g', { class: 'grid' });
     for (let v = 0; v <= yMax + step / 2; v += step) {
-      grid.append(s('line', { x1: M.left, x2: width - M.right, y1: y(v), y2: y(v) }), s('text', { x: M.left - 6, y: y(v) + 4, 'text-anchor': 'end' }, format(v)));
+      grid.append(
+        s('line', { x1: M.left, x2: width - M.right, y1: y(v), y2: y(v) }),
+        s('text', { x: M.left - 6, y: y(v) + 4, 'text-anchor': 'end' }, format(v)),
+      );
     }
     // Time labels at a round interval that leaves each one room (about 52 px).
-    const every = [10_000, 15_000, 30_000, 60_000, 120_000, 300_000].find((e) => (iw * e) / this.#windowMs >= 52) ?? this.#windowMs;
+    const every =
+      [10_000, 15_000, 30_000, 60_000, 120_000, 300_000].find((e) => (iw * e) / this.#windowMs >= 52) ?? this.#windowMs;
     for (let ago = 0; ago <= this.#windowMs; ago += every) {
       const px = x(end - ago);
       grid.append(s('line', { class: 'vrule', x1: px, x2: px, y1: M.top, y2: M.top + ih }));
       const label = ago === 0 ? 'now' : ago % 60_000 === 0 ? `−${ago / 60_000} min` : `−${ago / 1000} s`;
-      grid.append(s('text', { x: px, y: height - 6, 'text-anchor': ago === 0 ? 'end' : ago === this.#windowMs ? 'start' : 'middle' }, label));
+      grid.append(
+        s(
+          'text',
+          { x: px, y: height - 6, 'text-anchor': ago === 0 ? 'end' : ago === this.#windowMs ? 'start' : 'middle' },
+          label,
+        ),
+      );
     }
     svg.append(grid);
 
@@ -123,7 +139,13 @@ export class TimeChart {
       const top = tops[si]!;
       let points = 0;
       for (let i = from; i < sr.values.length; i++) if (sr.values[i] !== null) points++;
-      const g = s('g', { class: 'series', 'data-series': sr.key, 'data-points': points, 'clip-path': `url(#${clip})`, ...sr.attrs });
+      const g = s('g', {
+        class: 'series',
+        'data-series': sr.key,
+        'data-points': points,
+        'clip-path': `url(#${clip})`,
+        ...sr.attrs,
+      });
       if (sr.kind === 'line') {
         let d = '';
         let pen = false;
@@ -136,7 +158,16 @@ export class TimeChart {
           d += `${pen ? 'L' : 'M'}${x(times[i]!).toFixed(1)},${y(v).toFixed(1)}`;
           pen = true;
         }
-        g.append(s('path', { d, fill: 'none', stroke: sr.color, 'stroke-width': sr.width ?? 1.5, 'stroke-dasharray': sr.dash || null, 'stroke-linejoin': 'round' }));
+        g.append(
+          s('path', {
+            d,
+            fill: 'none',
+            stroke: sr.color,
+            'stroke-width': sr.width ?? 1.5,
+            'stroke-dasharray': sr.dash || null,
+            'stroke-linejoin': 'round',
+          }),
+        );
       } else if (sr.kind === 'area') {
         let upper = '';
         let lower = '';
@@ -155,7 +186,15 @@ export class TimeChart {
           if (v <= 0) continue;
           const y0 = y(stacked ? prev[i]! : 0);
           const y1 = y(top[i] ?? 0);
-          g.append(s('rect', { x: x(times[i]! - 1000) + 0.5, y: y1, width: barW, height: Math.max(0.5, y0 - y1), fill: `url(#${sr.pattern})` }));
+          g.append(
+            s('rect', {
+              x: x(times[i]! - 1000) + 0.5,
+              y: y1,
+              width: barW,
+              height: Math.max(0.5, y0 - y1),
+              fill: `url(#${sr.pattern})`,
+            }),
+          );
         }
       }
       if (stacked && sr.kind !== 'line') for (let i = 0; i < times.length; i++) prev[i] = top[i] ?? 0;
@@ -189,17 +228,28 @@ export class TimeChart {
       return;
     }
     let best = from;
-    for (let i = from; i < times.length; i++) if (Math.abs(times[i]! - this.#hoverT) < Math.abs(times[best]! - this.#hoverT)) best = i;
+    for (let i = from; i < times.length; i++)
+      if (Math.abs(times[i]! - this.#hoverT) < Math.abs(times[best]! - this.#hoverT)) best = i;
     const px = x(times[best]!);
     rule.setAttribute('x1', String(px));
     rule.setAttribute('x2', String(px));
     rule.setAttribute('visibility', 'visible');
     const rows = this.#series.map((sr) => {
       const v = sr.values[best];
-      return h('div', { class: 'tip-row' }, sample(sr), h('span', {}, sr.label), h('b', {}, v === null || v === undefined ? '–' : this.#opts.format(v)));
+      return h(
+        'div',
+        { class: 'tip-row' },
+        sample(sr),
+        h('span', {}, sr.label),
+        h('b', {}, v === null || v === undefined ? '–' : this.#opts.format(v)),
+      );
     });
     const footer = this.#opts.footer?.(best);
-    this.#tip.replaceChildren(h('div', { class: 'tip-time' }, clock(times[best]!)), ...rows, ...(footer ? [h('div', { class: 'tip-foot' }, footer)] : []));
+    this.#tip.replaceChildren(
+      h('div', { class: 'tip-time' }, clock(times[best]!)),
+      ...rows,
+      ...(footer ? [h('div', { class: 'tip-foot' }, footer)] : []),
+    );
     this.#tip.hidden = false;
     const w = this.#width;
     const left = px > w / 2 ? px - this.#tip.offsetWidth - 12 : px + 12;
@@ -212,8 +262,24 @@ type Entry = { label: string; color: string; pattern?: string; dash?: string; wi
 /** A series' look in small: a patterned square for areas and bars, a line sample for lines. */
 function sample(e: Entry): SVGSVGElement {
   return e.pattern
-    ? s('svg', { class: 'sample', width: 14, height: 12, 'aria-hidden': 'true' }, s('rect', { width: 14, height: 12, rx: 2, fill: `url(#${e.pattern})` }))
-    : s('svg', { class: 'sample', width: 24, height: 12, 'aria-hidden': 'true' }, s('line', { x1: 1, x2: 23, y1: 6, y2: 6, stroke: e.color, 'stroke-width': e.width ?? 2, 'stroke-dasharray': e.dash || null }));
+    ? s(
+        'svg',
+        { class: 'sample', width: 14, height: 12, 'aria-hidden': 'true' },
+        s('rect', { width: 14, height: 12, rx: 2, fill: `url(#${e.pattern})` }),
+      )
+    : s(
+        'svg',
+        { class: 'sample', width: 24, height: 12, 'aria-hidden': 'true' },
+        s('line', {
+          x1: 1,
+          x2: 23,
+          y1: 6,
+          y2: 6,
+          stroke: e.color,
+          'stroke-width': e.width ?? 2,
+          'stroke-dasharray': e.dash || null,
+        }),
+      );
 }
 
 /** A legend row: one entry per series, with its sample and its label. */

@@ -18,16 +18,28 @@ function build<E extends Element>(el: E, attrs: Attrs, children: Child[]): E {
   return el;
 }
 
-export function h<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Attrs = {}, ...children: Child[]): HTMLElementTagNameMap[K] {
+export function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Attrs = {},
+  ...children: Child[]
+): HTMLElementTagNameMap[K] {
   return build(document.createElement(tag), attrs, children);
 }
 
-export function s<K extends keyof SVGElementTagNameMap>(tag: K, attrs: Attrs = {}, ...children: Child[]): SVGElementTagNameMap[K] {
+export function s<K extends keyof SVGElementTagNameMap>(
+  tag: K,
+  attrs: Attrs = {},
+  ...children: Child[]
+): SVGElementTagNameMap[K] {
   return build(document.createElementNS(SVG_NS, tag), attrs, children);
 }
 
 /** A titled card: `<section class="panel"><header><h2>…` with room for controls beside the title. */
-export function panel(id: string, title: string, note?: string): { root: HTMLElement; head: HTMLElement; body: HTMLElement } {
+export function panel(
+  id: string,
+  title: string,
+  note?: string,
+): { root: HTMLElement; head: HTMLElement; body: HTMLElement } {
   const head = h('header', { class: 'panel-head' }, h('h2', {}, title), note ? h('p', { class: 'note' }, note) : null);
   const body = h('div', { class: 'panel-body' });
   const root = h('section', { class: 'panel', id }, head, body);

@@ -42,9 +42,19 @@ const workers = new WorkersPanel();
 const traces = new TracesPanel();
 const routes = new FlowsPanel(NOW_SECONDS);
 
-const link = h('div', { class: 'link', role: 'status', 'aria-live': 'polite', 'data-testid': 'link' }, h('span', { class: 'dot', 'aria-hidden': 'true' }), h('span', { class: 'link-text' }), h('span', { class: 'link-age' }));
+const link = h(
+  'div',
+  { class: 'link', role: 'status', 'aria-live': 'polite', 'data-testid': 'link' },
+  h('span', { class: 'dot', 'aria-hidden': 'true' }),
+  h('span', { class: 'link-text' }),
+  h('span', { class: 'link-age' }),
+);
 const windowButtons = WINDOWS.map((w) => {
-  const b = h('button', { type: 'button', 'data-window-s': w.ms / 1000, 'aria-pressed': String(w.ms === windowMs) }, w.label);
+  const b = h(
+    'button',
+    { type: 'button', 'data-window-s': w.ms / 1000, 'aria-pressed': String(w.ms === windowMs) },
+    w.label,
+  );
   b.addEventListener('click', () => {
     windowMs = w.ms;
     for (const x of windowButtons) x.setAttribute('aria-pressed', String(x === b));
@@ -53,29 +63,56 @@ const windowButtons = WINDOWS.map((w) => {
   return b;
 });
 
-document.getElementById('app')!.replaceChildren(
-  patternDefs(),
-  h('header', { class: 'top' },
-    h('div', { class: 'brand' }, h('h1', {}, 'Stratum'), h('span', { class: 'where' }, location.host)),
-    h('div', { class: 'controls' }, h('div', { class: 'segmented', role: 'group', 'aria-label': 'time window' }, ...windowButtons), link),
-  ),
-  h('main', {},
-    summary.root,
-    latency.root,
-    h('div', { class: 'pair' }, timeShare.root, traffic.root),
-    workers.root,
-    traces.root,
-    routes.root,
-  ),
-  h('footer', {}, 'Data: ', h('code', {}, '/live'), ' (Server-Sent Events), ', h('code', {}, '/stats'), ', ', h('code', {}, '/traces'), ', ', h('code', {}, '/metrics'), ' on this admin listener.'),
-);
+document
+  .getElementById('app')!
+  .replaceChildren(
+    patternDefs(),
+    h(
+      'header',
+      { class: 'top' },
+      h('div', { class: 'brand' }, h('h1', {}, 'Stratum'), h('span', { class: 'where' }, location.host)),
+      h(
+        'div',
+        { class: 'controls' },
+        h('div', { class: 'segmented', role: 'group', 'aria-label': 'time window' }, ...windowButtons),
+        link,
+      ),
+    ),
+    h(
+      'main',
+      {},
+      summary.root,
+      latency.root,
+      h('div', { class: 'pair' }, timeShare.root, traffic.root),
+      workers.root,
+      traces.root,
+      routes.root,
+    ),
+    h(
+      'footer',
+      {},
+      'Data: ',
+      h('code', {}, '/live'),
+      ' (Server-Sent Events), ',
+      h('code', {}, '/stats'),
+      ', ',
+      h('code', {}, '/traces'),
+      ', ',
+      h('code', {}, '/metrics'),
+      ' on this admin listener.',
+    ),
+  );
 
 function showLink(): void {
   link.dataset.state = linkState;
   link.querySelector('.link-text')!.textContent = LINK_TEXT[linkState];
   const age = Date.now() - lastTickAt;
   link.querySelector('.link-age')!.textContent =
-    lastTickAt === 0 ? '' : linkState === 'connected' && age > 3000 ? ` · no data for ${span(age)}` : ` · ${clock(lastTickAt)}`;
+    lastTickAt === 0
+      ? ''
+      : linkState === 'connected' && age > 3000
+        ? ` · no data for ${span(age)}`
+        : ` · ${clock(lastTickAt)}`;
 }
 
 function render(): void {

@@ -24,7 +24,11 @@ export function lastSeconds(ticks: readonly LiveTick[], seconds: number): LiveTi
  * had. An estimate (the exact figure needs the samples), close when the seconds are alike.
  */
 export function mergeQuantiles(qs: readonly Quantiles[]): Quantiles {
-  let count = 0, p50 = 0, p95 = 0, p99 = 0, mean = 0;
+  let count = 0,
+    p50 = 0,
+    p95 = 0,
+    p99 = 0,
+    mean = 0;
   for (const q of qs) {
     if (q.count === 0) continue;
     count += q.count;
@@ -53,7 +57,10 @@ export function summarize(ticks: readonly LiveTick[], seconds: number): WindowSu
   const n = Math.max(1, w.length);
   const status = { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0 };
   for (const t of w) for (const c of STATUS_CLASSES) status[c] += t.status[c] / n;
-  const layers = Object.fromEntries(LAYER_KEYS.map((k) => [k, mergeQuantiles(w.map((t) => t.layers[k]))])) as Record<LayerKey, Quantiles>;
+  const layers = Object.fromEntries(LAYER_KEYS.map((k) => [k, mergeQuantiles(w.map((t) => t.layers[k]))])) as Record<
+    LayerKey,
+    Quantiles
+  >;
   const total = mergeQuantiles(w.map((t) => t.total));
   let slowest: LayerKey | null = null;
   for (const k of LAYER_KEYS) {
@@ -108,6 +115,10 @@ export function flows(ticks: readonly LiveTick[], seconds: number, pick: 'routes
     }
   }
   return [...rows.values()]
-    .map(({ weight, ...r }) => ({ ...r, p95: weight > 0 ? r.p95 / weight : 0, errorShare: r.rate > 0 ? r.errors / r.rate : 0 }))
+    .map(({ weight, ...r }) => ({
+      ...r,
+      p95: weight > 0 ? r.p95 / weight : 0,
+      errorShare: r.rate > 0 ? r.errors / r.rate : 0,
+    }))
     .sort((a, b) => b.rate - a.rate || a.key.localeCompare(b.key));
 }

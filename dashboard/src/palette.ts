@@ -36,9 +36,15 @@ type Mark = 'none' | 'hatch' | 'dots' | 'cross' | 'back';
 
 function pattern(id: string, color: string, mark: Mark): SVGPatternElement {
   const ink = 'rgba(255,255,255,0.55)';
-  const p = s('pattern', { id, patternUnits: 'userSpaceOnUse', width: 6, height: 6 }, s('rect', { width: 6, height: 6, fill: color }));
-  if (mark === 'hatch') p.append(s('path', { d: 'M-1,1 l2,-2 M0,6 l6,-6 M5,7 l2,-2', stroke: ink, 'stroke-width': 1.2 }));
-  if (mark === 'back') p.append(s('path', { d: 'M-1,5 l2,2 M0,0 l6,6 M5,-1 l2,2', stroke: 'rgba(0,0,0,0.35)', 'stroke-width': 1.2 }));
+  const p = s(
+    'pattern',
+    { id, patternUnits: 'userSpaceOnUse', width: 6, height: 6 },
+    s('rect', { width: 6, height: 6, fill: color }),
+  );
+  if (mark === 'hatch')
+    p.append(s('path', { d: 'M-1,1 l2,-2 M0,6 l6,-6 M5,7 l2,-2', stroke: ink, 'stroke-width': 1.2 }));
+  if (mark === 'back')
+    p.append(s('path', { d: 'M-1,5 l2,2 M0,0 l6,6 M5,-1 l2,2', stroke: 'rgba(0,0,0,0.35)', 'stroke-width': 1.2 }));
   if (mark === 'dots') p.append(s('circle', { cx: 3, cy: 3, r: 1.1, fill: ink }));
   if (mark === 'cross') p.append(s('path', { d: 'M3,0 v6 M0,3 h6', stroke: ink, 'stroke-width': 1 }));
   return p;
@@ -46,12 +52,31 @@ function pattern(id: string, color: string, mark: Mark): SVGPatternElement {
 
 /** One hidden SVG holding every pattern; any SVG of the page fills with `url(#fill-…)`. */
 export function patternDefs(): SVGSVGElement {
-  const marks: Record<LayerKey | StatusClass, Mark> = { proxy: 'none', queue: 'hatch', worker: 'dots', app: 'cross', '2xx': 'none', '3xx': 'dots', '4xx': 'back', '5xx': 'hatch' };
-  const looks: Array<[LayerKey | StatusClass, Look]> = [...Object.entries(LAYER), ...Object.entries(STATUS)] as Array<[LayerKey | StatusClass, Look]>;
-  return s('svg', { class: 'defs', width: 0, height: 0, 'aria-hidden': 'true' }, s('defs', {}, ...looks.map(([k, l]) => pattern(l.pattern, l.color, marks[k]))));
+  const marks: Record<LayerKey | StatusClass, Mark> = {
+    proxy: 'none',
+    queue: 'hatch',
+    worker: 'dots',
+    app: 'cross',
+    '2xx': 'none',
+    '3xx': 'dots',
+    '4xx': 'back',
+    '5xx': 'hatch',
+  };
+  const looks: Array<[LayerKey | StatusClass, Look]> = [...Object.entries(LAYER), ...Object.entries(STATUS)] as Array<
+    [LayerKey | StatusClass, Look]
+  >;
+  return s(
+    'svg',
+    { class: 'defs', width: 0, height: 0, 'aria-hidden': 'true' },
+    s('defs', {}, ...looks.map(([k, l]) => pattern(l.pattern, l.color, marks[k]))),
+  );
 }
 
 /** A small square of a look's pattern, for legends and table cells. */
 export function swatch(look: Look): SVGSVGElement {
-  return s('svg', { class: 'swatch', width: 12, height: 12, viewBox: '0 0 12 12', 'aria-hidden': 'true' }, s('rect', { width: 12, height: 12, rx: 2, fill: `url(#${look.pattern})` }));
+  return s(
+    'svg',
+    { class: 'swatch', width: 12, height: 12, viewBox: '0 0 12 12', 'aria-hidden': 'true' },
+    s('rect', { width: 12, height: 12, rx: 2, fill: `url(#${look.pattern})` }),
+  );
 }

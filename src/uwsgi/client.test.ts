@@ -16,7 +16,15 @@ function echoListener(req: IncomingMessage, res: ServerResponse): void {
   req.on('data', (c: Buffer) => (length += c.length));
   req.on('end', () => {
     res.setHeader('content-type', 'application/json');
-    res.end(JSON.stringify({ method: req.method, url: req.url, rawHeaders: req.rawHeaders, remoteAddress: req.socket.remoteAddress, bodyLength: length }));
+    res.end(
+      JSON.stringify({
+        method: req.method,
+        url: req.url,
+        rawHeaders: req.rawHeaders,
+        remoteAddress: req.socket.remoteAddress,
+        bodyLength: length,
+      }),
+    );
   });
 }
 
@@ -62,7 +70,10 @@ afterAll(async () => {
 });
 
 function client(sockPath: string, opts: Partial<UwsgiClientOptions> = {}): UwsgiClient {
-  const c = new UwsgiClient({ kind: 'unix', path: sockPath }, { negotiate: true, connectTimeoutMs: 2000, readTimeoutMs: 5000, ...opts });
+  const c = new UwsgiClient(
+    { kind: 'unix', path: sockPath },
+    { negotiate: true, connectTimeoutMs: 2000, readTimeoutMs: 5000, ...opts },
+  );
   clients.push(c);
   return c;
 }
@@ -78,16 +89,21 @@ function request(c: UwsgiClient, vars: UwsgiVars, body: Buffer | null = null): P
     let head: ResponseHead | null = null;
     let reused = false;
     const chunks: Buffer[] = [];
-    c.request(vars, body, {
-      onConnect: (r) => (reused = r),
-      onHead: (h) => (head = h),
-      onBody: (chunk) => {
-        chunks.push(Buffer.from(chunk));
-        return true;
+    c.request(
+      vars,
+      body,
+      {
+        onConnect: (r) => (reused = r),
+        onHead: (h) => (head = h),
+        onBody: (chunk) => {
+          chunks.push(Buffer.from(chunk));
+          return true;
+        },
+        onComplete: () => resolve({ head: head!, body: Buffer.concat(chunks).toString(), reused }),
+        onError: (err: StratumError) => reject(err),
       },
-      onComplete: () => resolve({ head: head!, body: Buffer.concat(chunks).toString(), reused }),
-      onError: (err: StratumError) => reject(err),
-    }, { isHead: false });
+      { isHead: false },
+    );
   });
 }
 
@@ -101,7 +117,20 @@ async function codeOfRejection(p: Promise<unknown>): Promise<string | undefined>
 }
 
 function vars(uri: string): UwsgiVars {
-  return ['REQUEST_METHOD', 'GET', 'REQUEST_URI', uri, 'PATH_INFO', uri, 'QUERY_STRING', '', 'SERVER_PROTOCOL', 'HTTP/1.1', 'HTTP_HOST', 'test'];
+  return [
+    'REQUEST_METHOD',
+    'GET',
+    'REQUEST_URI',
+    uri,
+    'PATH_INFO',
+    uri,
+    'QUERY_STRING',
+    '',
+    'SERVER_PROTOCOL',
+    'HTTP/1.1',
+    'HTTP_HOST',
+    'test',
+  ];
 }
 
 describe('UwsgiClient', () => {
@@ -170,7 +199,10 @@ describe('UwsgiClient', () => {
   it('maps a stale socket file (its server crashed) to STRATUM_ERR_UPSTREAM_UNREACHABLE', async () => {
     // A killed process leaves its socket file behind (a clean close would unlink it).
     const stale = path.join(dir, 'crashed.sock');
-    const child = spawnSync(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+    const child = spawnSync(process.execPath, [
+      '-e',
+      `require('node:net').createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, 'SIGKILL'))`,
+    ]);
     expect(child.signal).toBe('SIGKILL');
     expect(fs.existsSync(stale)).toBe(true);
     const c = client(stale);

@@ -12,7 +12,13 @@ import type { Readable } from 'node:stream';
 import { encodePacket, type UwsgiVars } from './codec.ts';
 import { ResponseParser, type ResponseHead, type ResponseSink } from './response.ts';
 import { KEEPALIVE_HEADER, KEEPALIVE_VAR } from './server.ts';
-import { StratumError, UNREACHABLE_CODES, UpstreamReset, UpstreamTimeout, UpstreamUnreachable } from '../errors.ts';
+import {
+  type StratumError,
+  UNREACHABLE_CODES,
+  UpstreamReset,
+  UpstreamTimeout,
+  UpstreamUnreachable,
+} from '../errors.ts';
 import type { Address } from '../config/schema.ts';
 
 export interface ExchangeHandler {
@@ -37,7 +43,6 @@ export interface UwsgiClientOptions {
 export function addressLabel(a: Address): string {
   return a.kind === 'unix' ? `unix:${a.path}` : `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
 }
-
 
 export class UwsgiClient {
   readonly address: Address;
@@ -66,18 +71,31 @@ export class UwsgiClient {
    * was sent) is safe for the caller to retry elsewhere, as nginx's proxy_next_upstream does.
    * `vars` is consumed (the keep-alive offer is appended to it).
    */
-  request(vars: UwsgiVars, body: Readable | Buffer | null, handler: ExchangeHandler, opts: { isHead: boolean; readTimeoutMs?: number }): Exchange {
+  request(
+    vars: UwsgiVars,
+    body: Readable | Buffer | null,
+    handler: ExchangeHandler,
+    opts: { isHead: boolean; readTimeoutMs?: number },
+  ): Exchange {
     if (this.#opts.negotiate) vars.push(KEEPALIVE_VAR, '1');
-    const ex = new Exchange(this, encodePacket(vars), body, handler, opts.isHead, opts.readTimeoutMs ?? this.#opts.readTimeoutMs);
+    const ex = new Exchange(
+      this,
+      encodePacket(vars),
+      body,
+      handler,
+      opts.isHead,
+      opts.readTimeoutMs ?? this.#opts.readTimeoutMs,
+    );
     let conn: Connection | undefined;
     while ((conn = this.#idle.pop()) !== undefined) {
       if (!conn.socket.destroyed && conn.socket.writable) break;
     }
     if (conn) conn.start(ex, true);
     else {
-      const socket = this.address.kind === 'unix'
-        ? net.connect({ path: this.address.path })
-        : net.connect({ host: this.address.host, port: this.address.port });
+      const socket =
+        this.address.kind === 'unix'
+          ? net.connect({ path: this.address.path })
+          : net.connect({ host: this.address.host, port: this.address.port });
       socket.setNoDelay(true);
       new Connection(this, socket, this.#opts.maxHeaderSize).start(ex, false);
     }
@@ -86,7 +104,8 @@ export class UwsgiClient {
 
   /** @internal The exchange on `conn` completed cleanly: park the connection for reuse. */
   park(conn: Connection): void {
-    if (this.#closed || this.#idle.length >= (this.#opts.maxIdle ?? 256) || conn.socket.destroyed) conn.socket.destroy();
+    if (this.#closed || this.#idle.length >= (this.#opts.maxIdle ?? 256) || conn.socket.destroyed)
+      conn.socket.destroy();
     else {
       if (conn.socket.isPaused()) conn.socket.resume(); // an idle connection must see a close or stray bytes
       this.#idle.push(conn);
@@ -208,7 +227,14 @@ export class Exchange {
   #executing = false;
   #completePending = false;
 
-  constructor(client: UwsgiClient, packet: Buffer, body: Readable | Buffer | null, handler: ExchangeHandler, isHead: boolean, readTimeoutMs: number) {
+  constructor(
+    client: UwsgiClient,
+    packet: Buffer,
+    body: Readable | Buffer | null,
+    handler: ExchangeHandler,
+    isHead: boolean,
+    readTimeoutMs: number,
+  ) {
     this.#client = client;
     this.#packet = packet;
     this.#body = body;
@@ -278,7 +304,13 @@ export class Exchange {
   /** @internal */
   onTimeout(connecting: boolean): void {
     const phase = connecting ? 'connect' : this.#head ? 'read' : 'response head';
-    this.#fail(new UpstreamTimeout(this.#client.label, phase, connecting ? this.#client.options.connectTimeoutMs : this.readTimeoutMs));
+    this.#fail(
+      new UpstreamTimeout(
+        this.#client.label,
+        phase,
+        connecting ? this.#client.options.connectTimeoutMs : this.readTimeoutMs,
+      ),
+    );
   }
 
   /** @internal */
@@ -354,6 +386,7 @@ export class Exchange {
 }
 
 function hasKeepaliveMarker(raw: string[]): boolean {
-  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === KEEPALIVE_HEADER.length && raw[i]!.toLowerCase() === KEEPALIVE_HEADER) return true;
+  for (let i = 0; i < raw.length; i += 2)
+    if (raw[i]!.length === KEEPALIVE_HEADER.length && raw[i]!.toLowerCase() === KEEPALIVE_HEADER) return true;
   return false;
 }

@@ -69,7 +69,8 @@ export function decodeVars(block: Buffer, start = 0, end = block.length): UwsgiV
     if (off + 2 > end) throw new UwsgiBadVar(off - start, `value length of ${key} past the end of the block`);
     const vlen = block[off]! | (block[off + 1]! << 8);
     off += 2;
-    if (off + vlen > end) throw new UwsgiBadVar(off - 2 - start, `value length ${vlen} of ${key} past the end of the block`);
+    if (off + vlen > end)
+      throw new UwsgiBadVar(off - 2 - start, `value length ${vlen} of ${key} past the end of the block`);
     vars.push(key, vlen === 0 ? '' : block.toString('latin1', off, off + vlen));
     off += vlen;
   }

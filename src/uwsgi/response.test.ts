@@ -154,12 +154,23 @@ describe('ResponseParser framing', () => {
   });
 
   it('parses a head split across many chunks at every size', () => {
-    const raw = 'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 4\r\n\r\nbody';
+    const raw =
+      'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n' +
+      'Content-Length: 4\r\n\r\nbody';
     for (let size = 1; size <= 12; size++) {
       const r = make();
       expect(feedSplit(r.parser, raw, size)).toBeGreaterThanOrEqual(0);
       expect(r.heads).toHaveLength(1);
-      expect(r.heads[0]!.rawHeaders).toEqual(['Content-Type', 'text/html', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Content-Length', '4']);
+      expect(r.heads[0]!.rawHeaders).toEqual([
+        'Content-Type',
+        'text/html',
+        'Set-Cookie',
+        'a=1',
+        'Set-Cookie',
+        'b=2',
+        'Content-Length',
+        '4',
+      ]);
       expect(r.body()).toBe('body');
       expect(r.completed()).toBe(1);
     }
@@ -207,7 +218,8 @@ describe('ResponseParser framing', () => {
 });
 
 describe('ResponseParser errors', () => {
-  const bad = (raw: string, opts?: { isHead?: boolean; maxHeaderSize?: number }) => codeOf(() => make(opts).parser.execute(Buffer.from(raw, 'latin1')));
+  const bad = (raw: string, opts?: { isHead?: boolean; maxHeaderSize?: number }) =>
+    codeOf(() => make(opts).parser.execute(Buffer.from(raw, 'latin1')));
 
   it('maps a bad status line to STRATUM_ERR_UPSTREAM_BAD_RESPONSE', () => {
     expect(bad('HTTP/2 200 OK\r\n\r\n')).toBe('STRATUM_ERR_UPSTREAM_BAD_RESPONSE');
@@ -224,12 +236,18 @@ describe('ResponseParser errors', () => {
   });
 
   it('maps obsolete line folding to STRATUM_ERR_UPSTREAM_BAD_RESPONSE', () => {
-    expect(bad('HTTP/1.1 200 OK\r\nX-A: one\r\n  two\r\nContent-Length: 0\r\n\r\n')).toBe('STRATUM_ERR_UPSTREAM_BAD_RESPONSE');
-    expect(bad('HTTP/1.1 200 OK\r\nX-A: one\r\n\ttwo\r\nContent-Length: 0\r\n\r\n')).toBe('STRATUM_ERR_UPSTREAM_BAD_RESPONSE');
+    expect(bad('HTTP/1.1 200 OK\r\nX-A: one\r\n  two\r\nContent-Length: 0\r\n\r\n')).toBe(
+      'STRATUM_ERR_UPSTREAM_BAD_RESPONSE',
+    );
+    expect(bad('HTTP/1.1 200 OK\r\nX-A: one\r\n\ttwo\r\nContent-Length: 0\r\n\r\n')).toBe(
+      'STRATUM_ERR_UPSTREAM_BAD_RESPONSE',
+    );
   });
 
   it('maps conflicting or invalid Content-Length to STRATUM_ERR_UPSTREAM_BAD_RESPONSE', () => {
-    expect(bad('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n')).toBe('STRATUM_ERR_UPSTREAM_BAD_RESPONSE');
+    expect(bad('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n')).toBe(
+      'STRATUM_ERR_UPSTREAM_BAD_RESPONSE',
+    );
     expect(bad('HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n')).toBe('STRATUM_ERR_UPSTREAM_BAD_RESPONSE');
     expect(bad('HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n')).toBe('STRATUM_ERR_UPSTREAM_BAD_RESPONSE');
     // Identical repeats are tolerated.
@@ -254,7 +272,8 @@ describe('ResponseParser errors', () => {
     const r = make({ maxHeaderSize: 1024 });
     r.parser.execute(Buffer.from('HTTP/1.1 200 OK\r\n'));
     let code: string | undefined;
-    for (let i = 0; i < 100 && code === undefined; i++) code = codeOf(() => r.parser.execute(Buffer.from(`X-${i}: ${'b'.repeat(40)}\r\n`)));
+    for (let i = 0; i < 100 && code === undefined; i++)
+      code = codeOf(() => r.parser.execute(Buffer.from(`X-${i}: ${'b'.repeat(40)}\r\n`)));
     expect(code).toBe('STRATUM_ERR_UPSTREAM_HEADERS_TOO_LARGE');
     // The same head fits the default limit.
     expect(bad(big)).toBeUndefined();

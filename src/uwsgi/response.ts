@@ -29,7 +29,16 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // Field values: visible chars, space, tab, obs-text; never CR, LF or NUL.
 const BAD_VALUE = /[\0\r\n]/;
 
-const enum_ = { HEAD: 0, BODY_LENGTH: 1, CHUNK_SIZE: 2, CHUNK_DATA: 3, CHUNK_DATA_END: 4, TRAILERS: 5, CLOSE: 6, DONE: 7 } as const;
+const enum_ = {
+  HEAD: 0,
+  BODY_LENGTH: 1,
+  CHUNK_SIZE: 2,
+  CHUNK_DATA: 3,
+  CHUNK_DATA_END: 4,
+  TRAILERS: 5,
+  CLOSE: 6,
+  DONE: 7,
+} as const;
 type State = (typeof enum_)[keyof typeof enum_];
 
 export class ResponseParser {
@@ -94,7 +103,8 @@ export class ResponseParser {
           const text = line.text;
           const semi = text.indexOf(';');
           const hex = (semi >= 0 ? text.slice(0, semi) : text).trim();
-          if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) throw new UpstreamBadResponse(`invalid chunk size ${JSON.stringify(hex.slice(0, 20))}`);
+          if (!/^[0-9a-fA-F]{1,12}$/.test(hex))
+            throw new UpstreamBadResponse(`invalid chunk size ${JSON.stringify(hex.slice(0, 20))}`);
           this.#remaining = parseInt(hex, 16);
           this.#state = this.#remaining === 0 ? enum_.TRAILERS : enum_.CHUNK_DATA;
           break;
@@ -135,7 +145,9 @@ export class ResponseParser {
     if (this.#state === enum_.DONE) return;
     if (this.#state === enum_.CLOSE) return this.#complete();
     if (this.#state === enum_.HEAD) throw new UpstreamTruncated('before a complete response head');
-    throw new UpstreamTruncated(this.#state === enum_.BODY_LENGTH ? `${this.#remaining} body bytes missing` : 'inside a chunked body');
+    throw new UpstreamTruncated(
+      this.#state === enum_.BODY_LENGTH ? `${this.#remaining} body bytes missing` : 'inside a chunked body',
+    );
   }
 
   #complete(): void {
@@ -150,7 +162,6 @@ export class ResponseParser {
       this.#line = this.#line ? Buffer.concat([this.#line, part]) : Buffer.from(part);
       if (this.#line.length > 4096) throw new UpstreamBadResponse('chunk line too long');
       return null; // the partial line is kept; the caller waits for more bytes
-
     }
     let buf = chunk.subarray(off, idx);
     if (this.#line) {
@@ -200,9 +211,11 @@ export class ResponseParser {
       if (BAD_VALUE.test(value)) throw new UpstreamBadResponse(`bad header value for ${name}`);
       const lower = name.toLowerCase();
       if (lower === 'content-length') {
-        if (!/^[0-9]{1,15}$/.test(value)) throw new UpstreamBadResponse(`bad Content-Length ${JSON.stringify(value.slice(0, 30))}`);
+        if (!/^[0-9]{1,15}$/.test(value))
+          throw new UpstreamBadResponse(`bad Content-Length ${JSON.stringify(value.slice(0, 30))}`);
         const n = Number(value);
-        if (contentLength >= 0 && contentLength !== n) throw new UpstreamBadResponse('conflicting Content-Length headers');
+        if (contentLength >= 0 && contentLength !== n)
+          throw new UpstreamBadResponse('conflicting Content-Length headers');
         contentLength = n;
       } else if (lower === 'transfer-encoding') {
         chunked = /(?:^|,)\s*chunked\s*$/i.test(value);
@@ -219,8 +232,17 @@ export class ResponseParser {
     else if (chunked) framing = 'chunked';
     else if (contentLength >= 0) framing = contentLength === 0 ? 'none' : 'length';
     else framing = 'close';
-    const keepAlive = framing !== 'close' && (minor === 1 ? !/(^|,)\s*close\b/.test(connection) : /(^|,)\s*keep-alive\b/.test(connection));
-    this.#sink.onHead({ statusCode, statusMessage: m[3] ?? '', rawHeaders, framing, contentLength: Math.max(contentLength, 0), keepAlive });
+    const keepAlive =
+      framing !== 'close' &&
+      (minor === 1 ? !/(^|,)\s*close\b/.test(connection) : /(^|,)\s*keep-alive\b/.test(connection));
+    this.#sink.onHead({
+      statusCode,
+      statusMessage: m[3] ?? '',
+      rawHeaders,
+      framing,
+      contentLength: Math.max(contentLength, 0),
+      keepAlive,
+    });
     if (framing === 'none') this.#complete();
     else if (framing === 'length') {
       this.#remaining = contentLength;
@@ -242,4 +264,3 @@ function findHeadEnd(buf: Buffer, from: number): number {
   }
   return -1;
 }
-

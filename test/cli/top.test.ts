@@ -12,16 +12,32 @@ describe('stratum top', () => {
   });
 
   it('prints one row per worker with its pid and state', async () => {
-    s = await startStratum(['serve', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--workers', '2', '--app', FIXTURE]);
+    s = await startStratum([
+      'serve',
+      '--listen',
+      '127.0.0.1:0',
+      '--admin',
+      '127.0.0.1:0',
+      '--workers',
+      '2',
+      '--app',
+      FIXTURE,
+    ]);
     const admin = new URL(s.admin).host;
-    const out = spawnSync(process.execPath, [STRATUM_BIN, 'top', '--admin', admin, '--once'], { encoding: 'utf8', timeout: 15_000 });
+    const out = spawnSync(process.execPath, [STRATUM_BIN, 'top', '--admin', admin, '--once'], {
+      encoding: 'utf8',
+      timeout: 15_000,
+    });
     expect(out.status).toBe(0);
     for (const pid of s.workers) expect(out.stdout).toMatch(new RegExp(`^\\d+\\s+${pid}\\s+(idle|BUSY)`, 'm'));
     expect(out.stdout).toContain('queue 0/1024');
   });
 
   it('exits 1 with one line when the admin listener is unreachable', () => {
-    const out = spawnSync(process.execPath, [STRATUM_BIN, 'top', '--admin', '127.0.0.1:1', '--once'], { encoding: 'utf8', timeout: 15_000 });
+    const out = spawnSync(process.execPath, [STRATUM_BIN, 'top', '--admin', '127.0.0.1:1', '--once'], {
+      encoding: 'utf8',
+      timeout: 15_000,
+    });
     expect(out.status).toBe(1);
     expect(out.stderr.trim().split('\n')).toHaveLength(1);
   });

@@ -32,21 +32,39 @@ function requireChromium(): boolean {
 function ensureDashboardBuilt(): void {
   const index = join(REPO_ROOT, 'dashboard/dist/index.html');
   const newest = (dir: string): number =>
-    Math.max(0, ...readdirSync(dir, { withFileTypes: true }).map((e) => (e.isDirectory() ? newest(join(dir, e.name)) : statSync(join(dir, e.name)).mtimeMs)));
-  const sources = Math.max(newest(join(REPO_ROOT, 'dashboard/src')), statSync(join(REPO_ROOT, 'dashboard/index.html')).mtimeMs, statSync(join(REPO_ROOT, 'dashboard/vite.config.ts')).mtimeMs);
+    Math.max(
+      0,
+      ...readdirSync(dir, { withFileTypes: true }).map((e) =>
+        e.isDirectory() ? newest(join(dir, e.name)) : statSync(join(dir, e.name)).mtimeMs,
+      ),
+    );
+  const sources = Math.max(
+    newest(join(REPO_ROOT, 'dashboard/src')),
+    statSync(join(REPO_ROOT, 'dashboard/index.html')).mtimeMs,
+    statSync(join(REPO_ROOT, 'dashboard/vite.config.ts')).mtimeMs,
+  );
   if (existsSync(index) && statSync(index).mtimeMs >= sources) return;
-  execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules/vite/bin/vite.js'), 'build', 'dashboard'], { cwd: REPO_ROOT, stdio: 'pipe', timeout: 120_000 });
+  execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules/vite/bin/vite.js'), 'build', 'dashboard'], {
+    cwd: REPO_ROOT,
+    stdio: 'pipe',
+    timeout: 120_000,
+  });
 }
 
 function serveArgs(workers: number): string[] {
   const dir = makeTempDir('dashboard');
   return [
     'serve',
-    '--listen', '127.0.0.1:0',
-    '--admin', '127.0.0.1:0',
-    '--socket', join(dir, 'pool.sock'),
-    '--workers', String(workers),
-    '--app', join(REPO_ROOT, 'test/fixtures/apps/fastify.ts'),
+    '--listen',
+    '127.0.0.1:0',
+    '--admin',
+    '127.0.0.1:0',
+    '--socket',
+    join(dir, 'pool.sock'),
+    '--workers',
+    String(workers),
+    '--app',
+    join(REPO_ROOT, 'test/fixtures/apps/fastify.ts'),
   ];
 }
 
@@ -61,7 +79,10 @@ function startLoad(front: string, maxMs: number): { stop(): Promise<number> } {
   const loop = async (paths: string[], pauseMs: number) => {
     for (let i = 0; !stopped && Date.now() < until && sent < 50_000; i++) {
       sent++;
-      await fetch(`${front}${paths[i % paths.length]}`).then((r) => r.arrayBuffer(), () => {});
+      await fetch(`${front}${paths[i % paths.length]}`).then(
+        (r) => r.arrayBuffer(),
+        () => {},
+      );
       if (pauseMs) await new Promise((resolve) => setTimeout(resolve, pauseMs));
     }
   };
@@ -109,7 +130,12 @@ describe('dashboard page on the admin listener', () => {
   });
 
   it('answers 404 for an asset that does not exist or climbs out of assets/', async () => {
-    for (const path of ['/assets/nope.js', '/assets/..%2Fpackage.json', '/assets/../../package.json', '/assets/.hidden.js']) {
+    for (const path of [
+      '/assets/nope.js',
+      '/assets/..%2Fpackage.json',
+      '/assets/../../package.json',
+      '/assets/.hidden.js',
+    ]) {
       const res = await fetch(`${stratum.admin}${path}`);
       expect(res.status, path).toBe(404);
       await res.arrayBuffer();
@@ -139,7 +165,10 @@ describe.skipIf(!requireChromium())('dashboard in a browser', () => {
     ensureDashboardBuilt();
     mkdirSync(ARTIFACTS, { recursive: true });
     stratum = await startStratum(serveArgs(3));
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] });
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+    });
     load = startLoad(stratum.front!, 45_000);
     // A few seconds of history before the page opens: the charts start from the `history` event.
     await new Promise((resolve) => setTimeout(resolve, 4000));
@@ -162,18 +191,34 @@ describe.skipIf(!requireChromium())('dashboard in a browser', () => {
 
     // Each layer's p50/p95/p99 lines have points, and so does its band in the stacked chart.
     await page.waitForFunction(
-      (layers) => layers.every((l) => Number(document.querySelector(`#latency g.series[data-layer="${l}"][data-quantile="p95"]`)?.getAttribute('data-points')) > 0),
+      (layers) =>
+        layers.every(
+          (l) =>
+            Number(
+              document
+                .querySelector(`#latency g.series[data-layer="${l}"][data-quantile="p95"]`)
+                ?.getAttribute('data-points'),
+            ) > 0,
+        ),
       [...LAYERS],
       { timeout: 10_000 },
     );
     for (const layer of LAYERS) {
       for (const q of ['p50', 'p95', 'p99']) {
-        const points = Number(await page.locator(`#latency g.series[data-layer="${layer}"][data-quantile="${q}"]`).getAttribute('data-points'));
+        const points = Number(
+          await page
+            .locator(`#latency g.series[data-layer="${layer}"][data-quantile="${q}"]`)
+            .getAttribute('data-points'),
+        );
         expect(points, `${layer} ${q} points`).toBeGreaterThan(0);
       }
-      expect(Number(await page.locator(`#time-share g.series[data-layer="${layer}"]`).getAttribute('data-points'))).toBeGreaterThan(0);
+      expect(
+        Number(await page.locator(`#time-share g.series[data-layer="${layer}"]`).getAttribute('data-points')),
+      ).toBeGreaterThan(0);
     }
-    expect(Number(await page.locator('#traffic g.series[data-status="5xx"]').getAttribute('data-points'))).toBeGreaterThan(0);
+    expect(
+      Number(await page.locator('#traffic g.series[data-status="5xx"]').getAttribute('data-points')),
+    ).toBeGreaterThan(0);
 
     // Every worker /stats reports has its row.
     const stats = await adminJson<{ workers: Array<{ pid: number }> }>(stratum, '/stats');
@@ -183,7 +228,9 @@ describe.skipIf(!requireChromium())('dashboard in a browser', () => {
       stats.workers.map((w) => w.pid),
       { timeout: 5000 },
     );
-    const rowPids = await page.locator('#workers tbody tr[data-pid]').evaluateAll((rows) => rows.map((r) => Number(r.getAttribute('data-pid'))));
+    const rowPids = await page
+      .locator('#workers tbody tr[data-pid]')
+      .evaluateAll((rows) => rows.map((r) => Number(r.getAttribute('data-pid'))));
     expect(rowPids.sort()).toEqual(stats.workers.map((w) => w.pid).sort());
 
     // The slow list is slowest first; its first entry is the 300 ms request, and its waterfall
@@ -196,10 +243,16 @@ describe.skipIf(!requireChromium())('dashboard in a browser', () => {
     await slow.first().click();
     const waterfall = page.locator('.waterfall');
     await waterfall.waitFor();
-    const spans = await waterfall.locator('.wf-row[data-layer]').evaluateAll((rows) => rows.map((r) => ({ layer: r.getAttribute('data-layer'), pid: Number(r.getAttribute('data-pid')) })));
+    const spans = await waterfall
+      .locator('.wf-row[data-layer]')
+      .evaluateAll((rows) =>
+        rows.map((r) => ({ layer: r.getAttribute('data-layer'), pid: Number(r.getAttribute('data-pid')) })),
+      );
     expect(spans.map((s) => s.layer)).toEqual([...LAYERS]);
     const workerPids = new Set(stats.workers.map((w) => w.pid));
-    expect(workerPids.has(spans.find((s) => s.layer === 'app')!.pid), 'the app span ran in one of the workers').toBe(true);
+    expect(workerPids.has(spans.find((s) => s.layer === 'app')!.pid), 'the app span ran in one of the workers').toBe(
+      true,
+    );
     expect(await waterfall.locator('.wf-row[data-layer="app"] .wf-dur').textContent()).toMatch(/^\d[\d.,]* ms$/);
 
     // Failures are listed as well.
@@ -217,7 +270,9 @@ describe.skipIf(!requireChromium())('dashboard in a browser', () => {
     await phone.locator('ol[data-kind="slow"] button.trace').first().click();
     await phone.locator('.waterfall').waitFor();
     await phone.waitForTimeout(1500);
-    const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    const overflow = await phone.evaluate(
+      () => document.documentElement.scrollWidth - document.documentElement.clientWidth,
+    );
     expect(overflow, 'no sideways scrolling on a phone').toBeLessThanOrEqual(0);
     await phone.screenshot({ path: join(ARTIFACTS, 'dashboard-phone.png'), fullPage: true });
 
@@ -244,7 +299,16 @@ describe.skipIf(!requireChromium())('dashboard in a browser', () => {
       await page.locator('[data-testid="link"][data-state="connected"]').waitFor({ timeout: 10_000 });
       await page.locator('ol[data-kind="slow"] button.trace').first().waitFor({ timeout: 5000 });
       expect(new URL(page.url()).searchParams.has('token'), 'the token leaves the address bar').toBe(false);
-      await page.waitForFunction(() => Number(document.querySelector('#latency g.series[data-layer="app"][data-quantile="p95"]')?.getAttribute('data-points')) > 0, null, { timeout: 10_000 });
+      await page.waitForFunction(
+        () =>
+          Number(
+            document
+              .querySelector('#latency g.series[data-layer="app"][data-quantile="p95"]')
+              ?.getAttribute('data-points'),
+          ) > 0,
+        null,
+        { timeout: 10_000 },
+      );
       expect(problems).toEqual([]);
 
       const without = await open(`${guarded.admin}/`);

@@ -40,7 +40,13 @@ describe('summarize', () => {
     const slowApp = { proxy: q(1, 10), queue: q(1, 10), worker: q(1, 10), app: q(30, 10) };
     const ticks = [
       ...Array.from({ length: 20 }, (_, i) => tick(1000 * i, { layers: slowQueue, total: q(57, 10) })),
-      ...Array.from({ length: 10 }, (_, i) => tick(20_000 + 1000 * i, { layers: slowApp, total: q(33, 10), status: { '2xx': 8, '3xx': 0, '4xx': 0, '5xx': 2 } })),
+      ...Array.from({ length: 10 }, (_, i) =>
+        tick(20_000 + 1000 * i, {
+          layers: slowApp,
+          total: q(33, 10),
+          status: { '2xx': 8, '3xx': 0, '4xx': 0, '5xx': 2 },
+        }),
+      ),
     ];
     const sum = summarize(ticks, 10);
     expect(sum.slowest).toBe('app');
@@ -58,10 +64,12 @@ describe('flows', () => {
   it('keeps a route seen earlier at 0 req/s and weighs p95 by each second’s rate', () => {
     const ticks = [
       tick(0, { routes: [{ route: '/old', rate: 5, errors: 0, p95: 1 }] }),
-      ...Array.from({ length: 10 }, (_, i) => tick(60_000 + 1000 * i, {
-        routes: [{ route: '/api', rate: i % 2 ? 30 : 10, errors: i % 2 ? 3 : 0, p95: i % 2 ? 40 : 20 }],
-        upstreams: [{ target: 'pool', kind: 'pool', rate: 20, errors: 1, p95: 5, up: i < 9 }],
-      })),
+      ...Array.from({ length: 10 }, (_, i) =>
+        tick(60_000 + 1000 * i, {
+          routes: [{ route: '/api', rate: i % 2 ? 30 : 10, errors: i % 2 ? 3 : 0, p95: i % 2 ? 40 : 20 }],
+          upstreams: [{ target: 'pool', kind: 'pool', rate: 20, errors: 1, p95: 5, up: i < 9 }],
+        }),
+      ),
     ];
     const routes = flows(ticks, 10, 'routes');
     expect(routes.map((r) => r.key)).toEqual(['/api', '/old']);

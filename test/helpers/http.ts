@@ -43,11 +43,18 @@ export function headerValues(rawHeaders: readonly string[] | HeaderList, name: s
   const lower = name.toLowerCase();
   const pairs: [string, string][] = [];
   if (rawHeaders.length > 0 && Array.isArray(rawHeaders[0])) pairs.push(...(rawHeaders as HeaderList));
-  else for (let i = 0; i + 1 < rawHeaders.length; i += 2) pairs.push([rawHeaders[i] as string, rawHeaders[i + 1] as string]);
+  else
+    for (let i = 0; i + 1 < rawHeaders.length; i += 2)
+      pairs.push([rawHeaders[i] as string, rawHeaders[i + 1] as string]);
   return pairs.filter(([key]) => key.toLowerCase() === lower).map(([, value]) => value);
 }
 
-function open(base: string, req: RawRequest, onResponse: (res: http.IncomingMessage, creq: http.ClientRequest) => void, reject: (err: Error) => void): void {
+function open(
+  base: string,
+  req: RawRequest,
+  onResponse: (res: http.IncomingMessage, creq: http.ClientRequest) => void,
+  reject: (err: Error) => void,
+): void {
   const url = new URL(base);
   const flat: string[] = [];
   // With headers given as an array node adds no Host line itself (setHost is ignored).
@@ -69,58 +76,73 @@ function open(base: string, req: RawRequest, onResponse: (res: http.IncomingMess
     agent: req.agent ?? false,
   });
   const timeout = req.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  creq.setTimeout(timeout, () => creq.destroy(new Error(`${req.method ?? 'GET'} ${req.path}: no answer within ${timeout} ms`)));
+  creq.setTimeout(timeout, () =>
+    creq.destroy(new Error(`${req.method ?? 'GET'} ${req.path}: no answer within ${timeout} ms`)),
+  );
   creq.on('error', reject);
   creq.on('response', (res) => onResponse(res, creq));
   if (body === undefined) creq.end();
   else if (sized) creq.end(body);
-  else Readable.from(body as Iterable<Uint8Array>, { objectMode: false }).on('error', reject).pipe(creq);
+  else
+    Readable.from(body as Iterable<Uint8Array>, { objectMode: false })
+      .on('error', reject)
+      .pipe(creq);
 }
 
 /** Sends one request and buffers the response body. */
 export function rawRequest(base: string, req: RawRequest): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
-    open(base, req, (res, creq) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('error', reject);
-      res.on('end', () =>
-        resolve({
-          status: res.statusCode ?? 0,
-          rawHeaders: res.rawHeaders,
-          headers: res.headers,
-          body: Buffer.concat(chunks),
-          socket: creq.socket as Socket,
-          reusedSocket: creq.reusedSocket,
-        }),
-      );
-    }, reject);
+    open(
+      base,
+      req,
+      (res, creq) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('error', reject);
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            rawHeaders: res.rawHeaders,
+            headers: res.headers,
+            body: Buffer.concat(chunks),
+            socket: creq.socket as Socket,
+            reusedSocket: creq.reusedSocket,
+          }),
+        );
+      },
+      reject,
+    );
   });
 }
 
 /** Sends one request and hashes the response body as it streams in, never holding it whole. */
 export function streamRequest(base: string, req: RawRequest): Promise<StreamedResponse> {
   return new Promise((resolve, reject) => {
-    open(base, req, (res, creq) => {
-      const hash = createHash('sha256');
-      let bytes = 0;
-      res.on('data', (chunk: Buffer) => {
-        bytes += chunk.length;
-        hash.update(chunk);
-      });
-      res.on('error', reject);
-      res.on('end', () =>
-        resolve({
-          status: res.statusCode ?? 0,
-          rawHeaders: res.rawHeaders,
-          headers: res.headers,
-          bytes,
-          sha256: hash.digest('hex'),
-          socket: creq.socket as Socket,
-          reusedSocket: creq.reusedSocket,
-        }),
-      );
-    }, reject);
+    open(
+      base,
+      req,
+      (res, creq) => {
+        const hash = createHash('sha256');
+        let bytes = 0;
+        res.on('data', (chunk: Buffer) => {
+          bytes += chunk.length;
+          hash.update(chunk);
+        });
+        res.on('error', reject);
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            rawHeaders: res.rawHeaders,
+            headers: res.headers,
+            bytes,
+            sha256: hash.digest('hex'),
+            socket: creq.socket as Socket,
+            reusedSocket: creq.reusedSocket,
+          }),
+        );
+      },
+      reject,
+    );
   });
 }
 

@@ -148,7 +148,10 @@ export interface OtlpReceiver {
   errors: string[];
   spansOf(traceId: string): ReceivedSpan[];
   /** Polls until `done(spans)` holds; throws with `describe()` (and what arrived) after timeoutMs. */
-  waitFor(done: (spans: ReceivedSpan[]) => boolean, opts: { timeoutMs?: number; describe: () => string }): Promise<void>;
+  waitFor(
+    done: (spans: ReceivedSpan[]) => boolean,
+    opts: { timeoutMs?: number; describe: () => string },
+  ): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -172,7 +175,10 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
         }
         if (req.headers['content-encoding'] === 'gzip') body = gunzipSync(body);
         if (!type.startsWith('application/json')) {
-          errors.push(`${path}: ${type || 'no content-type'} body refused (the receiver reads OTLP/JSON; set OTEL_EXPORTER_OTLP_PROTOCOL=http/json)`);
+          errors.push(
+            `${path}: ${type || 'no content-type'} body refused ` +
+              '(the receiver reads OTLP/JSON; set OTEL_EXPORTER_OTLP_PROTOCOL=http/json)',
+          );
           res.writeHead(415, { 'content-type': 'text/plain' }).end('OTLP/JSON only\n');
           return;
         }
@@ -195,9 +201,17 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
 
   const summary = () => {
     const byTrace = new Map<string, string[]>();
-    for (const s of spans) byTrace.set(s.traceId, [...(byTrace.get(s.traceId) ?? []), `${s.kind} ${JSON.stringify(s.name)} ${s.spanId}<-${s.parentSpanId ?? 'root'} (${String(s.resource['stratum.role'])})`]);
+    for (const s of spans)
+      byTrace.set(s.traceId, [
+        ...(byTrace.get(s.traceId) ?? []),
+        `${s.kind} ${JSON.stringify(s.name)} ${s.spanId}<-${s.parentSpanId ?? 'root'} ` +
+          `(${String(s.resource['stratum.role'])})`,
+      ]);
     const lines = [...byTrace].slice(-20).map(([t, list]) => `  trace ${t}:\n    ${list.join('\n    ')}`);
-    return `received ${spans.length} spans, requests ${JSON.stringify([...requests])}, errors ${JSON.stringify(errors)}\n${lines.join('\n')}`;
+    return (
+      `received ${spans.length} spans, requests ${JSON.stringify([...requests])}, ` +
+      `errors ${JSON.stringify(errors)}\n${lines.join('\n')}`
+    );
   };
 
   return {

@@ -52,7 +52,8 @@ function fileExists(path: string): boolean {
 
 /** Why `binary` cannot be used here, or undefined when it can. */
 export function peerSkipReason(binary: string): string | undefined {
-  if (!onPath(binary)) return `${binary} is not installed (apt-get install nginx-light uwsgi-core uwsgi-plugin-python3 python3-flask)`;
+  if (!onPath(binary))
+    return `${binary} is not installed (apt-get install nginx-light uwsgi-core uwsgi-plugin-python3 python3-flask)`;
   const missing = (EXTRA_FILES[binary] ?? []).filter((f) => !fileExists(f));
   if (missing.length > 0) return `${binary} is installed but ${missing.join(', ')} is missing`;
   return undefined;
@@ -149,9 +150,11 @@ export async function startNginx(opts: NginxOptions = {}): Promise<PeerProcess> 
     try {
       await waitUntil(async () => !isRunning(t) || (await canConnect({ host: '127.0.0.1', port })), {
         timeoutMs: opts.readyTimeoutMs ?? 10_000,
-        describe: () => `nginx did not listen on 127.0.0.1:${port}\n${describeOutput(t, `\n--- error.log ---\n${readLog()}`)}`,
+        describe: () =>
+          `nginx did not listen on 127.0.0.1:${port}\n${describeOutput(t, `\n--- error.log ---\n${readLog()}`)}`,
       });
-      if (!isRunning(t)) throw new Error(`nginx exited at start-up\n${describeOutput(t, `\n--- error.log ---\n${readLog()}`)}`);
+      if (!isRunning(t))
+        throw new Error(`nginx exited at start-up\n${describeOutput(t, `\n--- error.log ---\n${readLog()}`)}`);
     } catch (err) {
       await t.stop('SIGKILL', 0);
       if (attempt < 3 && opts.listenPort === undefined && /Address already in use/.test(readLog())) continue;
@@ -194,11 +197,17 @@ export function uwsgiPacket(vars: Record<string, string>): Buffer {
 }
 
 /** Sends `GET path` over the uwsgi protocol and returns the raw response text (until close). */
-export function uwsgiGet(target: { host: string; port: number } | { path: string }, path = '/', timeoutMs = 5000): Promise<string> {
+export function uwsgiGet(
+  target: { host: string; port: number } | { path: string },
+  path = '/',
+  timeoutMs = 5000,
+): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = net.connect(target as net.NetConnectOpts);
     const chunks: Buffer[] = [];
-    socket.setTimeout(timeoutMs, () => socket.destroy(new Error(`uwsgi GET ${path}: no answer within ${timeoutMs} ms`)));
+    socket.setTimeout(timeoutMs, () =>
+      socket.destroy(new Error(`uwsgi GET ${path}: no answer within ${timeoutMs} ms`)),
+    );
     socket.on('connect', () =>
       socket.write(
         uwsgiPacket({
@@ -236,20 +245,28 @@ export async function startUwsgi(opts: UwsgiOptions = {}): Promise<PeerProcess> 
   for (let attempt = 1; ; attempt++) {
     const port = opts.port ?? (await freePort());
     const t = spawnTracked('uwsgi', [
-      '--plugin-dir', UWSGI_PLUGIN_DIR,
-      '--plugin', 'python3',
+      '--plugin-dir',
+      UWSGI_PLUGIN_DIR,
+      '--plugin',
+      'python3',
       '--master',
-      '--processes', String(opts.processes ?? 2),
-      '--socket', `127.0.0.1:${port}`,
-      '--wsgi-file', opts.wsgiFile ?? FLASK_APP,
-      '--callable', opts.callable ?? 'app',
+      '--processes',
+      String(opts.processes ?? 2),
+      '--socket',
+      `127.0.0.1:${port}`,
+      '--wsgi-file',
+      opts.wsgiFile ?? FLASK_APP,
+      '--callable',
+      opts.callable ?? 'app',
       // uWSGI's default 4096-byte buffer refuses a 12 KB Cookie ("invalid request block size")
-      '--buffer-size', '65535',
+      '--buffer-size',
+      '65535',
       '--die-on-term',
       '--need-app',
       '--no-orphans',
       '--disable-logging',
-      '--chdir', dir,
+      '--chdir',
+      dir,
     ]);
     const probe = { host: '127.0.0.1', port };
     try {

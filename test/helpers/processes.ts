@@ -134,7 +134,10 @@ export async function waitUntil(
 }
 
 /** True when a TCP connection to host:port (or a Unix socket path) is accepted. */
-export function canConnect(target: { host: string; port: number } | { path: string }, timeoutMs = 1000): Promise<boolean> {
+export function canConnect(
+  target: { host: string; port: number } | { path: string },
+  timeoutMs = 1000,
+): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = net.connect(target as net.NetConnectOpts);
     const done = (ok: boolean) => {
@@ -154,5 +157,6 @@ export function isRunning(t: Tracked): boolean {
 /** The tail of a process's output, for an error message. */
 export function describeOutput(t: Tracked, extra = ''): string {
   const tail = (s: string) => (s.length > 8000 ? `…${s.slice(-8000)}` : s);
-  return `exit=${t.proc.exitCode ?? t.proc.signalCode ?? 'running'}\n--- stdout ---\n${tail(t.stdout())}\n--- stderr ---\n${tail(t.stderr())}${extra}`;
+  const exit = t.proc.exitCode ?? t.proc.signalCode ?? 'running';
+  return `exit=${exit}\n--- stdout ---\n${tail(t.stdout())}\n--- stderr ---\n${tail(t.stderr())}${extra}`;
 }

@@ -7,14 +7,28 @@ import { flows, type FlowRow, type LiveTick } from '../model.ts';
 
 function table(cols: string[], numeric: number[]): { table: HTMLTableElement; body: HTMLTableSectionElement } {
   const body = h('tbody');
-  const t = h('table', { class: 'table' }, h('thead', {}, h('tr', {}, ...cols.map((c, i) => h('th', { scope: 'col', class: numeric.includes(i) ? 'num' : null }, c)))), body);
+  const t = h(
+    'table',
+    { class: 'table' },
+    h(
+      'thead',
+      {},
+      h('tr', {}, ...cols.map((c, i) => h('th', { scope: 'col', class: numeric.includes(i) ? 'num' : null }, c))),
+    ),
+    body,
+  );
   return { table: t, body };
 }
 
 function cells(r: FlowRow): HTMLElement[] {
   return [
     h('td', { class: 'num' }, rate(r.rate)),
-    h('td', { class: `num ${r.errors > 0 ? 'warn' : ''}` }, `${rate(r.errors)}`, h('small', {}, ` ${r.rate > 0 ? pct(r.errors, r.rate) : ''}`)),
+    h(
+      'td',
+      { class: `num ${r.errors > 0 ? 'warn' : ''}` },
+      `${rate(r.errors)}`,
+      h('small', {}, ` ${r.rate > 0 ? pct(r.errors, r.rate) : ''}`),
+    ),
     h('td', { class: 'num' }, r.rate > 0 ? ms(r.p95) : '–'),
   ];
 }
@@ -27,9 +41,15 @@ export class FlowsPanel {
 
   constructor(seconds: number) {
     this.#seconds = seconds;
-    const p = panel('flows', 'Routes and upstreams', `last ${seconds} s; p95 is the request-weighted mean of each second’s p95`);
+    const p = panel(
+      'flows',
+      'Routes and upstreams',
+      `last ${seconds} s; p95 is the request-weighted mean of each second’s p95`,
+    );
     p.body.append(
-      h('div', { class: 'flow-tables' },
+      h(
+        'div',
+        { class: 'flow-tables' },
         h('div', { class: 'scroll' }, this.#routes.table),
         h('div', { class: 'scroll' }, this.#upstreams.table),
       ),
@@ -39,13 +59,31 @@ export class FlowsPanel {
 
   update(ticks: LiveTick[]): void {
     const routes = flows(ticks, this.#seconds, 'routes');
-    this.#routes.body.replaceChildren(...(routes.length ? routes.map((r) => h('tr', { 'data-route': r.key }, h('td', { class: 'mono' }, r.key), ...cells(r))) : [h('tr', {}, h('td', { colspan: 4, class: 'empty' }, 'No traffic yet.'))]));
+    this.#routes.body.replaceChildren(
+      ...(routes.length
+        ? routes.map((r) => h('tr', { 'data-route': r.key }, h('td', { class: 'mono' }, r.key), ...cells(r)))
+        : [h('tr', {}, h('td', { colspan: 4, class: 'empty' }, 'No traffic yet.'))]),
+    );
     const ups = flows(ticks, this.#seconds, 'upstreams');
-    this.#upstreams.body.replaceChildren(...(ups.length ? ups.map((r) => h('tr', { 'data-upstream': r.key },
-      h('td', { class: 'mono' }, r.key),
-      h('td', {}, r.kind ?? ''),
-      ...cells(r),
-      h('td', {}, r.up === false ? h('span', { class: 'health down' }, '✕ down') : h('span', { class: 'health up' }, '✓ up')),
-    )) : [h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'No upstreams yet.'))]));
+    this.#upstreams.body.replaceChildren(
+      ...(ups.length
+        ? ups.map((r) =>
+            h(
+              'tr',
+              { 'data-upstream': r.key },
+              h('td', { class: 'mono' }, r.key),
+              h('td', {}, r.kind ?? ''),
+              ...cells(r),
+              h(
+                'td',
+                {},
+                r.up === false
+                  ? h('span', { class: 'health down' }, '✕ down')
+                  : h('span', { class: 'health up' }, '✓ up'),
+              ),
+            ),
+          )
+        : [h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'No upstreams yet.'))]),
+    );
   }
 }

@@ -18,11 +18,34 @@ export class LatencyPanel {
 
   constructor() {
     const p = panel('latency', 'Latency by layer', 'ms, one point per second; each chart has its own scale');
-    p.head.append(legend(QUANTILES.map((q) => ({ label: QUANTILE_STYLE[q].label, color: 'currentColor', width: QUANTILE_STYLE[q].width, dash: QUANTILE_STYLE[q].dash }))));
+    p.head.append(
+      legend(
+        QUANTILES.map((q) => ({
+          label: QUANTILE_STYLE[q].label,
+          color: 'currentColor',
+          width: QUANTILE_STYLE[q].width,
+          dash: QUANTILE_STYLE[q].dash,
+        })),
+      ),
+    );
     const grid = h('div', { class: 'multiples' });
     LAYER_KEYS.forEach((k, i) => {
       this.#charts.push(new TimeChart({ height: 150, format: ms, label: `${k} latency p50, p95, p99 in ms` }));
-      grid.append(h('div', { class: 'multiple', 'data-layer': k }, h('h3', {}, swatch(LAYER[k]), ` ${LAYER[k].label} `, h('span', { class: 'role' }, LAYER[k].role), this.#now[i]!), this.#charts[i]!.el));
+      grid.append(
+        h(
+          'div',
+          { class: 'multiple', 'data-layer': k },
+          h(
+            'h3',
+            {},
+            swatch(LAYER[k]),
+            ` ${LAYER[k].label} `,
+            h('span', { class: 'role' }, LAYER[k].role),
+            this.#now[i]!,
+          ),
+          this.#charts[i]!.el,
+        ),
+      );
     });
     p.body.append(grid);
     this.root = p.root;
@@ -57,7 +80,9 @@ export class TimeSharePanel {
 
   constructor() {
     const p = panel('time-share', 'Where the mean request’s time goes', 'ms per request, stacked by layer');
-    p.head.append(legend(LAYER_KEYS.map((k) => ({ label: LAYER[k].label, color: LAYER[k].color, pattern: LAYER[k].pattern }))));
+    p.head.append(
+      legend(LAYER_KEYS.map((k) => ({ label: LAYER[k].label, color: LAYER[k].color, pattern: LAYER[k].pattern }))),
+    );
     this.#chart = new TimeChart({
       height: 190,
       format: ms,
@@ -89,14 +114,26 @@ export class TimeSharePanel {
 
     const shares = layerShares(sum);
     const whole = LAYER_KEYS.reduce((a, k) => a + shares[k], 0);
-    this.#shareNote.textContent = whole > 0 ? `Last ${sum.seconds} s: ${ms(whole)} per request on average` : `No requests in the last ${sum.seconds} s`;
+    this.#shareNote.textContent =
+      whole > 0
+        ? `Last ${sum.seconds} s: ${ms(whole)} per request on average`
+        : `No requests in the last ${sum.seconds} s`;
     const parts = LAYER_KEYS.filter((k) => shares[k] > 0).map((k) => {
-      const seg = h('div', { class: `seg ${LAYER[k].pattern}`, 'data-layer': k, title: `${LAYER[k].label}: ${ms(shares[k])} (${pct(shares[k], whole)})` });
+      const seg = h('div', {
+        class: `seg ${LAYER[k].pattern}`,
+        'data-layer': k,
+        title: `${LAYER[k].label}: ${ms(shares[k])} (${pct(shares[k], whole)})`,
+      });
       seg.style.flexGrow = String(shares[k] / whole);
       return seg;
     });
-    const labels = LAYER_KEYS.map((k) => h('li', {}, swatch(LAYER[k]), h('b', {}, LAYER[k].label), ` ${ms(shares[k])} · ${pct(shares[k], whole)}`));
+    const labels = LAYER_KEYS.map((k) =>
+      h('li', {}, swatch(LAYER[k]), h('b', {}, LAYER[k].label), ` ${ms(shares[k])} · ${pct(shares[k], whole)}`),
+    );
     this.#share.setAttribute('aria-label', `time per layer over the last ${sum.seconds} s`);
-    this.#share.replaceChildren(h('div', { class: 'share-bar' }, ...parts), h('ul', { class: 'share-labels' }, ...labels));
+    this.#share.replaceChildren(
+      h('div', { class: 'share-bar' }, ...parts),
+      h('ul', { class: 'share-labels' }, ...labels),
+    );
   }
 }

@@ -9,7 +9,10 @@ import { LAYER_KEYS, type LayerKey, type PoolStats, type WindowSummary } from '.
 /** ms of the mean request spent in each layer (a request outside the pool counts as proxy). */
 export function layerShares(sum: WindowSummary): Record<LayerKey, number> {
   const n = sum.total.count || 1;
-  return Object.fromEntries(LAYER_KEYS.map((k) => [k, (sum.layers[k].mean * sum.layers[k].count) / n])) as Record<LayerKey, number>;
+  return Object.fromEntries(LAYER_KEYS.map((k) => [k, (sum.layers[k].mean * sum.layers[k].count) / n])) as Record<
+    LayerKey,
+    number
+  >;
 }
 
 export class SummaryPanel {
@@ -53,21 +56,35 @@ export class SummaryPanel {
       const card = this.#cards.get(k)!;
       card.classList.toggle('hot', hot);
       card.replaceChildren(
-        h('header', {}, swatch(LAYER[k]), h('h3', {}, LAYER[k].label), hot ? h('span', { class: 'badge hot-badge' }, '▲ most time') : null),
+        h(
+          'header',
+          {},
+          swatch(LAYER[k]),
+          h('h3', {}, LAYER[k].label),
+          hot ? h('span', { class: 'badge hot-badge' }, '▲ most time') : null,
+        ),
         h('p', { class: 'role' }, LAYER[k].role),
         h('p', { class: 'big' }, h('small', {}, 'p95 '), q.count ? ms(q.p95) : '–'),
-        h('dl', { class: 'qs' }, ...(['p50', 'p99', 'mean'] as const).map((n) => h('div', {}, h('dt', {}, n), h('dd', {}, q.count ? ms(q[n]) : '–')))),
+        h(
+          'dl',
+          { class: 'qs' },
+          ...(['p50', 'p99', 'mean'] as const).map((n) =>
+            h('div', {}, h('dt', {}, n), h('dd', {}, q.count ? ms(q[n]) : '–')),
+          ),
+        ),
         h('p', { class: 'sub' }, q.count ? `${pct(shares[k], whole)} of request time` : 'no requests'),
       );
     }
 
     const errs = sum.status['5xx'];
-    this.#cards.get('traffic')!.replaceChildren(
-      h('header', {}, h('h3', {}, 'Requests')),
-      h('p', { class: 'role' }, `all routes, last ${sum.seconds} s`),
-      h('p', { class: 'big' }, rate(sum.rate)),
-      h('p', { class: 'sub' }, sum.total.count ? `p95 ${ms(sum.total.p95)} overall` : 'no requests'),
-    );
+    this.#cards
+      .get('traffic')!
+      .replaceChildren(
+        h('header', {}, h('h3', {}, 'Requests')),
+        h('p', { class: 'role' }, `all routes, last ${sum.seconds} s`),
+        h('p', { class: 'big' }, rate(sum.rate)),
+        h('p', { class: 'sub' }, sum.total.count ? `p95 ${ms(sum.total.p95)} overall` : 'no requests'),
+      );
     const errorCard = this.#cards.get('errors')!;
     errorCard.classList.toggle('alarm', errs > 0);
     errorCard.replaceChildren(
@@ -78,12 +95,14 @@ export class SummaryPanel {
       h('p', { class: 'sub' }, `4xx ${rate(sum.status['4xx'])}`),
     );
     const busy = pool ? pool.workers.filter((w) => w.state === 'busy').length : 0;
-    this.#cards.get('workers')!.replaceChildren(
-      h('header', {}, h('h3', {}, 'Workers')),
-      h('p', { class: 'role' }, pool ? 'busy / total' : 'no pool in this mode'),
-      h('p', { class: 'big' }, pool ? `${busy} / ${pool.workers.length}` : '–'),
-      h('p', { class: 'sub' }, pool ? `queue ${pool.queue} / ${pool.queueLimit}` : ''),
-      h('p', { class: 'sub' }, pool ? `rejected ${pool.rejected}` : ''),
-    );
+    this.#cards
+      .get('workers')!
+      .replaceChildren(
+        h('header', {}, h('h3', {}, 'Workers')),
+        h('p', { class: 'role' }, pool ? 'busy / total' : 'no pool in this mode'),
+        h('p', { class: 'big' }, pool ? `${busy} / ${pool.workers.length}` : '–'),
+        h('p', { class: 'sub' }, pool ? `queue ${pool.queue} / ${pool.queueLimit}` : ''),
+        h('p', { class: 'sub' }, pool ? `rejected ${pool.rejected}` : ''),
+      );
   }
 }

@@ -51,7 +51,9 @@ export class TracesPanel {
     const p = panel('traces', 'Slow and failed requests', 'pick one to see its waterfall');
     p.body.append(
       this.#error,
-      h('div', { class: 'trace-lists' },
+      h(
+        'div',
+        { class: 'trace-lists' },
         h('div', {}, h('h3', {}, 'Slowest, last 10 min'), this.#slow),
         h('div', {}, h('h3', {}, 'Failed (5xx), latest first'), this.#failed),
       ),
@@ -60,7 +62,11 @@ export class TracesPanel {
     this.root = p.root;
     this.#detail.append(h('p', { class: 'empty' }, 'No request picked yet.'));
     const id = new URLSearchParams(location.hash.slice(1)).get('trace');
-    if (id) void getJson<RecentTrace>(`/traces/${encodeURIComponent(id)}`).then((t) => this.#show(t), () => {});
+    if (id)
+      void getJson<RecentTrace>(`/traces/${encodeURIComponent(id)}`).then(
+        (t) => this.#show(t),
+        () => {},
+      );
     void this.#poll();
   }
 
@@ -83,32 +89,43 @@ export class TracesPanel {
 
   #fill(list: HTMLElement, traces: RecentTrace[], empty: string): void {
     // The list is rebuilt on every poll: keep the keyboard focus on the same request.
-    const focused = list.contains(document.activeElement) ? (document.activeElement as HTMLElement).dataset.traceId : undefined;
+    const focused = list.contains(document.activeElement)
+      ? (document.activeElement as HTMLElement).dataset.traceId
+      : undefined;
     if (traces.length === 0) {
       list.replaceChildren(h('li', { class: 'empty' }, empty));
       return;
     }
-    list.replaceChildren(...traces.map((t) => {
-      const button = h('button', {
-        type: 'button', class: 'trace', 'data-trace-id': t.id, 'data-duration': t.durationMs.toFixed(3),
-        'aria-pressed': this.#selected?.id === t.id ? 'true' : 'false',
-      },
-        h('span', { class: 't-dur' }, ms(t.durationMs)),
-        h('span', { class: `t-status ${statusClass(t.status)}` }, t.status),
-        h('span', { class: 't-path', title: `${t.method} ${t.path}` }, `${t.method} ${t.path}`),
-        layerBar(t),
-        h('span', { class: 't-meta' }, `${t.workerPid ? `pid ${t.workerPid} · ` : ''}${span(this.#now - t.at)} ago`),
-      );
-      button.addEventListener('click', () => this.#show(t));
-      return h('li', {}, button);
-    }));
+    list.replaceChildren(
+      ...traces.map((t) => {
+        const button = h(
+          'button',
+          {
+            type: 'button',
+            class: 'trace',
+            'data-trace-id': t.id,
+            'data-duration': t.durationMs.toFixed(3),
+            'aria-pressed': this.#selected?.id === t.id ? 'true' : 'false',
+          },
+          h('span', { class: 't-dur' }, ms(t.durationMs)),
+          h('span', { class: `t-status ${statusClass(t.status)}` }, t.status),
+          h('span', { class: 't-path', title: `${t.method} ${t.path}` }, `${t.method} ${t.path}`),
+          layerBar(t),
+          h('span', { class: 't-meta' }, `${t.workerPid ? `pid ${t.workerPid} · ` : ''}${span(this.#now - t.at)} ago`),
+        );
+        button.addEventListener('click', () => this.#show(t));
+        return h('li', {}, button);
+      }),
+    );
     if (focused) list.querySelector<HTMLElement>(`button[data-trace-id="${CSS.escape(focused)}"]`)?.focus();
   }
 
   #show(t: RecentTrace): void {
     this.#selected = t;
     history.replaceState(history.state, '', `#trace=${encodeURIComponent(t.id)}`);
-    this.root.querySelectorAll<HTMLButtonElement>('button.trace').forEach((b) => b.setAttribute('aria-pressed', String(b.dataset.traceId === t.id)));
+    this.root
+      .querySelectorAll<HTMLButtonElement>('button.trace')
+      .forEach((b) => b.setAttribute('aria-pressed', String(b.dataset.traceId === t.id)));
     const total = Math.max(t.durationMs, ...t.spans.map((sp) => sp.start + sp.duration), 0.001);
     const step = niceStep(total);
     const at = (v: number) => `${Math.min(100, (100 * v) / total)}%`;
@@ -123,25 +140,52 @@ export class TracesPanel {
       const bar = h('div', { class: `wf-bar ${LAYER[sp.layer].pattern}` });
       bar.style.left = at(sp.start);
       bar.style.width = `max(2px, ${at(sp.duration)})`;
-      return h('div', { class: 'wf-row', 'data-layer': sp.layer, 'data-pid': sp.pid, role: 'row' },
-        h('div', { class: 'wf-label', role: 'rowheader' }, swatch(LAYER[sp.layer]), h('b', {}, sp.name), h('span', { class: 'wf-where' }, `${LAYER[sp.layer].label} · pid ${sp.pid}`)),
+      return h(
+        'div',
+        { class: 'wf-row', 'data-layer': sp.layer, 'data-pid': sp.pid, role: 'row' },
+        h(
+          'div',
+          { class: 'wf-label', role: 'rowheader' },
+          swatch(LAYER[sp.layer]),
+          h('b', {}, sp.name),
+          h('span', { class: 'wf-where' }, `${LAYER[sp.layer].label} · pid ${sp.pid}`),
+        ),
         h('div', { class: 'wf-track', role: 'cell' }, bar),
         h('div', { class: 'wf-dur', role: 'cell' }, ms(sp.duration)),
       );
     });
     const self = t.layers
-      ? h('ul', { class: 'share-labels' }, ...LAYER_KEYS.map((k) => h('li', {}, swatch(LAYER[k]), h('b', {}, LAYER[k].label), ` ${ms(t.layers![k])}`)))
+      ? h(
+          'ul',
+          { class: 'share-labels' },
+          ...LAYER_KEYS.map((k) => h('li', {}, swatch(LAYER[k]), h('b', {}, LAYER[k].label), ` ${ms(t.layers![k])}`)),
+        )
       : null;
-    this.#detail.replaceChildren(h('article', { class: 'waterfall', 'data-trace-id': t.id },
-      h('header', {},
-        h('h3', {}, h('span', { class: `t-status ${statusClass(t.status)}` }, t.status), ` ${t.method} ${t.path}`),
-        h('p', { class: 'note' },
-          `${ms(t.durationMs)} total · ${new Date(t.at).toLocaleTimeString('en-GB')} · ${t.upstream}${t.workerPid ? ` (pid ${t.workerPid})` : ''} · route ${t.route}`,
-          t.error ? h('span', { class: 'error' }, ` · ${t.error}`) : null),
-        h('p', { class: 'note mono' }, `${t.traceId ? `trace ${t.traceId} · ` : ''}request ${t.requestId}`),
+    this.#detail.replaceChildren(
+      h(
+        'article',
+        { class: 'waterfall', 'data-trace-id': t.id },
+        h(
+          'header',
+          {},
+          h('h3', {}, h('span', { class: `t-status ${statusClass(t.status)}` }, t.status), ` ${t.method} ${t.path}`),
+          h(
+            'p',
+            { class: 'note' },
+            `${ms(t.durationMs)} total · ${new Date(t.at).toLocaleTimeString('en-GB')} · ${t.upstream}` +
+              `${t.workerPid ? ` (pid ${t.workerPid})` : ''} · route ${t.route}`,
+            t.error ? h('span', { class: 'error' }, ` · ${t.error}`) : null,
+          ),
+          h('p', { class: 'note mono' }, `${t.traceId ? `trace ${t.traceId} · ` : ''}request ${t.requestId}`),
+        ),
+        h(
+          'div',
+          { class: 'wf-grid', role: 'table', 'aria-label': 'spans' },
+          h('div', { class: 'wf-row wf-head' }, h('div', {}, 'span'), axis, h('div', { class: 'wf-dur' }, 'duration')),
+          ...rows,
+        ),
+        self ? h('div', { class: 'wf-self' }, h('span', { class: 'note' }, 'time in each layer: '), self) : null,
       ),
-      h('div', { class: 'wf-grid', role: 'table', 'aria-label': 'spans' }, h('div', { class: 'wf-row wf-head' }, h('div', {}, 'span'), axis, h('div', { class: 'wf-dur' }, 'duration')), ...rows),
-      self ? h('div', { class: 'wf-self' }, h('span', { class: 'note' }, 'time in each layer: '), self) : null,
-    ));
+    );
   }
 }

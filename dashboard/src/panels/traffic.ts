@@ -16,7 +16,11 @@ export class TrafficPanel {
 
   constructor() {
     const p = panel('traffic', 'Requests by status', 'req/s, stacked by status class');
-    p.head.append(legend(STATUS_CLASSES.map((c) => ({ label: STATUS[c].label, color: STATUS[c].color, pattern: STATUS[c].pattern }))));
+    p.head.append(
+      legend(
+        STATUS_CLASSES.map((c) => ({ label: STATUS[c].label, color: STATUS[c].color, pattern: STATUS[c].pattern })),
+      ),
+    );
     this.#chart = new TimeChart({
       height: 214,
       format: rate,
@@ -42,8 +46,22 @@ export class TrafficPanel {
       values: ticks.map((t) => t.status[c]),
       attrs: { 'data-status': c },
     }));
-    this.#chart.update(ticks.map((t) => t.t), series, windowMs);
+    this.#chart.update(
+      ticks.map((t) => t.t),
+      series,
+      windowMs,
+    );
     this.#note.textContent = `Last ${sum.seconds} s: ${rate(sum.rate)}`;
-    this.#classes.replaceChildren(...STATUS_CLASSES.map((c) => h('li', { 'data-status': c }, swatch(STATUS[c]), h('b', {}, c), ` ${rate(sum.status[c])} · ${pct(sum.status[c], sum.rate)}`)));
+    this.#classes.replaceChildren(
+      ...STATUS_CLASSES.map((c) =>
+        h(
+          'li',
+          { 'data-status': c },
+          swatch(STATUS[c]),
+          h('b', {}, c),
+          ` ${rate(sum.status[c])} · ${pct(sum.status[c], sum.rate)}`,
+        ),
+      ),
+    );
   }
 }

@@ -19,9 +19,38 @@ export class WorkersPanel {
 
   constructor() {
     const p = panel('workers', 'Workers');
-    const head = ['worker', 'pid', 'state', 'in flight', 'requests', 'RSS (MiB)', 'avg (ms)', 'exceptions', 'harakiri kills', 'respawns', 'started'];
-    const numeric = new Set(['in flight', 'requests', 'RSS (MiB)', 'avg (ms)', 'exceptions', 'harakiri kills', 'respawns']);
-    const table = h('table', { class: 'table workers-table' }, h('thead', {}, h('tr', {}, ...head.map((c) => h('th', { scope: 'col', class: numeric.has(c) ? 'num' : null }, c)))), this.#rows);
+    const head = [
+      'worker',
+      'pid',
+      'state',
+      'in flight',
+      'requests',
+      'RSS (MiB)',
+      'avg (ms)',
+      'exceptions',
+      'harakiri kills',
+      'respawns',
+      'started',
+    ];
+    const numeric = new Set([
+      'in flight',
+      'requests',
+      'RSS (MiB)',
+      'avg (ms)',
+      'exceptions',
+      'harakiri kills',
+      'respawns',
+    ]);
+    const table = h(
+      'table',
+      { class: 'table workers-table' },
+      h(
+        'thead',
+        {},
+        h('tr', {}, ...head.map((c) => h('th', { scope: 'col', class: numeric.has(c) ? 'num' : null }, c))),
+      ),
+      this.#rows,
+    );
     p.body.append(this.#chips, h('div', { class: 'scroll' }, table));
     this.root = p.root;
   }
@@ -34,9 +63,23 @@ export class WorkersPanel {
       return;
     }
     const q = pool.queueLimit > 0 ? pool.queue / pool.queueLimit : 0;
-    const meter = h('meter', { min: 0, max: pool.queueLimit, value: pool.queue, high: pool.queueLimit * 0.5, optimum: 0, 'aria-label': 'queue fill' });
+    const meter = h('meter', {
+      min: 0,
+      max: pool.queueLimit,
+      value: pool.queue,
+      high: pool.queueLimit * 0.5,
+      optimum: 0,
+      'aria-label': 'queue fill',
+    });
     this.#chips.replaceChildren(
-      h('li', { class: q > 0.5 ? 'warn' : null }, 'queue ', h('b', {}, `${pool.queue} / ${pool.queueLimit}`), ' ', meter),
+      h(
+        'li',
+        { class: q > 0.5 ? 'warn' : null },
+        'queue ',
+        h('b', {}, `${pool.queue} / ${pool.queueLimit}`),
+        ' ',
+        meter,
+      ),
       h('li', { class: pool.rejected > 0 ? 'warn' : null }, 'rejected ', h('b', {}, pool.rejected)),
       h('li', {}, 'respawns ', h('b', {}, pool.respawns)),
       h('li', {}, 'harakiri kills ', h('b', {}, pool.harakiriKills)),
@@ -52,8 +95,17 @@ export class WorkersPanel {
       this.#seen.set(w.id, { pid: w.pid, respawns: w.respawns, changedAt });
       const started = Date.parse(w.startedAt);
       const fresh = now - started < NEW_FOR_MS || now - changedAt < NEW_FOR_MS;
-      return h('tr', { 'data-pid': w.pid, 'data-state': w.state, class: fresh ? 'fresh' : null },
-        h('td', {}, `#${w.id}`, fresh ? h('span', { class: 'badge new-badge', title: 'replaced or started in the last 10 s' }, '★ new') : null),
+      return h(
+        'tr',
+        { 'data-pid': w.pid, 'data-state': w.state, class: fresh ? 'fresh' : null },
+        h(
+          'td',
+          {},
+          `#${w.id}`,
+          fresh
+            ? h('span', { class: 'badge new-badge', title: 'replaced or started in the last 10 s' }, '★ new')
+            : null,
+        ),
         h('td', { class: 'mono' }, w.pid),
         h('td', {}, h('span', { class: `state state-${w.state}` }, `${STATE_ICON[w.state] ?? '?'} ${w.state}`)),
         h('td', { class: 'num' }, w.inflight),
