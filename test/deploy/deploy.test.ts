@@ -1,7 +1,8 @@
 // The deployment files (deploy/, .dockerignore) checked against the real tools and the real
 // service: promtool for the Prometheus config and alerts, a live stratum for every metric name the
-// dashboard and alerts query, and the Dockerfile's runtime stage replayed outside Docker (no
-// Docker engine runs in CI) to show that its CMD serves and its HEALTHCHECK passes.
+// dashboard and alerts query, the Dockerfile's runtime stage replayed outside Docker to show that
+// its CMD serves and its HEALTHCHECK passes, and the health check script against a live stratum.
+// The image itself is built and run by deploy/test-image.sh (CI runs it from .ci/run).
 import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -467,7 +468,9 @@ describe('container image', () => {
     expect(last('WORKDIR')).toBe('/app');
     expect(last('EXPOSE')?.split(/\s+/).sort()).toEqual(['8080', '9900']);
     expect(last('STOPSIGNAL')).toBe('SIGTERM');
-    expect(last('HEALTHCHECK')).toMatch(/\/readyz/);
+    // The probe derives the admin address (deploy/healthcheck.js), and the script is in the image.
+    expect(last('HEALTHCHECK')).toMatch(/CMD \["node", "\/app\/deploy\/healthcheck\.js"\]$/);
+    expect(runtime.some((s) => s.op === 'COPY' && s.args === 'deploy/healthcheck.js ./deploy/healthcheck.js')).toBe(true);
     expect(execForm(last('CMD')!, 'CMD')).toEqual(['node', 'bin/stratum-dist.js', 'serve', '--config', '/etc/stratum/stratum.yaml']);
     // The image runs the compiled build, and ships no sources it could run instead.
     const copied = runtime.filter((s) => s.op === 'COPY').map((s) => s.args.split(/\s+/).filter((p) => !p.startsWith('--')).slice(0, -1)).flat();
@@ -477,6 +480,7 @@ describe('container image', () => {
   });
 
   it('.dockerignore keeps what the image copies and leaves out node_modules, .git and tests', () => {
+    expect(read('deploy/Dockerfile').split('\n')[0], 'a # syntax= line makes BuildKit pull a frontend image').not.toMatch(/^#\s*syntax=/i);
     const lines = read('.dockerignore').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
     const excluded = new Set(lines.filter((l) => !l.startsWith('!')));
     const included = new Set(lines.filter((l) => l.startsWith('!')).map((l) => l.slice(1)));
@@ -484,7 +488,8 @@ describe('container image', () => {
     expect(lines).toContain('**/*.test.ts');
     // A path is kept when neither it nor a parent folder is listed, or it is re-included with "!".
     const kept = (path: string) => included.has(path) || !path.split('/').some((_, i, parts) => excluded.has(parts.slice(0, i + 1).join('/')));
-    const needed = ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'bin', 'src', 'config', 'examples', 'dashboard/src', 'dashboard/index.html', 'deploy/stratum.container.yaml'];
+    const needed = ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'bin', 'src', 'config', 'examples',
+      'dashboard/src', 'dashboard/index.html', 'deploy/stratum.container.yaml', 'deploy/healthcheck.js'];
     for (const p of needed) expect(kept(p), p).toBe(true);
   });
 
@@ -585,17 +590,66 @@ describe('container image', () => {
     expect(res.status).toBe(200);
     expect(await res.json()).toMatchObject({ hello: 'world' });
 
-    // The HEALTHCHECK command, pointed at this admin port instead of the image's 127.0.0.1:9900.
+    // The HEALTHCHECK command, as the image runs it: it finds the admin address itself, here
+    // from STRATUM_ADMIN (the container's environment is the probe's too) and from the server's
+    // command line, read from /proc/<pid> (PID 1 in the container).
     const hc = runtime.steps.filter((s) => s.op === 'HEALTHCHECK').at(-1)!.args;
     const probe = execForm(hc.slice(hc.indexOf('CMD') + 3).trim(), 'HEALTHCHECK CMD');
     expect(probe[0]).toBe('node');
-    const probeArgs = probe.slice(1).map((a) => a.replaceAll('http://127.0.0.1:9900', admin));
-    const healthy = spawnSync(process.execPath, probeArgs, { encoding: 'utf8', timeout: 10_000 });
+    const probeArgs = probe.slice(1).map((a) => (a.startsWith('/') ? inRoot(a) : a));
+    const probeEnv = { PATH: process.env.PATH ?? '', STRATUM_ADMIN: new URL(admin).host, STRATUM_HEALTHCHECK_PID: String(t.proc.pid) };
+    const healthy = spawnSync(process.execPath, probeArgs, { cwd: inRoot(workdir), env: probeEnv, encoding: 'utf8', timeout: 10_000 });
     expect(healthy.status, `${healthy.stdout}${healthy.stderr}`).toBe(0);
 
     // node is PID 1 in the container: it must end on SIGTERM by itself, with 0.
     expect(await t.stop('SIGTERM', 40_000)).toBe(0);
     // And the same probe fails once nothing listens.
-    expect(spawnSync(process.execPath, probeArgs, { timeout: 10_000 }).status).toBe(1);
+    const down = spawnSync(process.execPath, probeArgs, { cwd: inRoot(workdir), env: probeEnv, encoding: 'utf8', timeout: 10_000 });
+    expect(down.status).toBe(1);
+    expect(down.stderr).toMatch(/^healthcheck: GET http:\/\/127\.0\.0\.1:\d+\/readyz: /);
   }, 240_000);
+
+  it('the HEALTHCHECK follows the admin listener: --admin flag, then STRATUM_ADMIN, then admin.listen in --config', async () => {
+    const script = join(REPO_ROOT, 'deploy/healthcheck.js');
+    const [inFile, inFlag, elsewhere] = [await freePort(), await freePort(), await freePort()];
+    const dir = makeTempDir('healthcheck');
+    const config = join(dir, 'stratum.yaml');
+    writeFileSync(config, `admin:\n  listen: 127.0.0.1:${inFile}\n`);
+    const probe = (pid: number, env: Record<string, string> = {}) =>
+      spawnSync(process.execPath, [script], { env: { PATH: process.env.PATH ?? '', STRATUM_HEALTHCHECK_PID: String(pid), ...env }, encoding: 'utf8', timeout: 10_000 });
+    const common = ['--listen', '127.0.0.1:0', '--workers', '1', '--app', 'examples/hello/app.ts'];
+
+    // Moved by the config file alone: the probe reads the file named by the server's --config.
+    const fromFile = await startStratum(['serve', '--config', config, ...common], { env: { STRATUM_ADMIN: '' } });
+    try {
+      expect(fromFile.admin).toBe(`http://127.0.0.1:${inFile}`);
+      const ok = probe(fromFile.proc.pid!);
+      expect(ok.status, ok.stderr).toBe(0);
+      // STRATUM_ADMIN outranks the file, as it does for `stratum serve`: here it points nowhere.
+      const env = probe(fromFile.proc.pid!, { STRATUM_ADMIN: `127.0.0.1:${elsewhere}` });
+      expect(env.status).toBe(1);
+      expect(env.stderr).toContain(`127.0.0.1:${elsewhere}/readyz`);
+    } finally {
+      expect(await fromFile.stop()).toBe(0);
+    }
+
+    // The --admin flag outranks both.
+    const fromFlag = await startStratum(['serve', '--config', config, '--admin', `127.0.0.1:${inFlag}`, ...common]);
+    try {
+      const ok = probe(fromFlag.proc.pid!, { STRATUM_ADMIN: `127.0.0.1:${elsewhere}` });
+      expect(ok.status, ok.stderr).toBe(0);
+    } finally {
+      expect(await fromFlag.stop()).toBe(0);
+    }
+
+    // A wildcard listen address is probed on loopback.
+    writeFileSync(config, `admin:\n  listen: 0.0.0.0:${inFile}\n`);
+    const wildcard = await startStratum(['serve', '--config', config, ...common], { env: { STRATUM_ADMIN: '' } });
+    try {
+      const ok = probe(wildcard.proc.pid!);
+      expect(ok.status, ok.stderr).toBe(0);
+    } finally {
+      expect(await wildcard.stop()).toBe(0);
+    }
+  }, 120_000);
 });
