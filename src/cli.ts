@@ -4,14 +4,19 @@
 //   stratum pool     the worker pool alone, on a uwsgi socket (uWSGI)
 //   stratum proxy    the front proxy alone, to uwsgi/http/static upstreams (nginx)
 //   stratum check    validate the configuration and exit (nginx -t)
+//   stratum init     write a commented stratum.yaml for the app in the current folder
 //   stratum top      live view of a running stratum's admin stats
 //
-// Exit codes: 0 ok, 2 usage or configuration error (one line on stderr), 1 runtime failure.
+// Exit codes (src/errors.ts, docs/errors.md): 0 ok, 1 runtime failure, 2 usage or configuration
+// error; a failure prints one line on stderr.
 
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ENV_OVERRIDES, FLAG_OVERRIDES, loadConfig, type Flags, type Mode } from './config/load.ts';
 import { LOG_LEVELS, parseAddress, schema, type StratumConfig } from './config/schema.ts';
+import { errorEntry, EXIT_OK, EXIT_RUNTIME, ListenFailed, UsageInvalid } from './errors.ts';
+import type { InitOptions, InitResult } from './init.ts';
 
 /** What ./appliance.ts provides; each promise settles when that part of stratum has stopped. */
 export type Appliance = {
@@ -23,6 +28,11 @@ export type Appliance = {
 export type TopOptions = { admin: string; token: string | null; interval: number; once: boolean };
 /** What ./admin/top.ts provides. */
 export type Top = { runTop(opts: TopOptions): Promise<void> };
+/** What ./init.ts provides. */
+export type Init = { init(opts: InitOptions): InitResult };
+
+/** Read when no --config is given, if it exists in the working directory (what `stratum init` writes). */
+const DEFAULT_CONFIG_FILE = 'stratum.yaml';
 
 /** Everything main() touches outside its arguments, replaceable by tests. */
 export type CliIO = {
@@ -39,6 +49,7 @@ const COMMANDS = {
   pool: 'Run the worker pool alone on a uwsgi socket, for a proxy elsewhere to reach (uWSGI).',
   proxy: 'Run the front proxy alone, routing to uwsgi, http and static upstreams (nginx).',
   check: 'Validate the configuration, print "configuration ok" and exit (nginx -t).',
+  init: 'Write a commented stratum.yaml for the app in the current folder (guessed, or --app).',
   top: 'Show live stats of a running stratum, read from its admin server.',
 } as const;
 type Command = keyof typeof COMMANDS;
@@ -50,6 +61,7 @@ const RUNNERS = { serve: 'runServe', pool: 'runPool', proxy: 'runProxy' } as con
 const LAZY_MODULES: Record<string, () => Promise<unknown>> = {
   './appliance.ts': () => import('./appliance.ts'),
   './admin/top.ts': () => import('./admin/top.ts'),
+  './init.ts': () => import('./init.ts'),
 };
 
 const FLAG_HELP: Record<keyof typeof FLAG_OVERRIDES, string> = {
@@ -59,13 +71,11 @@ const FLAG_HELP: Record<keyof typeof FLAG_OVERRIDES, string> = {
   socketMode: 'permissions of a Unix pool socket (chmod-socket)',
   workers: 'worker processes',
   app: 'application module',
-  harakiri: 'seconds before a stuck request\'s worker is killed, 0 = off',
+  harakiri: "seconds before a stuck request's worker is killed, 0 = off",
   maxRequests: 'recycle a worker after N requests, 0 = never',
   reloadOnRss: 'recycle a worker above N MiB resident, 0 = never',
   logLevel: LOG_LEVELS.join('|'),
 };
-
-class UsageError extends Error {}
 
 export async function main(argv: string[], io: Partial<CliIO> = {}): Promise<number> {
   const out = io.stdout ?? ((text: string) => void process.stdout.write(text));
@@ -78,12 +88,12 @@ export async function main(argv: string[], io: Partial<CliIO> = {}): Promise<num
     const first = argv[0];
     if (first === '--version' || first === '-v') {
       out(`${version()}\n`);
-      return 0;
+      return EXIT_OK;
     }
     if (first === undefined || first.startsWith('-')) {
       if (first === '--help' || first === '-h') {
         out(globalHelp());
-        return 0;
+        return EXIT_OK;
       }
       return await runCommand('serve', argv, { out, env, cwd, importModule });
     }
@@ -91,10 +101,10 @@ export async function main(argv: string[], io: Partial<CliIO> = {}): Promise<num
       const topic = argv[1];
       if (topic === undefined) out(globalHelp());
       else if (isCommand(topic)) out(commandHelp(topic, env));
-      else throw new UsageError(`unknown command "${topic}" (see stratum --help)`);
-      return 0;
+      else throw new UsageInvalid(`unknown command "${topic}" (see stratum --help)`);
+      return EXIT_OK;
     }
-    if (!isCommand(first)) throw new UsageError(`unknown command "${first}" (see stratum --help)`);
+    if (!isCommand(first)) throw new UsageInvalid(`unknown command "${first}" (see stratum --help)`);
     return await runCommand(first, argv.slice(1), { out, env, cwd, importModule });
   } catch (e) {
     const { code, message } = classify(e);
@@ -107,10 +117,16 @@ function isCommand(s: string): s is Command {
   return Object.hasOwn(COMMANDS, s);
 }
 
-type Context = { out: (text: string) => void; env: NodeJS.ProcessEnv; cwd: string; importModule: (specifier: string) => Promise<unknown> };
+type Context = {
+  out: (text: string) => void;
+  env: NodeJS.ProcessEnv;
+  cwd: string;
+  importModule: (specifier: string) => Promise<unknown>;
+};
 
 async function runCommand(command: Command, args: string[], ctx: Context): Promise<number> {
   if (command === 'top') return runTop(args, ctx);
+  if (command === 'init') return runInit(args, ctx);
 
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }> = {
     config: { type: 'string' },
@@ -121,7 +137,7 @@ async function runCommand(command: Command, args: string[], ctx: Context): Promi
   const values = parse(command, args, options);
   if (values.help) {
     ctx.out(commandHelp(command, ctx.env));
-    return 0;
+    return EXIT_OK;
   }
 
   const flags: Partial<Flags> = {};
@@ -130,16 +146,47 @@ async function runCommand(command: Command, args: string[], ctx: Context): Promi
     if (typeof value === 'string') (flags as Record<string, string>)[key] = value;
   }
   if (Array.isArray(values.route)) flags.route = values.route as string[];
-  const file = typeof values.config === 'string' ? values.config : null;
+  const file =
+    typeof values.config === 'string'
+      ? values.config
+      : existsSync(resolve(ctx.cwd, DEFAULT_CONFIG_FILE))
+        ? DEFAULT_CONFIG_FILE
+        : null;
 
   const config = loadConfig({ file, flags, env: ctx.env, mode: command satisfies Mode, cwd: ctx.cwd });
   if (command === 'check') {
     ctx.out(`stratum: configuration ok (${file ?? 'no config file: defaults, environment and flags'})\n`);
-    return 0;
+    return EXIT_OK;
   }
   const appliance = (await ctx.importModule('./appliance.ts')) as Appliance;
   await appliance[RUNNERS[command]](config);
-  return 0;
+  return EXIT_OK;
+}
+
+async function runInit(args: string[], ctx: Context): Promise<number> {
+  const values = parse('init', args, {
+    app: { type: 'string' },
+    config: { type: 'string' },
+    force: { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) {
+    ctx.out(commandHelp('init', ctx.env));
+    return EXIT_OK;
+  }
+  const { init } = (await ctx.importModule('./init.ts')) as Init;
+  const result = init({
+    cwd: ctx.cwd,
+    app: typeof values.app === 'string' ? values.app : undefined,
+    file: typeof values.config === 'string' ? values.config : undefined,
+    force: values.force === true,
+  });
+  const lines = [`stratum: wrote ${result.file} for ${result.app} (from ${result.guessedFrom})`];
+  for (const note of result.notes) lines.push(`stratum: note: ${note}`);
+  const named = result.file === DEFAULT_CONFIG_FILE ? '' : ` --config ${result.file}`;
+  lines.push(`next: npx stratum check${named} && npx stratum serve${named}`);
+  ctx.out(`${lines.join('\n')}\n`);
+  return EXIT_OK;
 }
 
 async function runTop(args: string[], ctx: Context): Promise<number> {
@@ -151,17 +198,17 @@ async function runTop(args: string[], ctx: Context): Promise<number> {
   });
   if (values.help) {
     ctx.out(commandHelp('top', ctx.env));
-    return 0;
+    return EXIT_OK;
   }
   const admin = typeof values.admin === 'string' ? values.admin : ctx.env.STRATUM_ADMIN || defaults().admin.listen;
   parseAddress(admin, '--admin');
   const interval = typeof values.interval === 'string' ? Number(values.interval) : 1;
   if (!(interval > 0) || !Number.isFinite(interval)) {
-    throw new UsageError(`--interval: expected a number of seconds > 0, got ${JSON.stringify(values.interval)}`);
+    throw new UsageInvalid(`--interval: expected a number of seconds > 0, got ${JSON.stringify(values.interval)}`);
   }
   const top = (await ctx.importModule('./admin/top.ts')) as Top;
   await top.runTop({ admin, token: ctx.env.STRATUM_ADMIN_TOKEN || null, interval, once: values.once === true });
-  return 0;
+  return EXIT_OK;
 }
 
 function parse(
@@ -176,12 +223,13 @@ function parse(
     const message = (e as Error).message;
     const option = /'(-[^' ]+)/.exec(message)?.[1] ?? '';
     const hint = `(see stratum ${command} --help)`;
-    if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') throw new UsageError(`unknown option ${option} ${hint}`);
+    if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') throw new UsageInvalid(`unknown option ${option} ${hint}`);
     if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
-      throw new UsageError(/argument missing/.test(message) ? `option ${option} needs a value ${hint}` : `option ${option} takes no value ${hint}`);
+      const missing = /argument missing/.test(message);
+      throw new UsageInvalid(`option ${option} ${missing ? 'needs a value' : 'takes no value'} ${hint}`);
     }
     if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
-      throw new UsageError(`unexpected argument ${/'([^']*)'/.exec(message)?.[1] ?? ''} ${hint}`.replace('  ', ' '));
+      throw new UsageInvalid(`unexpected argument ${/'([^']*)'/.exec(message)?.[1] ?? ''} ${hint}`.replace('  ', ' '));
     }
     throw e;
   }
@@ -195,18 +243,22 @@ const LISTEN_ERRORS: Record<string, string> = {
   EADDRNOTAVAIL: 'address not available',
 };
 
+/** The exit code and the one line for an error that ended a command (the table in errors.ts decides). */
 function classify(e: unknown): { code: number; message: string } {
-  if (e instanceof UsageError) return { code: 2, message: e.message };
-  // The appliance may wrap the error that matters; look down the cause chain.
+  // The appliance may wrap the error that matters; look down the cause chain. A coded error may
+  // have crossed a process boundary (a worker's fatal error) as a plain `{ code, message }`.
   for (let cur: unknown = e, depth = 0; cur && depth < 5; cur = (cur as { cause?: unknown }).cause, depth++) {
     const c = cur as NodeJS.ErrnoException & { address?: string; port?: number };
-    if (c.code === 'STRATUM_ERR_CONFIG') return { code: 2, message: oneLine(c.message) };
+    const entry = errorEntry(c.code);
+    if (entry) return { code: entry.exit, message: oneLine(c.message) };
     if (c.code && Object.hasOwn(LISTEN_ERRORS, c.code)) {
-      const where = c.address === undefined ? '' : c.port === undefined ? c.address : c.address.includes(':') ? `[${c.address}]:${c.port}` : `${c.address}:${c.port}`;
-      return { code: 2, message: where ? `listen ${where}: ${LISTEN_ERRORS[c.code]}` : oneLine(c.message) };
+      if (c.address === undefined) return { code: new ListenFailed('', '').exitCode, message: oneLine(c.message) };
+      const host = c.address.includes(':') ? `[${c.address}]` : c.address;
+      const err = new ListenFailed(c.port === undefined ? c.address : `${host}:${c.port}`, LISTEN_ERRORS[c.code]!);
+      return { code: err.exitCode, message: err.message };
     }
   }
-  return { code: 1, message: oneLine(e instanceof Error ? e.message : String(e)) };
+  return { code: EXIT_RUNTIME, message: oneLine(e instanceof Error ? e.message : String(e)) };
 }
 
 function oneLine(text: string): string {
@@ -234,47 +286,64 @@ function globalHelp(): string {
   return [
     'Usage: stratum [command] [options]',
     '',
-    'One Node.js service doing nginx → uWSGI → Flask\'s job.',
+    "One Node.js service doing nginx → uWSGI → Flask's job.",
     '',
     'Commands:',
     ...Object.entries(COMMANDS).map(([c, text]) => `  ${c.padEnd(width)}${text}`),
     '',
     'Options:',
-    '  -h, --help     show help (stratum <command> --help for a command\'s options)',
+    "  -h, --help     show help (stratum <command> --help for a command's options)",
     '  --version      print the version',
     '',
-    'Configuration reference: docs/config.md',
+    'Configuration: ./stratum.yaml when present (stratum init writes one), or --config FILE.',
+    'Reference: docs/config.md; errors and exit codes: docs/errors.md',
     '',
   ].join('\n');
 }
 
 function commandHelp(command: Command, env: NodeJS.ProcessEnv): string {
   const rows: [string, string][] = [];
-  if (command === 'top') {
+  if (command === 'init') {
     rows.push(
-      ['--admin HOST:PORT', `admin server to read (default ${env.STRATUM_ADMIN || defaults().admin.listen}, env STRATUM_ADMIN)`],
+      ['--app MODULE', 'the app module (default: package.json "main", else app, server, src/app, index .ts/.mjs/.js)'],
+      ['--config FILE', `file to write (default ${DEFAULT_CONFIG_FILE})`],
+      ['--force', 'overwrite the file if it exists'],
+    );
+  } else if (command === 'top') {
+    const admin = env.STRATUM_ADMIN || defaults().admin.listen;
+    rows.push(
+      ['--admin HOST:PORT', `admin server to read (default ${admin}, env STRATUM_ADMIN)`],
       ['--interval SEC', 'seconds between refreshes (default 1)'],
       ['--once', 'print one snapshot and exit'],
     );
   } else {
     const envFor = new Map(Object.entries(ENV_OVERRIDES).map(([name, o]) => [o.path, name]));
-    rows.push(['--config FILE', 'YAML configuration file (default: none)']);
+    rows.push(['--config FILE', `YAML configuration file (default: ./${DEFAULT_CONFIG_FILE} if it exists)`]);
     for (const [key, o] of Object.entries(FLAG_OVERRIDES)) {
       const value = lookup(defaults(), o.path);
       const env = envFor.get(o.path);
-      const extra = [`default ${value === null ? 'none' : String(value)}`, env ? `env ${env}` : ''].filter(Boolean).join(', ');
+      const extra = [`default ${value === null ? 'none' : String(value)}`, env ? `env ${env}` : '']
+        .filter(Boolean)
+        .join(', ');
       rows.push([`${o.flag} ${o.value}`, `${FLAG_HELP[key as keyof typeof FLAG_HELP]} (${extra})`]);
     }
     rows.push([
       '--route PREFIX=TARGET',
-      'route, repeatable; replaces the file\'s routes (default /=pool). PREFIX: /path or host/path; TARGET: pool, uwsgi://HOST:PORT[,uwsgi://...], unix:/path, http://HOST:PORT, static:/dir',
+      "route, repeatable; replaces the file's routes (default /=pool). PREFIX: /path or host/path; " +
+        'TARGET: pool, uwsgi://HOST:PORT[,uwsgi://...], unix:/path, http://HOST:PORT, static:/dir',
     ]);
   }
   rows.push(['-h, --help', 'show this help']);
   const width = Math.max(...rows.map(([flag]) => flag.length)) + 2;
   const usage = command === 'serve' ? 'Usage: stratum [serve] [options]' : `Usage: stratum ${command} [options]`;
-  const note = command === 'top' ? 'The admin token, if any, comes from STRATUM_ADMIN_TOKEN.' : 'Precedence: defaults < --config file < environment < flags. Reference: docs/config.md';
-  return [usage, '', COMMANDS[command], '', 'Options:', ...rows.map(([flag, text]) => `  ${flag.padEnd(width)}${text}`), '', note, ''].join('\n');
+  const note =
+    command === 'top'
+      ? 'The admin token, if any, comes from STRATUM_ADMIN_TOKEN.'
+      : command === 'init'
+        ? 'The file names the app and lists the usual settings, commented. Then: stratum check, stratum serve.'
+        : 'Precedence: defaults < --config file < environment < flags. Reference: docs/config.md';
+  const options = rows.map(([flag, text]) => `  ${flag.padEnd(width)}${text}`);
+  return [usage, '', COMMANDS[command], '', 'Options:', ...options, '', note, ''].join('\n');
 }
 
 if (import.meta.main) process.exitCode = await main(process.argv.slice(2));

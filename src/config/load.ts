@@ -193,6 +193,15 @@ function resolvePaths(layer: unknown, base: string, rawModule: { value?: string 
   return out;
 }
 
+/**
+ * A whole config object (as written, before validation) with its relative paths made absolute
+ * against `base`, the way a config file's are against its directory: what the programmatic API
+ * (src/index.ts) does before it hands the object to a child stratum in a temporary file.
+ */
+export function resolveRelativePaths<T>(config: T, base: string): T {
+  return resolvePaths(config, base, {}) as T;
+}
+
 function resolveTarget(target: string, base: string): string {
   for (const scheme of ['static:', 'unix:']) {
     if (target.startsWith(scheme)) {
