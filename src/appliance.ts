@@ -1,67 +1,48 @@
 // Assembles the appliance from its layers for each mode:
-//   serve — front proxy + worker pool + admin (the whole nginx → uWSGI → app stack)
+//   serve — front proxy + worker pool + admin (the whole nginx → uWSGI → app stack), in one of
+//           two topologies: the front in every worker (`worker`, the default: one hop) or in the
+//           master (`master`: the front isolated from app code, uwsgi to the workers)
 //   pool  — the worker pool alone on its uwsgi socket (for an external nginx or a remote proxy)
 //   proxy — the front proxy alone, routing to pools elsewhere
 // and owns the process's signals: SIGTERM/SIGINT drain and exit 0, SIGHUP reloads the workers.
+// Whichever process runs the front, the admin listener stays in the master and shows one view:
+// what the workers record (metrics, recent traces, the live feed) is gathered when it is read.
 
 import type { StratumConfig } from './config/schema.ts';
-import { ConfigInvalid } from './errors.ts';
+import { parseAddress } from './config/schema.ts';
 import { AdminServer, sendJson } from './admin/server.ts';
 import { dashboardRoutes } from './admin/dashboard.ts';
 import { createLogger } from './observability/log.ts';
-import { Metrics } from './observability/metrics.ts';
-import { createObserver } from './observability/observer.ts';
-import { LiveFeed } from './observability/live.ts';
+import { Metrics, type RequestMetricsDump, type WorkerMetrics } from './observability/metrics.ts';
+import { createObserver, type Observer } from './observability/observer.ts';
+import { LiveFeed, liveListener, type LivePart } from './observability/live.ts';
+import type { RecentTrace } from './observability/recent.ts';
 import { releaseStartupMemory } from './memory.ts';
 import { startTracing } from './observability/tracing.ts';
 import type { Supervisor } from './pool/supervisor.ts';
-import { RouteTable, type RouteEntry } from './proxy/routes.ts';
+import { bindSocket, boundPort, type BoundSocket } from './pool/sockets.ts';
 import type { FrontProxy } from './proxy/server.ts';
-import type { Upstream } from './proxy/upstream.ts';
-import type { ExternalUwsgiUpstream } from './proxy/upstream-uwsgi.ts';
 
 type Mode = 'serve' | 'pool' | 'proxy';
-
-/**
- * The route table, loading only the upstream kinds the routes name: a process keeps every module
- * it ever imported, and the HTTP upstream's (with undici) alone is ~7 MiB resident in the master
- * (npm run bench, idle RSS) — a cost the default config (one pool route) has no use for.
- */
-export async function buildRoutes(config: StratumConfig, pool: Supervisor | null): Promise<RouteTable<Upstream>> {
-  const kinds = new Set(config.routes.map((route) => route.targets[0]!.kind));
-  const uwsgi = kinds.has('pool') || kinds.has('uwsgi') ? await import('./proxy/upstream-uwsgi.ts') : null;
-  const http = kinds.has('http') ? await import('./proxy/upstream-http.ts') : null;
-  const files = kinds.has('static') ? await import('./proxy/upstream-static.ts') : null;
-  const poolUpstream = pool && uwsgi ? new uwsgi.PoolUpstream(pool, config) : null;
-  const entries: RouteEntry<Upstream>[] = config.routes.map((route, index) => {
-    const t = route.targets[0]!;
-    let upstream: Upstream;
-    switch (t.kind) {
-      case 'pool':
-        if (!poolUpstream) throw new ConfigInvalid(`routes.${index}.target`, '"pool" needs stratum serve');
-        upstream = poolUpstream;
-        break;
-      case 'uwsgi':
-        upstream = new uwsgi!.ExternalUwsgiUpstream(route.targets.map((x) => (x as { address: typeof t.address }).address), config);
-        break;
-      case 'http':
-        upstream = new http!.HttpUpstream(t.url, config);
-        break;
-      case 'static':
-        upstream = new files!.StaticUpstream(t.root);
-        break;
-    }
-    return { route, index, upstream, label: `${route.host ?? ''}${route.path}` };
-  });
-  return new RouteTable(entries);
-}
 
 async function run(config: StratumConfig, mode: Mode): Promise<void> {
   const log = createLogger(config.log.level);
   const tracing = await startTracing(config.tracing, 'master');
   const metrics = config.metrics.enabled ? new Metrics() : null;
-  const observer = createObserver(config, log, metrics, tracing?.tracer ?? null);
-  const pool = mode === 'proxy' ? null : new (await import('./pool/supervisor.ts')).Supervisor(config, log);
+  const frontInWorkers = mode === 'serve' && config.topology === 'worker';
+  const frontInMaster = mode === 'proxy' || (mode === 'serve' && !frontInWorkers);
+  const observer: Observer | null = frontInMaster ? createObserver(config, log, metrics, tracing?.tracer ?? null) : null;
+
+  // The worker topology's front listener: bound here, held for the master's whole life, so a
+  // respawn or a reload never closes it (no ECONNREFUSED at any moment); every worker accepts on it.
+  let frontHandle: BoundSocket | null = null;
+  let frontUrl: string | undefined;
+  if (frontInWorkers) {
+    const a = parseAddress(config.listen, 'listen');
+    frontHandle = bindSocket(a);
+    frontUrl = a.kind === 'unix' ? `unix:${a.path}` : `http://${a.host.includes(':') ? `[${a.host}]` : a.host}:${boundPort(frontHandle, a)}`;
+  }
+  const pool = mode === 'proxy' ? null : new (await import('./pool/supervisor.ts')).Supervisor(config, log, frontHandle);
   const admin = new AdminServer(config);
   let ready = false;
   let proxy: FrontProxy | null = null;
@@ -78,8 +59,9 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     live?.close();
     await proxy?.close(grace);
     await pool?.stop();
+    frontHandle?.close();
     admin.close();
-    await tracing?.shutdown().catch(() => {});
+    await shutdownTracing(tracing, log);
     log.info('stopped');
     process.exit(0);
   };
@@ -107,40 +89,57 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     },
   });
   let upstreamHealth: () => Array<{ target: string; up: boolean }> = () => [];
-  live = new LiveFeed({ pool: () => pool?.stats() ?? null, health: () => upstreamHealth() });
-  observer.listeners.push((ctx, layers, totalMs) => {
-    const t = ctx.timings;
-    live.record({
-      route: ctx.routeLabel,
-      status: ctx.res.statusCode,
-      totalMs,
-      layers,
-      pool: ctx.workerPid > 0,
-      upstream: t.dispatchAt && ctx.upstreamLabel ? { target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel, kind: ctx.upstreamKind, ms: (t.endAt || performance.now()) - t.dispatchAt } : null,
-    });
-  });
+  const parts = frontInWorkers && pool ? async () => (await pool.ask({ what: 'live' })).map((r) => r.data as LivePart) : undefined;
+  live = new LiveFeed({ pool: () => pool?.stats() ?? null, health: () => upstreamHealth(), parts });
+  if (observer) observer.listeners.push(liveListener(live.recorder));
   for (const route of dashboardRoutes()) admin.add(route);
   admin.add({ method: 'GET', path: '/live', handler: (req, res) => live.stream(req, res) });
   admin.add({ method: 'GET', path: '/live/history', handler: (_q, res) => sendJson(res, 200, { ticks: live.history }) });
   admin.add({
     method: 'GET', path: '/traces',
-    handler: (_q, res, url) => {
-      const kind = url.searchParams.get('kind');
+    handler: async (_q, res, url) => {
+      const k = url.searchParams.get('kind');
+      const kind = k === 'slow' || k === 'failed' ? k : 'latest';
       const limit = Math.min(Number(url.searchParams.get('limit')) || 50, 200);
-      sendJson(res, 200, { traces: observer.recent.list(kind === 'slow' || kind === 'failed' ? kind : 'latest', limit) });
+      let traces = observer?.recent.list(kind, limit) ?? [];
+      if (frontInWorkers && pool) traces = mergeTraces((await pool.ask({ what: 'traces', kind, limit })).flatMap((r) => r.data as RecentTrace[]), kind, limit);
+      sendJson(res, 200, { traces });
     },
   });
   admin.add({
     method: 'GET', path: '/traces/', prefix: true,
-    handler: (_q, res, url) => {
-      const t = observer.recent.get(decodeURIComponent(url.pathname.slice('/traces/'.length)));
+    handler: async (_q, res, url) => {
+      const id = decodeURIComponent(url.pathname.slice('/traces/'.length));
+      let t: RecentTrace | undefined = observer?.recent.get(id);
+      if (!t && frontInWorkers && pool) t = (await pool.ask({ what: 'trace', id })).map((r) => r.data as RecentTrace | null).find((x) => x) ?? undefined;
       if (t) sendJson(res, 200, t);
       else sendJson(res, 404, { error: 'no such trace in the recent memory' });
     },
   });
   if (pool) {
     metrics?.attachPool(pool);
-    metrics?.setWorkerSource(() => pool.collectWorkerMetrics() as never);
+    if (metrics) {
+      // The last request metrics each worker reported, so that a worker killed before it could
+      // send its final count still leaves what it had counted in the sums.
+      const last = new Map<number, RequestMetricsDump>();
+      pool.on('worker-final', (rec: { pid: number }, dump: RequestMetricsDump) => {
+        last.delete(rec.pid);
+        metrics.retire(dump);
+      });
+      pool.on('worker-exit', (rec: { pid: number }) => {
+        const dump = last.get(rec.pid);
+        last.delete(rec.pid);
+        if (dump) metrics.retire(dump);
+      });
+      metrics.setWorkerSource(async () => {
+        const replies = await pool.ask({ what: 'metrics' });
+        for (const r of replies) {
+          const m = r.data as WorkerMetrics;
+          if (m.requests) last.set(r.pid, m.requests);
+        }
+        return replies.map((r) => r.data as WorkerMetrics);
+      }, frontInWorkers);
+    }
     admin.add({ method: 'GET', path: '/stats', handler: (_q, res) => sendJson(res, 200, pool.stats()) });
     admin.add({
       method: 'POST', path: '/reload',
@@ -159,19 +158,20 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     });
     await pool.start().catch(async (err: Error & { code?: string }) => {
       await pool.stop().catch(() => {});
+      frontHandle?.close();
       throw err;
     });
   }
-  let frontUrl: string | undefined;
   let adminUrl: string;
   try {
-    if (mode !== 'pool') {
-      const routes = await buildRoutes(config, pool);
-      const external = routes.entries.map((e) => e.upstream).filter((u): u is ExternalUwsgiUpstream => u.kind === 'uwsgi');
-      upstreamHealth = () => external.flatMap((u) => u.health());
-      if (external.length > 0) metrics?.attachUpstreamHealth(upstreamHealth);
-      const { FrontProxy } = await import('./proxy/server.ts');
-      proxy = new FrontProxy(config, routes, log, observer);
+    if (frontInMaster) {
+      const [{ buildRoutes, upstreamHealth: health }, { PoolUpstream }, { FrontProxy }] = await Promise.all([
+        import('./proxy/targets.ts'), import('./proxy/upstream-pool.ts'), import('./proxy/server.ts'),
+      ]);
+      const routes = await buildRoutes(config, pool ? new PoolUpstream(pool, config.proxy.readTimeout * 1000) : null);
+      upstreamHealth = health(routes);
+      if (routes.entries.some((e) => e.upstream.kind === 'uwsgi')) metrics?.attachUpstreamHealth(upstreamHealth);
+      proxy = new FrontProxy(config, routes, log, observer!);
       frontUrl = await proxy.listen();
     }
     adminUrl = await admin.listen();
@@ -179,6 +179,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     // A listener that cannot bind: leave nothing running behind the error.
     await proxy?.close(0);
     await pool?.stop();
+    frontHandle?.close();
     admin.close();
     throw err;
   }
@@ -186,12 +187,28 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   ready = true;
   log.info({
     front: frontUrl,
+    topology: mode === 'serve' ? config.topology : undefined,
     admin: adminUrl,
     pool: pool?.publicLabel ?? undefined,
     workers: pool?.workers.map((w) => w.pid),
   }, 'stratum ready');
   log.flush(); // the line operators and scripts wait for goes out now, not with the next batch
+}
 
+/** The workers' recent traces as one list, ordered as each list is (newest, slowest, newest failed). */
+function mergeTraces(all: RecentTrace[], kind: 'latest' | 'slow' | 'failed', limit: number): RecentTrace[] {
+  return all.sort(kind === 'slow' ? (a, b) => b.durationMs - a.durationMs : (a, b) => b.at - a.at).slice(0, limit);
+}
+
+/** Flush the spans still buffered, for a bounded time: an unreachable collector must not hold the exit. */
+async function shutdownTracing(tracing: { shutdown(): Promise<void> } | null, log: { warn(o: object, m: string): void }): Promise<void> {
+  if (!tracing) return;
+  const limitMs = 2_000;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), limitMs)));
+  const outcome = await Promise.race([tracing.shutdown().then(() => 'ok' as const, () => 'failed' as const), late]);
+  clearTimeout(timer);
+  if (outcome !== 'ok') log.warn({ limitMs, outcome }, 'tracing: spans not flushed at shutdown (collector unreachable?)');
 }
 
 export const runServe = (config: StratumConfig) => run(config, 'serve');

@@ -71,10 +71,12 @@ const FLAG_HELP: Record<keyof typeof FLAG_OVERRIDES, string> = {
   socketMode: 'permissions of a Unix pool socket (chmod-socket)',
   workers: 'worker processes',
   app: 'application module',
-  harakiri: "seconds before a stuck request's worker is killed, 0 = off",
+  harakiri: 'seconds a request may run: 504 at the limit, its worker killed if it blocks; 0 = off',
   maxRequests: 'recycle a worker after N requests, 0 = never',
   reloadOnRss: 'recycle a worker above N MiB resident, 0 = never',
   logLevel: LOG_LEVELS.join('|'),
+  topology:
+    'worker (the front in every worker, the default) | master (the front in the master, uwsgi to the workers)',
 };
 
 export async function main(argv: string[], io: Partial<CliIO> = {}): Promise<number> {

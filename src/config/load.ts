@@ -25,6 +25,7 @@ export type Flags = {
   maxRequests: string | number;
   reloadOnRss: string | number;
   logLevel: string;
+  topology: string;
 };
 
 type Override = { path: string; numeric?: boolean };
@@ -38,6 +39,7 @@ export const ENV_OVERRIDES: Readonly<Record<string, Override>> = {
   STRATUM_SOCKET: { path: 'pool.socket' },
   STRATUM_APP: { path: 'app.module' },
   STRATUM_LOG_LEVEL: { path: 'log.level' },
+  STRATUM_TOPOLOGY: { path: 'topology' },
 };
 
 /** Scalar flags and the config field each one sets; `route` is handled apart (it replaces a list). */
@@ -52,6 +54,7 @@ export const FLAG_OVERRIDES: Readonly<Record<Exclude<keyof Flags, 'route'>, Over
   maxRequests: { flag: '--max-requests', value: 'N', path: 'pool.maxRequests', numeric: true },
   reloadOnRss: { flag: '--reload-on-rss', value: 'MIB', path: 'pool.reloadOnRss', numeric: true },
   logLevel: { flag: '--log-level', value: 'LEVEL', path: 'log.level' },
+  topology: { flag: '--topology', value: 'worker|master', path: 'topology' },
 };
 
 export type LoadOptions = {

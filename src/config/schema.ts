@@ -238,6 +238,15 @@ export const schema = z
       listen: address
         .default('0.0.0.0:8080')
         .describe('Where the front HTTP proxy listens: HOST:PORT (port 0 = the OS picks) or a Unix socket path (nginx `listen`).'),
+      topology: z
+        .enum(['worker', 'master'], { error: expected('"worker" or "master"') })
+        .default('worker')
+        .describe(
+          'Which process runs the front (serve only). `worker`: every worker accepts client connections on the listener the ' +
+            'master holds and runs the whole front layer itself, calling the app in-process for pool routes (one hop, no ' +
+            'uwsgi in between). `master`: the front runs in the master, isolated from app code, and reaches the workers over ' +
+            'uwsgi (nginx → uWSGI). The workers serve uwsgi on pool.socket in both.',
+        ),
       admin: z
         .strictObject({
           listen: address

@@ -38,6 +38,15 @@ interface MetricJson {
   values: MetricValue[];
 }
 
+/** A histogram's series as plain data (JSON-safe, for IPC). */
+export type HistogramDump = Array<{
+  l: [string, string, string];
+  counts: number[];
+  exemplars: Array<Exemplar | undefined | null>;
+  sum: number;
+  count: number;
+}>;
+
 export interface HistogramOptions {
   name: string;
   help: string;
@@ -66,16 +75,7 @@ export class Histogram3 {
   /** Record `value` (seconds) under the label values a, b, c; a trace id becomes the bucket's exemplar. */
   observe(a: string, b: string, c: string, value: number, traceId: string | null = null): void {
     if (!Number.isFinite(value)) return;
-    let byB = this.#series.get(a);
-    if (byB === undefined) this.#series.set(a, (byB = new Map()));
-    let byC = byB.get(b);
-    if (byC === undefined) byB.set(b, (byC = new Map()));
-    let s = byC.get(c);
-    if (s === undefined) {
-      const [na, nb, nc] = this.labelNames;
-      s = { labels: { [na]: a, [nb]: b, [nc]: c }, counts: new Float64Array(this.#bounds.length + 1), exemplars: [], sum: 0, count: 0 };
-      byC.set(c, s);
-    }
+    const s = this.#get(a, b, c);
     const bounds = this.#bounds;
     let i = 0;
     while (i < bounds.length && value > bounds[i]!) i++;
@@ -87,6 +87,45 @@ export class Histogram3 {
 
   reset(): void {
     this.#series.clear();
+  }
+
+  /** Every series as plain data, to carry to another process (the master's scrape). */
+  dump(): HistogramDump {
+    const out: HistogramDump = [];
+    for (const [a, byB] of this.#series) {
+      for (const [b, byC] of byB) {
+        for (const [c, s] of byC) out.push({ l: [a, b, c], counts: Array.from(s.counts), exemplars: s.exemplars, sum: s.sum, count: s.count });
+      }
+    }
+    return out;
+  }
+
+  /** Add another histogram's dump (same buckets) to this one: how the master sums its workers. */
+  add(dump: HistogramDump): void {
+    for (const d of dump) {
+      const s = this.#get(d.l[0], d.l[1], d.l[2]);
+      for (let i = 0; i < s.counts.length && i < d.counts.length; i++) {
+        s.counts[i]! += d.counts[i]!;
+        const e = d.exemplars[i];
+        if (e && (!s.exemplars[i] || s.exemplars[i]!.timestamp < e.timestamp)) s.exemplars[i] = e;
+      }
+      s.sum += d.sum;
+      s.count += d.count;
+    }
+  }
+
+  #get(a: string, b: string, c: string): Series {
+    let byB = this.#series.get(a);
+    if (byB === undefined) this.#series.set(a, (byB = new Map()));
+    let byC = byB.get(b);
+    if (byC === undefined) byB.set(b, (byC = new Map()));
+    let s = byC.get(c);
+    if (s === undefined) {
+      const [na, nb, nc] = this.labelNames;
+      s = { labels: { [na]: a, [nb]: b, [nc]: c }, counts: new Float64Array(this.#bounds.length + 1), exemplars: [], sum: 0, count: 0 };
+      byC.set(c, s);
+    }
+    return s;
   }
 
   /** As prom-client's Histogram renders for the registry: `le` first, the series' labels shared. */

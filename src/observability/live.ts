@@ -2,10 +2,13 @@
 // and error rates, per-route and per-upstream figures, and the pool's workers — pushed to
 // every open Server-Sent Events stream, with the last minutes kept for a page that just opened.
 // Samples per second are bounded (reservoir), so a flood costs no more memory than a trickle.
+// Recording (LiveRecorder) happens in whichever process runs the front; the master's LiveFeed
+// merges its own second with every worker's (asked over IPC) before it draws the tick.
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { LayerTimes } from './layers.ts';
-import type { PoolStats } from '../pool/supervisor.ts';
+import type { ProxyContext } from '../proxy/upstream.ts';
+import type { PoolStats } from '../pool/stats.ts';
 
 const LAYER_NAMES = ['proxy', 'queue', 'worker', 'app'] as const;
 const RESERVOIR = 2000;
@@ -26,10 +29,24 @@ export interface LiveTick {
   pool: PoolStats | null;
 }
 
-class Reservoir {
+interface ReservoirJson { values: number[]; seen: number; sum: number }
+
+class Reservoir implements ReservoirJson {
   values: number[] = [];
   seen = 0;
   sum = 0;
+  /** Another process's second: its samples join in proportion to what each side saw. */
+  merge(o: ReservoirJson): void {
+    const total = this.seen + o.seen;
+    if (total === 0) return;
+    if (this.values.length + o.values.length <= RESERVOIR) this.values.push(...o.values);
+    else {
+      const mine = Math.round((RESERVOIR * this.seen) / total);
+      this.values = sample(this.values, mine).concat(sample(o.values, RESERVOIR - mine));
+    }
+    this.seen = total;
+    this.sum += o.sum;
+  }
   add(v: number): void {
     this.seen++;
     this.sum += v;
@@ -47,32 +64,38 @@ class Reservoir {
   }
 }
 
+function sample(v: number[], n: number): number[] {
+  if (v.length <= n) return v;
+  const out = v.slice();
+  for (let i = 0; i < n; i++) {
+    const j = i + Math.floor(Math.random() * (out.length - i));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out.slice(0, n);
+}
+
 function r(ms: number): number {
   return Math.round(ms * 1000) / 1000;
 }
 
 interface Group { count: number; errors: number; lat: Reservoir; kind?: string }
 
-export class LiveFeed {
-  readonly history: LiveTick[] = [];
-  readonly historySize: number;
-  #clients = new Set<ServerResponse>();
-  #timer: NodeJS.Timeout;
+/** One process's second, as plain data (JSON-safe, for IPC). */
+export interface LivePart {
+  layers: ReservoirJson[];
+  total: ReservoirJson;
+  status: LiveTick['status'];
+  routes: Array<[string, { count: number; errors: number; lat: ReservoirJson }]>;
+  upstreams: Array<[string, { count: number; errors: number; lat: ReservoirJson; kind?: string }]>;
+}
+
+/** Records each request the front answers, one second at a time. */
+export class LiveRecorder {
   #layers = LAYER_NAMES.map(() => new Reservoir());
   #total = new Reservoir();
   #status = { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0 };
   #routes = new Map<string, Group>();
   #upstreams = new Map<string, Group>();
-  #pool: () => PoolStats | null;
-  #health: () => Array<{ target: string; up: boolean }>;
-
-  constructor(opts: { pool: () => PoolStats | null; health: () => Array<{ target: string; up: boolean }>; historySize?: number }) {
-    this.#pool = opts.pool;
-    this.#health = opts.health;
-    this.historySize = opts.historySize ?? 300;
-    this.#timer = setInterval(() => this.#tick(), 1000);
-    this.#timer.unref();
-  }
 
   record(o: { route: string; status: number; totalMs: number; layers: LayerTimes | null; pool: boolean; upstream: { target: string; kind: string; ms: number } | null }): void {
     this.#total.add(o.totalMs);
@@ -90,26 +113,83 @@ export class LiveFeed {
     if (o.upstream) group(this.#upstreams, o.upstream.target, o.upstream.ms, o.status >= 500).kind = o.upstream.kind;
   }
 
-  #tick(): void {
-    const total = this.#total.quantiles();
+  /** The second so far, and start a new one. */
+  take(): LivePart {
+    const part: LivePart = {
+      layers: this.#layers, total: this.#total, status: this.#status, routes: [...this.#routes], upstreams: [...this.#upstreams],
+    };
+    this.#layers = LAYER_NAMES.map(() => new Reservoir());
+    this.#total = new Reservoir();
+    this.#status = { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0 };
+    this.#routes = new Map();
+    this.#upstreams = new Map();
+    return part;
+  }
+}
+
+export class LiveFeed {
+  readonly history: LiveTick[] = [];
+  readonly historySize: number;
+  /** The master's own front (master topology); the workers' seconds come from `parts`. */
+  readonly recorder = new LiveRecorder();
+  #clients = new Set<ServerResponse>();
+  #timer: NodeJS.Timeout;
+  #pool: () => PoolStats | null;
+  #health: () => Array<{ target: string; up: boolean }>;
+  #parts: () => Promise<LivePart[]>;
+
+  constructor(opts: {
+    pool: () => PoolStats | null;
+    health: () => Array<{ target: string; up: boolean }>;
+    parts?: () => Promise<LivePart[]>;
+    historySize?: number;
+  }) {
+    this.#pool = opts.pool;
+    this.#health = opts.health;
+    this.#parts = opts.parts ?? (() => Promise.resolve([]));
+    this.historySize = opts.historySize ?? 300;
+    this.#timer = setInterval(() => void this.#tick(), 1000);
+    this.#timer.unref();
+  }
+
+  async #tick(): Promise<void> {
+    const own = this.recorder.take();
+    const parts = await this.#parts().catch(() => []);
+    const layers = LAYER_NAMES.map(() => new Reservoir());
+    const all = new Reservoir();
+    const status = { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0 };
+    const routes = new Map<string, Group>();
+    const upstreams = new Map<string, Group>();
+    const fold = (into: Map<string, Group>, from: LivePart['upstreams']) => {
+      for (const [k, g] of from) {
+        let m = into.get(k);
+        if (!m) into.set(k, (m = { count: 0, errors: 0, lat: new Reservoir(), kind: g.kind }));
+        m.count += g.count;
+        m.errors += g.errors;
+        m.lat.merge(g.lat);
+      }
+    };
+    for (const p of [own, ...parts]) {
+      p.layers.forEach((l, i) => layers[i]!.merge(l));
+      all.merge(p.total);
+      for (const k of Object.keys(status) as Array<keyof typeof status>) status[k] += p.status[k];
+      fold(routes, p.routes);
+      fold(upstreams, p.upstreams);
+    }
+    const total = all.quantiles();
     const health = new Map(this.#health().map((h) => [h.target, h.up]));
     const tick: LiveTick = {
       t: Date.now(),
       rate: total.count,
-      status: { ...this.#status },
-      errorRate: this.#status['5xx'],
-      layers: Object.fromEntries(LAYER_NAMES.map((n, i) => [n, this.#layers[i]!.quantiles()])) as LiveTick['layers'],
+      status,
+      errorRate: status['5xx'],
+      layers: Object.fromEntries(LAYER_NAMES.map((n, i) => [n, layers[i]!.quantiles()])) as LiveTick['layers'],
       total,
-      routes: [...this.#routes].map(([route, g]) => ({ route, rate: g.count, errors: g.errors, p95: g.lat.quantiles().p95 })),
-      upstreams: [...this.#upstreams].map(([target, g]) => ({ target, kind: g.kind ?? '', rate: g.count, errors: g.errors, p95: g.lat.quantiles().p95, up: health.get(target) ?? true })),
+      routes: [...routes].map(([route, g]) => ({ route, rate: g.count, errors: g.errors, p95: g.lat.quantiles().p95 })),
+      upstreams: [...upstreams].map(([target, g]) => ({ target, kind: g.kind ?? '', rate: g.count, errors: g.errors, p95: g.lat.quantiles().p95, up: health.get(target) ?? true })),
       pool: this.#pool(),
     };
-    for (const h of health.keys()) if (!this.#upstreams.has(h)) tick.upstreams.push({ target: h, kind: 'uwsgi', rate: 0, errors: 0, p95: 0, up: health.get(h)! });
-    this.#layers = LAYER_NAMES.map(() => new Reservoir());
-    this.#total = new Reservoir();
-    this.#status = { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0 };
-    this.#routes.clear();
-    this.#upstreams.clear();
+    for (const h of health.keys()) if (!upstreams.has(h)) tick.upstreams.push({ target: h, kind: 'uwsgi', rate: 0, errors: 0, p95: 0, up: health.get(h)! });
     this.history.push(tick);
     if (this.history.length > this.historySize) this.history.shift();
     const data = `event: tick\ndata: ${JSON.stringify(tick)}\n\n`;
@@ -146,4 +226,21 @@ function group(map: Map<string, Group>, key: string, ms: number, error: boolean)
   if (error) g.errors++;
   g.lat.add(ms);
   return g;
+}
+
+/** The observer's listener that feeds a recorder (src/observability/observer.ts). */
+export function liveListener(rec: LiveRecorder): (ctx: ProxyContext, layers: LayerTimes | null, totalMs: number) => void {
+  return (ctx, layers, totalMs) => {
+    const t = ctx.timings;
+    rec.record({
+      route: ctx.routeLabel,
+      status: ctx.res.statusCode,
+      totalMs,
+      layers,
+      pool: ctx.workerPid > 0,
+      upstream: t.dispatchAt && ctx.upstreamLabel
+        ? { target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel, kind: ctx.upstreamKind, ms: (t.endAt || performance.now()) - t.dispatchAt }
+        : null,
+    });
+  };
 }

@@ -85,7 +85,7 @@ describe('Metrics.render', () => {
 
   it('names counters the OpenMetrics way (family without _total, samples with one) for own and merged metrics', async () => {
     const m = new Metrics();
-    m.setWorkerSource(async () => [await workerJson('1'), await workerJson('2')]);
+    m.setWorkerSource(async () => [{ process: await workerJson('1'), requests: null }, { process: await workerJson('2'), requests: null }], false);
     m.observe(pooled());
     const { body } = await m.render(OPENMETRICS_ACCEPT);
     expect(body).toContain('# TYPE stratum_requests counter\n');
@@ -111,7 +111,7 @@ describe('Metrics.render', () => {
 
   it('answers concurrent scrapes of both formats each in its own format', async () => {
     const m = new Metrics();
-    m.setWorkerSource(async () => [await workerJson('1')]);
+    m.setWorkerSource(async () => [{ process: await workerJson('1'), requests: null }], false);
     m.observe(pooled());
     const [a, b, c] = await Promise.all([m.render(undefined), m.render(OPENMETRICS_ACCEPT), m.render(undefined)]);
     for (const r of [a, c]) {
@@ -124,7 +124,7 @@ describe('Metrics.render', () => {
 
   it('merges the workers\' process metrics with the master\'s in one scrape, one family each', async () => {
     const m = new Metrics();
-    m.setWorkerSource(async () => [await workerJson('1'), await workerJson('2')]);
+    m.setWorkerSource(async () => [{ process: await workerJson('1'), requests: null }, { process: await workerJson('2'), requests: null }], false);
     const { body } = await m.render(undefined);
     const types = typeLines(body);
     expect(new Set(types).size, 'each family once').toBe(types.length);

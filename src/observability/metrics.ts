@@ -1,16 +1,25 @@
 // Prometheus metrics (prom-client), named in Traefik's style for the layers and with the
-// OpenTelemetry HTTP semantic-convention names for the front and upstream durations. The master
-// observes every proxied request; workers keep only their Node process metrics, which the master
-// gathers over IPC at scrape time so one scrape of /metrics sees every process.
+// OpenTelemetry HTTP semantic-convention names for the front and upstream durations. Whichever
+// process runs the front observes its requests: every worker (worker topology) or the master. The
+// master gathers the workers' request metrics (summed, exemplars kept) and their Node process
+// metrics (one `worker` label each) over IPC at scrape time, so one scrape of /metrics sees every
+// process; what a worker counted before it exited stays in the sums.
 //
 // Exemplars (trace ids on the latency histograms) exist only in OpenMetrics; the registry is
 // created in that mode and switched per scrape to what the scraper's Accept header asks for.
 
 import client, { AggregatorRegistry, Registry } from 'prom-client';
-import { Histogram3 } from './histogram.ts';
+import { Histogram3, type HistogramDump } from './histogram.ts';
 
 type MetricJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>[number];
-import type { Supervisor, WorkerState } from '../pool/supervisor.ts';
+import type { PoolCounters, WorkerState } from '../pool/stats.ts';
+
+/** What the pool gauges read at scrape time (the Supervisor provides it). */
+export interface PoolView {
+  readonly workers: Array<{ state: WorkerState; inflight: number; status: { inflight: number } }>;
+  readonly queueLength: number;
+  readonly counters: PoolCounters;
+}
 
 export const LAYERS = ['proxy', 'queue', 'worker', 'app'] as const;
 export type Layer = (typeof LAYERS)[number];
@@ -41,7 +50,22 @@ export function statusClass(status: number): string {
   return status >= 100 && status < 600 ? STATUS_CLASSES[Math.floor(status / 100)]! : 'other';
 }
 
-export type WorkerMetricsSource = () => Promise<MetricJson[][]>;
+/** A front's request metrics as plain data, for the master to sum. */
+export interface RequestMetricsDump {
+  layer: HistogramDump;
+  server: HistogramDump;
+  client: HistogramDump;
+  requests: Array<{ labels: Record<string, string | number>; value: number }>;
+  upstreamErrors: Array<{ labels: Record<string, string | number>; value: number }>;
+}
+
+/** What a worker answers the master's scrape with. */
+export interface WorkerMetrics {
+  process: MetricJson[];
+  requests: RequestMetricsDump | null;
+}
+
+export type WorkerMetricsSource = () => Promise<WorkerMetrics[]>;
 
 export class Metrics {
   // prom-client's types omit the constructor's content-type argument.
@@ -76,9 +100,45 @@ export class Metrics {
   readonly requests = this.#counter('stratum_requests_total', 'Requests answered by the front proxy.', ['route', 'status_class']);
   readonly upstreamErrors = this.#counter('stratum_upstream_errors_total', 'Upstream failures seen by the proxy, by target and error code.', ['target', 'code']);
 
-  constructor() {
+  /** Request metrics of workers that have exited, kept so the sums never go down. */
+  #retired: RequestMetricsDump[] = [];
+
+  constructor(processLabel = 'master') {
     client.collectDefaultMetrics({ register: this.processRegistry });
-    this.processRegistry.setDefaultLabels({ worker: 'master' });
+    this.processRegistry.setDefaultLabels({ worker: processLabel });
+  }
+
+  /** This process's request metrics, for the master (worker topology). */
+  async dump(): Promise<RequestMetricsDump> {
+    const values = async (c: client.Counter) => (await c.get()).values.map((v) => ({ labels: v.labels as Record<string, string | number>, value: v.value }));
+    return {
+      layer: this.layerDuration.dump(),
+      server: this.serverDuration.dump(),
+      client: this.clientDuration.dump(),
+      requests: await values(this.requests),
+      upstreamErrors: await values(this.upstreamErrors),
+    };
+  }
+
+  /** A worker is gone: what it counted (its last dump) stays in the sums. */
+  retire(dump: RequestMetricsDump): void {
+    this.#retired.push(dump);
+  }
+
+  /** Replace this process's request metrics with the sum of `dumps` (and of the retired workers'). */
+  #absorb(dumps: RequestMetricsDump[]): void {
+    this.layerDuration.reset();
+    this.serverDuration.reset();
+    this.clientDuration.reset();
+    this.requests.reset();
+    this.upstreamErrors.reset();
+    for (const d of [...this.#retired, ...dumps]) {
+      this.layerDuration.add(d.layer);
+      this.serverDuration.add(d.server);
+      this.clientDuration.add(d.client);
+      for (const v of d.requests) this.requests.inc(v.labels as never, v.value);
+      for (const v of d.upstreamErrors) this.upstreamErrors.inc(v.labels as never, v.value);
+    }
   }
 
   #counter<L extends string>(name: string, help: string, labelNames: readonly L[]) {
@@ -88,7 +148,7 @@ export class Metrics {
   }
 
   /** Gauges read from the pool at scrape time. */
-  attachPool(pool: Supervisor): void {
+  attachPool(pool: PoolView): void {
     const states: WorkerState[] = ['starting', 'idle', 'busy', 'draining'];
     new client.Gauge({
       name: 'stratum_workers', help: 'Worker processes by state.', labelNames: ['state'] as const, registers: [this.registry],
@@ -101,7 +161,7 @@ export class Metrics {
     new client.Gauge({
       name: 'stratum_inflight_requests', help: 'Requests in flight on the workers.', registers: [this.registry],
       collect() {
-        this.set(pool.workers.reduce((n, w) => n + Math.max(w.inflight, w.workerInflight), 0));
+        this.set(pool.workers.reduce((n, w) => n + Math.max(w.inflight, w.status.inflight), 0));
       },
     });
     new client.Gauge({
@@ -112,7 +172,8 @@ export class Metrics {
     });
     const counters: Array<[string, string, () => number]> = [
       ['stratum_worker_respawns_total', 'Workers replaced after dying.', () => pool.counters.respawns],
-      ['stratum_harakiri_kills_total', 'Workers killed by harakiri.', () => pool.counters.harakiriKills],
+      ['stratum_harakiri_kills_total', 'Workers killed by harakiri (their event loop was blocked past the limit).', () => pool.counters.harakiriKills],
+      ['stratum_harakiri_timeouts_total', 'Requests answered 504 at harakiri while their worker stayed healthy (slow, not blocked).', () => pool.counters.harakiriTimeouts],
       ['stratum_worker_recycles_total', 'Workers recycled gracefully (max-requests, reload-on-rss, reload).', () => pool.counters.recycles],
       ['stratum_queue_rejections_total', 'Requests refused with 503 because the listen queue was full.', () => pool.counters.rejected],
       ['stratum_reloads_total', 'Rolling reloads.', () => pool.counters.reloads],
@@ -140,10 +201,15 @@ export class Metrics {
     });
   }
 
-  /** Where the workers' process metrics come from (the supervisor's IPC round trip). */
-  setWorkerSource(source: WorkerMetricsSource): void {
+  /**
+   * Where the workers' metrics come from (the supervisor's IPC round trip). With `requests`, the
+   * workers run the front and their request metrics are summed into this process's.
+   */
+  setWorkerSource(source: WorkerMetricsSource, requests: boolean): void {
     this.#workerSource = source;
+    this.#sumWorkers = requests;
   }
+  #sumWorkers = false;
 
   observe(o: RequestObservation): void {
     const sc = statusClass(o.status);
@@ -170,6 +236,8 @@ export class Metrics {
 
   async #render(openMetrics: boolean): Promise<{ contentType: string; body: string }> {
     const type = openMetrics ? OPENMETRICS : PROMETHEUS;
+    const workers = this.#workerSource ? await this.#workerSource() : [];
+    if (this.#sumWorkers) this.#absorb(workers.flatMap((w) => (w.requests ? [w.requests] : [])));
     this.registry.setContentType(type as never);
     let own: string;
     try {
@@ -179,8 +247,7 @@ export class Metrics {
       for (const [m, name] of this.#counterNames) (m as unknown as { name: string }).name = name;
       this.registry.setContentType(OPENMETRICS as never);
     }
-    const perProcess = [await this.processRegistry.getMetricsAsJSON()];
-    if (this.#workerSource) perProcess.push(...(await this.#workerSource()));
+    const perProcess = [await this.processRegistry.getMetricsAsJSON(), ...workers.map((w) => w.process)];
     for (let i = 0; i < perProcess.length; i++) {
       perProcess[i] = perProcess[i]!.filter((m) => !MISNAMED.has(m.name));
       // In OpenMetrics prom-client appends _total to counter samples, and strips it from the

@@ -39,10 +39,7 @@ export function createObserver(config: StratumConfig, log: Logger, metrics: Metr
     onDispatch(ctx, kind) {
       const spans = (ctx as Traced)[spansKey];
       if (!spans || !tracer) return;
-      const tp = spans.startClient(tracer, ctx.req.method ?? 'GET', kind, ctx.upstreamLabel);
-      if (!tp) return;
-      if (kind === 'http') ctx.extraHeaders.push('traceparent', tp);
-      else ctx.extraVars.push('HTTP_TRACEPARENT', tp);
+      ctx.traceparent = spans.startClient(tracer, ctx.req.method ?? 'GET', kind, ctx.upstreamLabel);
     },
     onHead(ctx, headers) {
       if (!timingHeader) return;

@@ -1,38 +1,77 @@
 // Messages between the master and its workers over the cluster IPC channel. Kept small and
-// infrequent: per-request traffic never crosses IPC for requests our proxy sends (the master
-// already knows them); only foreign requests (nginx on the shared socket) are announced, so
-// harakiri can see them.
+// infrequent: nothing crosses IPC per request. A worker reports its status twice a second; the
+// master asks the workers for what they alone hold (process and request metrics, recent traces,
+// the live feed's last second) when someone reads it.
+
+import type { StratumConfig } from '../config/schema.ts';
+
+export type Topology = StratumConfig['topology'];
 
 /** Everything a worker needs, passed in the STRATUM_WORKER environment variable as JSON. */
 export interface WorkerSpec {
   id: number;
   generation: number;
+  topology: Topology;
   app: { module: string; export: string };
   /**
    * The shared uwsgi socket (for nginx, a remote proxy): a file descriptor the master bound and
    * passed down at fork. The worker listens and accepts on it; the master holds it.
    */
   publicFd: number;
-  /** This worker's own socket, where our proxy keeps connections. */
+  /** The front listener (worker topology), passed down the same way; -1 in the master topology. */
+  frontFd: number;
+  /** This worker's own socket, where the master's front keeps connections (master topology). */
   privatePath: string;
-  maxVarsSize: number;
-  socketTimeoutMs: number;
+  /** The master's private directory: the harakiri watchdog leaves its note there. */
+  runDir: string;
   maxRequests: number;
   statusIntervalMs: number;
-  tracing: { enabled: boolean; sampleRatio: number; serviceName: string };
+  /** The whole configuration, for the front a worker runs (see reviveConfig). */
+  config: string;
 }
+
+/** What a worker reports twice a second. */
+export interface WorkerStatus {
+  requests: number;
+  inflight: number;
+  exceptions: number;
+  rss: number;
+  totalMs: number;
+  heapUsed: number;
+  eventLoopP99Ms: number;
+  /** Requests answered 504 at harakiri without a kill (the event loop was alive). */
+  harakiriTimeouts: number;
+  /** Requests waiting for a slot under maxInflight (worker topology). */
+  queued: number;
+}
+
+/** What the master can ask every worker for; the answer comes back as a `reply` with the same seq. */
+export type Question =
+  | { what: 'metrics' }
+  | { what: 'traces'; kind: 'latest' | 'slow' | 'failed'; limit: number }
+  | { what: 'trace'; id: string }
+  | { what: 'live' };
 
 export type WorkerMessage =
   | { type: 'ready'; pid: number }
-  | { type: 'status'; requests: number; inflight: number; exceptions: number; rss: number; totalMs: number; heapUsed: number; eventLoopP99Ms: number }
-  | { type: 'foreign-start'; rid: number; method: string; path: string; requestId: string; at: number }
-  | { type: 'foreign-end'; rid: number }
+  | ({ type: 'status' } & WorkerStatus)
   | { type: 'recycle'; reason: 'max-requests' | 'reload-on-rss' }
   | { type: 'fatal'; message: string; code?: string }
-  | { type: 'metrics'; seq: number; metrics: unknown[] };
+  | { type: 'reply'; seq: number; data: unknown }
+  /** Draining: what this worker's front counted, for the master to keep after it exits. */
+  | { type: 'final'; data: unknown };
 
 export type MasterMessage =
-  | { type: 'drain'; graceMs: number }
-  | { type: 'metrics'; seq: number };
+  /** Finish and exit: kept client connections idle for idleMs are closed (0: at once, as on stop). */
+  | { type: 'drain'; graceMs: number; idleMs: number }
+  | ({ type: 'ask'; seq: number } & Question);
 
 export const WORKER_ENV = 'STRATUM_WORKER';
+
+/**
+ * The configuration as the master validated it, sent to a worker as JSON: the routes' parsed
+ * targets (URL objects) do not survive JSON, so they are dropped and parsed again by the schema.
+ */
+export function serializeConfig(config: StratumConfig): string {
+  return JSON.stringify({ ...config, routes: config.routes.map(({ targets: _t, ...r }) => r) });
+}

@@ -1,16 +1,30 @@
-// A worker process (uWSGI's worker): loads the app, serves uwsgi on the shared socket (for
-// foreign clients such as nginx) and on its own private socket (for our proxy's kept
-// connections), reports status to the master, and drains on request.
+// A worker process (uWSGI's worker): loads the app and serves it.
+//   - Worker topology (the default): it accepts client connections on the front listener the
+//     master holds and runs the whole front layer itself (src/proxy/), calling the app in this
+//     process for pool routes.
+//   - Both topologies: it serves uwsgi on the shared socket (for nginx, a remote proxy) and on its
+//     own private socket (the master's front keeps connections there in the master topology).
+// It keeps harakiri for every request it serves (harakiri.ts), reports its status to the master,
+// answers the master's questions (metrics, traces, the live feed), and drains on request.
 
 import { flushCompileCache } from 'node:module';
 import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { loadApp, type LoadedApp } from '../host/app.ts';
-import { requestMeta, serveUwsgiConnection, uwsgiRequestListener, UwsgiServerResponse } from '../uwsgi/server.ts';
-import { collectDefaultMetrics, Registry } from 'prom-client';
-import { startTracing, tracedListener } from '../observability/tracing.ts';
+import { Registry, collectDefaultMetrics } from 'prom-client';
+import { schema } from '../config/schema.ts';
+import { guardedListener, loadApp, type LoadedApp, type RequestListener } from '../host/app.ts';
+import { HostResponse } from '../host/response.ts';
 import { releaseStartupMemory } from '../memory.ts';
-import { WORKER_ENV, type MasterMessage, type WorkerMessage, type WorkerSpec } from './ipc.ts';
+import { createLogger } from '../observability/log.ts';
+import { LiveRecorder, liveListener } from '../observability/live.ts';
+import { Metrics } from '../observability/metrics.ts';
+import { createObserver, type Observer } from '../observability/observer.ts';
+import { startTracing, tracedListener } from '../observability/tracing.ts';
+import type { FrontProxy } from '../proxy/server.ts';
+import { requestMeta, serveUwsgiConnection, uwsgiRequestListener } from '../uwsgi/server.ts';
+import { HarakiriKeeper, socketFd } from './harakiri.ts';
+import { WORKER_ENV, type MasterMessage, type Question, type WorkerMessage, type WorkerSpec } from './ipc.ts';
+import { listenOnFd } from './sockets.ts';
 
 // Not `import http from 'node:http'`: an ES import of node:http reads every export of the module,
 // WebSocket and its events included, which loads Node's bundled undici (~3 MiB resident, npm run
@@ -22,6 +36,8 @@ if (!spec || typeof process.send !== 'function') {
   console.error('stratum worker: must be started by the stratum master');
   process.exit(2);
 }
+const config = schema.parse(JSON.parse(spec.config));
+const workerTopology = spec.topology === 'worker' && spec.frontFd >= 0;
 
 function send(msg: WorkerMessage): void {
   if (process.connected) process.send!(msg);
@@ -32,26 +48,34 @@ let inflight = 0;
 let exceptions = 0;
 let totalMs = 0;
 let draining = false;
-let foreignSeq = 0;
 
+function logError(msg: string, err: unknown): void {
+  console.error(JSON.stringify({ level: 50, msg, pid: process.pid, err: String((err as Error)?.stack ?? err) }));
+}
 process.on('uncaughtException', (err) => {
   // An app bug must not take the worker's other requests down silently: count and report it;
   // the master replaces us if we exit.
   exceptions++;
-  console.error(JSON.stringify({ level: 50, msg: 'uncaught exception in worker', pid: process.pid, err: String(err?.stack ?? err) }));
+  logError('uncaught exception in worker', err);
 });
 process.on('unhandledRejection', (err) => {
   exceptions++;
-  console.error(JSON.stringify({ level: 50, msg: 'unhandled rejection in worker', pid: process.pid, err: String((err as Error)?.stack ?? err) }));
+  logError('unhandled rejection in worker', err);
 });
 
 // Tracing starts before the app is imported, so @fastify/otel hooks every Fastify instance.
-const tracing = await startTracing(spec.tracing, `worker-${spec.id}`);
+const tracing = await startTracing(config.tracing, `worker-${spec.id}`);
 
-// This worker's Node process metrics, gathered by the master at scrape time.
-const processRegistry = new Registry();
-collectDefaultMetrics({ register: processRegistry });
-processRegistry.setDefaultLabels({ worker: String(spec.id) });
+// Request metrics are recorded here when this worker runs the front; process metrics always. The
+// master gathers both at scrape time.
+const metrics = workerTopology && config.metrics.enabled ? new Metrics(String(spec.id)) : null;
+let processRegistry: Registry;
+if (metrics) processRegistry = metrics.processRegistry;
+else {
+  processRegistry = new Registry();
+  collectDefaultMetrics({ register: processRegistry });
+  processRegistry.setDefaultLabels({ worker: String(spec.id) });
+}
 
 let app: LoadedApp;
 try {
@@ -67,127 +91,195 @@ flushCompileCache();
 
 const loop = monitorEventLoopDelay({ resolution: 20 });
 loop.enable();
+const harakiri = new HarakiriKeeper(config.pool.harakiri * 1000, spec.runDir);
 
-const server = http.createServer({
-  ServerResponse: UwsgiServerResponse as unknown as typeof http.ServerResponse,
+/** The app, guarded (a throw answers 500) and counted: what both the front and the uwsgi bridge call. */
+const served = countRequests(guardedListener(tracing ? tracedListener(tracing.tracer, app.listener, spec.id) : app.listener, (err) => {
+  exceptions++;
+  logError('app threw', err);
+}));
+
+function countRequests(listener: RequestListener): RequestListener {
+  return (req, res) => {
+    requests++;
+    inflight++;
+    const started = performance.now();
+    res.once('close', () => {
+      inflight--;
+      totalMs += performance.now() - started;
+      if (config.pool.maxRequests > 0 && requests === config.pool.maxRequests) spent();
+      if (draining && inflight === 0) void finishDrain();
+    });
+    listener(req, res);
+  };
+}
+
+// --- uwsgi: the shared socket (nginx, a remote proxy) and the private one (our master's front) ---
+
+const uwsgiServer = http.createServer({
+  ServerResponse: HostResponse as unknown as typeof http.ServerResponse,
   maxHeaderSize: 128 * 1024, // a full 64 KiB vars block re-expressed as a head
-  requestTimeout: 0, // harakiri is the master's job
+  requestTimeout: 0, // harakiri is ours, below
   headersTimeout: 0,
   keepAliveTimeout: 0, // kept connections are the proxy's to close
   connectionsCheckingInterval: 3_600_000,
 });
+/** Connections on the private socket: the master's own front, trusted to set a route's harakiri. */
+const privateBridges = new WeakSet<object>();
 
-const appListener = tracing ? tracedListener(tracing.tracer, app.listener, spec.id) : app.listener;
-server.on(
-  'request',
-  uwsgiRequestListener((req, res) => {
-    requests++;
-    inflight++;
-    const meta = requestMeta(req);
-    const started = performance.now();
-    let rid = 0;
-    if (meta?.foreign || publicBridges.has(req.socket)) {
-      rid = ++foreignSeq;
-      send({ type: 'foreign-start', rid, method: req.method ?? 'GET', path: req.url ?? '/', requestId: String(req.headers['x-request-id'] ?? ''), at: Date.now() });
-    }
-    res.once('close', () => {
-      inflight--;
-      totalMs += performance.now() - started;
-      if (rid) send({ type: 'foreign-end', rid });
-      if (spec.maxRequests > 0 && requests >= spec.maxRequests && !draining) send({ type: 'recycle', reason: 'max-requests' });
-      if (draining && inflight === 0) finishDrain();
-    });
-    // A listener that throws, or an async one whose promise rejects, answers 500 (or cuts a
-    // response already begun) and is counted — it never takes the worker's other requests down.
-    const failed = (err: unknown) => {
-      exceptions++;
-      if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' }).end('Internal Server Error\n');
-      else res.destroy();
-      console.error(JSON.stringify({ level: 50, msg: 'app threw', pid: process.pid, err: String((err as Error)?.stack ?? err) }));
+uwsgiServer.on('request', uwsgiRequestListener((req, res) => {
+  const meta = requestMeta(req);
+  const limit = meta && meta.harakiriMs >= 0 && privateBridges.has(req.socket) ? meta.harakiriMs : harakiri.defaultMs;
+  const bridge = req.socket as unknown as { socket: net.Socket };
+  const watch = harakiri.watch(limit, socketFd(bridge.socket), `${req.method} ${req.url} ${String(req.headers['x-request-id'] ?? '')}`, () => {
+    // Slow, with the loop alive: 504 now (Connection: close), the app's late writes dropped.
+    watch?.done();
+    const out = res as HostResponse;
+    if (!out.headersSent) {
+      out.stratumHead = null;
+      out.shouldKeepAlive = false;
+      out.answer(504, ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'], 'Gateway Timeout\n');
+    } else out.destroy();
+    out.stratumAbandon = true;
+  });
+  if (watch) {
+    const stamp = res.stratumHead;
+    res.stratumHead = (headers) => {
+      watch.headSent();
+      stamp?.(headers);
     };
-    try {
-      const result: unknown = (appListener as (q: typeof req, r: typeof res) => unknown)(req, res);
-      if (result && typeof (result as Promise<unknown>).then === 'function') (result as Promise<unknown>).then(undefined, failed);
-    } catch (err) {
-      failed(err);
-    }
-  }),
-);
-server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
+    res.once('close', () => watch.done());
+  }
+  served(req, res);
+}));
+uwsgiServer.on('clientError', (_err: NodeJS.ErrnoException, socket: net.Socket) => {
   if (socket.writable && !socket.destroyed) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
   else socket.destroy();
-  void err;
 });
 
 const uwsgiOptions = {
-  maxVarsSize: spec.maxVarsSize,
-  readTimeoutMs: spec.socketTimeoutMs,
+  maxVarsSize: config.pool.bufferSize,
+  readTimeoutMs: config.pool.socketTimeout * 1000,
   onProtocolError(err: { code: string; message: string }, socket: net.Socket) {
     console.error(JSON.stringify({ level: 40, msg: 'malformed uwsgi packet', code: err.code, detail: err.message, pid: process.pid, remote: socket.remoteAddress ?? 'unix' }));
   },
 };
 
-// Requests on the shared (public) socket come from nginx or a remote `stratum proxy`: the master
-// cannot see them, so they are announced for harakiri. Our own proxy uses the private socket.
-const publicBridges = new WeakSet<object>();
-
-function accept(socket: net.Socket, isPublic: boolean): void {
+function accept(socket: net.Socket, isPrivate: boolean): void {
   if (draining) {
     socket.destroy();
     return;
   }
-  const bridge = serveUwsgiConnection(socket, server, uwsgiOptions);
-  if (isPublic) publicBridges.add(bridge);
+  const bridge = serveUwsgiConnection(socket, uwsgiServer, uwsgiOptions);
+  if (isPrivate) privateBridges.add(bridge);
 }
 
-const privateServer = net.createServer((socket) => accept(socket, false));
+const privateServer = net.createServer((socket) => accept(socket, true));
 await new Promise<void>((resolve, reject) => {
   privateServer.once('error', reject);
   // exclusive: bind our own socket instead of asking the cluster master to share one.
   privateServer.listen({ path: spec.privatePath, exclusive: true }, () => resolve());
 });
+const publicServer = net.createServer((socket) => accept(socket, false));
+await listenOnFd(publicServer, spec.publicFd, config.pool.listen);
 
-const publicServer = net.createServer((socket) => accept(socket, true));
-await new Promise<void>((resolve, reject) => {
-  publicServer.once('error', reject);
-  publicServer.once('listening', () => resolve());
-  // The master bound the socket and holds it (so it outlives any worker, as uWSGI's does);
-  // every worker listens and accepts on its own copy of the descriptor — pre-fork, no hand-off.
-  // listen({ fd }) would route through the cluster primary; _listen2 (what the cluster module
-  // itself calls for an exclusive listen) opens the descriptor here, for TCP and Unix alike.
-  (publicServer as unknown as { _listen2(a: null, p: null, t: null, backlog: number, fd: number): void })._listen2(null, null, null, 1024, spec.publicFd);
-});
+// --- the front (worker topology) ----------------------------------------------------------------
+
+let front: FrontProxy | null = null;
+let observer: Observer | null = null;
+const live = workerTopology ? new LiveRecorder() : null;
+let appUpstream: { dispatch: { queueLength: number } } | null = null;
+if (workerTopology) {
+  const [{ FrontProxy }, { buildRoutes }, { AppUpstream }] = await Promise.all([
+    import('../proxy/server.ts'), import('../proxy/targets.ts'), import('../proxy/upstream-app.ts'),
+  ]);
+  const log = createLogger(config.log.level);
+  const pool = new AppUpstream(served, app.upgrade, {
+    label: `worker ${spec.id}`,
+    maxInflight: config.pool.maxInflight,
+    queueLimit: config.pool.listen,
+    queueTimeoutMs: config.proxy.readTimeout * 1000,
+    harakiri,
+  });
+  appUpstream = pool;
+  observer = createObserver(config, log, metrics, tracing?.tracer ?? null);
+  observer.listeners.push(liveListener(live!));
+  front = new FrontProxy(config, await buildRoutes(config, pool), log, observer);
+  await front.listenOn(spec.frontFd);
+}
 
 releaseStartupMemory();
 send({ type: 'ready', pid: process.pid });
 
 const statusTimer = setInterval(() => {
   const mem = process.memoryUsage();
-  send({ type: 'status', requests, inflight, exceptions, rss: mem.rss, heapUsed: mem.heapUsed, totalMs, eventLoopP99Ms: loop.percentile(99) / 1e6 });
+  send({
+    type: 'status', requests, inflight, exceptions, rss: mem.rss, heapUsed: mem.heapUsed, totalMs,
+    eventLoopP99Ms: loop.percentile(99) / 1e6, harakiriTimeouts: harakiri.timeouts, queued: appUpstream?.dispatch.queueLength ?? 0,
+  });
   loop.reset();
 }, spec.statusIntervalMs);
 statusTimer.unref();
 
+// --- max-requests, drain ------------------------------------------------------------------------
+
+/**
+ * max-requests reached: stop accepting (the master holds the listeners, so new connections wait
+ * in their backlog for the other workers), tell kept clients to reconnect, and ask for a
+ * replacement; the master drains this worker once it is ready.
+ */
+function spent(): void {
+  front?.stopAccepting();
+  send({ type: 'recycle', reason: 'max-requests' });
+}
+
 let drainTimer: NodeJS.Timeout | null = null;
-function finishDrain(): void {
+let finishing = false;
+async function finishDrain(): Promise<void> {
+  if (finishing) return;
+  finishing = true;
   if (drainTimer) clearTimeout(drainTimer);
-  void app.close().catch(() => {}).then(() => tracing?.shutdown()).catch(() => {}).finally(() => process.exit(0));
+  await front?.close(0).catch(() => {});
+  // What this worker counted stays in the master's sums after it is gone.
+  if (metrics) send({ type: 'final', data: await metrics.dump() });
+  await app.close().catch(() => {});
+  await tracing?.shutdown().catch(() => {});
+  harakiri.close();
+  process.exit(0);
+}
+
+async function answer(q: Question): Promise<unknown> {
+  switch (q.what) {
+    case 'metrics':
+      return { process: await processRegistry.getMetricsAsJSON(), requests: metrics ? await metrics.dump() : null };
+    case 'traces':
+      return observer?.recent.list(q.kind, q.limit) ?? [];
+    case 'trace':
+      return observer?.recent.get(q.id) ?? null;
+    case 'live':
+      return live?.take() ?? null;
+  }
 }
 
 process.on('message', (msg: MasterMessage) => {
-  if (msg?.type === 'metrics') {
-    void processRegistry.getMetricsAsJSON().then((metrics) => send({ type: 'metrics', seq: msg.seq, metrics }));
+  if (msg?.type === 'ask') {
+    const { type: _t, seq, ...q } = msg;
+    void answer(q as Question).then((data) => send({ type: 'reply', seq, data }), () => send({ type: 'reply', seq, data: null }));
     return;
   }
   if (msg?.type !== 'drain' || draining) return;
   draining = true;
-  // Stop taking new connections; requests in flight finish; idle kept connections close (the
-  // master sends drain only once it has nothing in flight here, so none is in transit).
+  // Stop taking new connections; requests in flight finish; kept connections close as their
+  // clients finish with them (the master sends drain only once it has nothing in flight here).
   privateServer.close();
   publicServer.close();
-  server.closeIdleConnections();
-  if (inflight === 0) return finishDrain();
-  drainTimer = setTimeout(() => process.exit(0), msg.graceMs);
+  uwsgiServer.closeIdleConnections();
+  front?.drain(msg.idleMs);
+  if (inflight === 0 && !front?.busy) return void finishDrain();
+  drainTimer = setTimeout(() => void finishDrain(), msg.graceMs);
+  front?.onIdle(() => {
+    if (inflight === 0) void finishDrain();
+  });
 });
 
 process.on('disconnect', () => {

@@ -10,15 +10,17 @@
 // clientHeaderTimeout, bodies may not stall longer than clientBodyTimeout, and bodies are read
 // whole before a request goes upstream (requestBuffering), so slow clients never hold a worker.
 
-import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
+import type { IncomingMessage, Server as HttpServer } from 'node:http';
 import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { StratumConfig } from '../config/schema.ts';
 import { listenAt } from '../listen.ts';
+import { listenOnFd } from '../pool/sockets.ts';
 import { ClientBadRequest, ClientBodyTimeout, ClientHeadersTooLarge, ClientHeaderTimeout, RouteNotFound, StratumError } from '../errors.ts';
 import type { RouteTable } from './routes.ts';
-import { announcesBody, prepareBody, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
+import { HostResponse } from '../host/response.ts';
+import { announcesBody, prepareBody, type ProxyContext, type RequestBody, type UpgradeContext, type Upstream } from './upstream.ts';
 
 // getBuiltinModule rather than an ES import, which would load Node's bundled undici (src/pool/worker.ts).
 const http = process.getBuiltinModule('node:http');
@@ -26,7 +28,7 @@ const http = process.getBuiltinModule('node:http');
 /** Moments of a request's life the observability layer attaches to (Fastify's hooks idea). */
 export interface ProxyHooks {
   onRequest?(ctx: ProxyContext): void;
-  /** The request is about to leave for its upstream (add trace context to extraVars/extraHeaders). */
+  /** The request is about to leave for its upstream (set ctx.traceparent). */
   onDispatch?(ctx: ProxyContext, kind: Upstream['kind']): void;
   onHead?(ctx: ProxyContext, headers: string[]): void;
   onResponse?(ctx: ProxyContext): void;
@@ -39,10 +41,22 @@ function requestIdOf(req: IncomingMessage): string {
   const given = req.headers['x-request-id'];
   return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
 }
+function forwardInfo(req: IncomingMessage, socket: Socket, requestId: string): ProxyContext['forward'] {
+  return {
+    requestId,
+    clientAddress: socket.remoteAddress ?? '',
+    clientPort: socket.remotePort ?? 0,
+    scheme: (socket as Socket & { encrypted?: boolean }).encrypted ? 'https' : 'http',
+    serverPort: socket.localPort ?? 0,
+    contentLength: -1,
+    replaceTrace: false,
+  };
+}
+
 /** How long a refused connection may go on sending before we close it (nginx lingering_timeout). */
 const LINGER_MS = 5_000;
 
-type HttpSocket = Socket & { _httpMessage?: ServerResponse | null };
+type HttpSocket = Socket & { _httpMessage?: HostResponse | null };
 
 /** The coded error for a request Node's parser refused, or null for a plain socket error. */
 function clientErrorFor(err: NodeJS.ErrnoException & { reason?: string }, config: StratumConfig): StratumError | null {
@@ -74,8 +88,12 @@ export class FrontProxy {
   #sockets = new Set<Socket>();
   #closing = false;
   #idleWaiters: Array<() => void> = [];
+  #drainTimer: NodeJS.Timeout | null = null;
+  /** When each idle connection went idle (absent while a request is on it). */
+  #idleSince = new WeakMap<Socket, number>();
+  #goneWaiters: Array<() => void> = [];
   /** Stops the body read of an in-flight request whose framing broke (bad chunk) with a coded error. */
-  #bodyAborts = new WeakMap<ServerResponse, AbortController>();
+  #bodyAborts = new WeakMap<HostResponse, AbortController>();
   /** Connections being closed after a refusal: what they still send is read and dropped. */
   #lingering = new WeakSet<Socket>();
 
@@ -86,6 +104,7 @@ export class FrontProxy {
     this.#hooks = hooks;
     const headersTimeout = config.proxy.clientHeaderTimeout * 1000;
     this.server = http.createServer({
+      ServerResponse: HostResponse as unknown as typeof http.ServerResponse,
       maxHeaderSize: config.proxy.maxHeaderSize,
       keepAliveTimeout: config.proxy.keepAliveTimeout * 1000,
       // From connecting (or a kept connection's next first byte) to a complete head; Node checks
@@ -95,21 +114,27 @@ export class FrontProxy {
       requestTimeout: 0, // a body may take as long as it keeps moving: clientBodyTimeout bounds its stalls
       noDelay: true,
     });
-    this.server.on('request', (req, res) => this.#handle(req, res, false));
+    this.server.on('request', (req, res) => this.#handle(req, res as HostResponse, false));
     // Expect: 100-continue — the size limit is checked before the client is invited to send.
-    this.server.on('checkContinue', (req, res) => this.#handle(req, res, true));
+    this.server.on('checkContinue', (req, res) => this.#handle(req, res as HostResponse, true));
     this.server.on('connection', (socket: Socket) => {
       this.#sockets.add(socket);
-      socket.once('close', () => this.#sockets.delete(socket));
+      this.#idleSince.set(socket, Date.now());
+      socket.once('close', () => {
+        this.#sockets.delete(socket);
+        if (this.#sockets.size === 0) for (const w of this.#goneWaiters.splice(0)) w();
+      });
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.#clientError(err, socket));
     this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#upgrade(req, socket, head));
   }
 
-  /** Upgrade (WebSocket) requests go through to HTTP upstreams; uwsgi has no upgrade, as with nginx's uwsgi_pass. */
+  /**
+   * Upgrade (WebSocket) requests go to upstreams that can take them: HTTP upstreams, and the app
+   * itself when it runs in this process. uwsgi has no upgrade (nginx's uwsgi_pass has none): 501.
+   */
   #upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
     const entry = this.#routes.match(req.headers.host, req.url ?? '/');
-    const upstream = entry?.upstream as (Upstream & { upgrade?: (ctx: ProxyContext, s: Socket, h: Buffer) => void }) | undefined;
     socket.on('error', () => socket.destroy());
     const problem = framingProblem(req);
     if (problem) {
@@ -118,29 +143,14 @@ export class FrontProxy {
       socket.end('HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nBad Request\n');
       return;
     }
+    const upstream = entry?.upstream;
     if (!entry || !upstream?.upgrade) {
       const status = entry ? '501 Not Implemented' : '404 Not Found';
       this.#log.info({ method: req.method, path: req.url, route: entry?.label ?? 'none' }, `refused upgrade: ${status}`);
       socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${status.length - 3}\r\nConnection: close\r\n\r\n${status.slice(4)}\n`);
       return;
     }
-    const ctx = {
-      req,
-      route: entry.route,
-      routeLabel: entry.label,
-      forward: {
-        requestId: requestIdOf(req),
-        clientAddress: socket.remoteAddress ?? '',
-        clientPort: socket.remotePort ?? 0,
-        scheme: 'http',
-        serverPort: socket.localPort ?? 0,
-        contentLength: -1,
-        replaceTrace: false,
-      },
-      extraHeaders: [],
-      error: null,
-      onClientGone: null,
-    } as unknown as ProxyContext;
+    const ctx: UpgradeContext = { req, routeLabel: entry.label, forward: forwardInfo(req, socket, requestIdOf(req)), error: null };
     upstream.upgrade(ctx, socket, head);
   }
 
@@ -183,10 +193,56 @@ export class FrontProxy {
     return listenAt(this.server, this.config.listen, 'listen', 2048);
   }
 
+  /** Accept on a listener the master bound (the worker topology: every worker accepts on it). */
+  listenOn(fd: number): Promise<void> {
+    return listenOnFd(this.server, fd, 2048);
+  }
+
+
+  /**
+   * Stop accepting new connections; the ones open go on. (http.Server.close() would also close
+   * every idle kept connection at once, racing a client that is just sending on one.)
+   */
+  stopAccepting(): void {
+    const s = this.server as unknown as { _handle: unknown };
+    if (s._handle) (Object.getPrototypeOf(Object.getPrototypeOf(this.server)) as { close(this: unknown): void }).close.call(this.server);
+  }
+
+  /**
+   * Drain without cutting anyone off (a worker being recycled or stopped): stop accepting, tell
+   * every client its connection ends with the response in flight (Connection: close), and close
+   * kept connections once they have been idle for idleMs (0: at once).
+   */
+  drain(idleMs: number): void {
+    this.#closing = true;
+    this.stopAccepting();
+    const sweep = () => {
+      const now = Date.now();
+      for (const socket of this.#sockets) {
+        const since = this.#idleSince.get(socket);
+        if (since !== undefined && now - since >= idleMs && !(socket as HttpSocket)._httpMessage) socket.end();
+      }
+    };
+    sweep();
+    this.#drainTimer = setInterval(sweep, Math.max(50, Math.min(250, idleMs)));
+    this.#drainTimer.unref();
+  }
+
+  /** Connections are still open. */
+  get busy(): boolean {
+    return this.#sockets.size > 0;
+  }
+
+  /** Called once no connection is left open. */
+  onIdle(cb: () => void): void {
+    if (this.#sockets.size === 0) cb();
+    else this.#goneWaiters.push(cb);
+  }
 
   /** Stop accepting; idle keep-alive connections close; resolves when in-flight requests end. */
   async close(graceMs: number): Promise<void> {
     this.#closing = true;
+    if (this.#drainTimer) clearInterval(this.#drainTimer);
     this.server.close();
     this.server.closeIdleConnections();
     if (this.#inflight > 0) {
@@ -198,12 +254,13 @@ export class FrontProxy {
     for (const s of this.#sockets) s.destroy();
   }
 
-  #handle(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
+  #handle(req: IncomingMessage, res: HostResponse, expectContinue: boolean): void {
     const startAt = performance.now();
     const socket = req.socket;
     // A request pipelined behind one we refused: that connection is closing, nothing more on it is served.
     if (this.#lingering.has(socket)) return void socket.destroy();
     this.#inflight++;
+    this.#idleSince.delete(socket);
     if (this.#closing) res.shouldKeepAlive = false;
     const requestId = requestIdOf(req);
     const entry = this.#routes.match(req.headers.host, req.url ?? '/');
@@ -211,15 +268,7 @@ export class FrontProxy {
       req, res,
       route: entry?.route ?? (null as never),
       routeLabel: entry?.label ?? 'none',
-      forward: {
-        requestId,
-        clientAddress: socket.remoteAddress ?? '',
-        clientPort: socket.remotePort ?? 0,
-        scheme: (socket as Socket & { encrypted?: boolean }).encrypted ? 'https' : 'http',
-        serverPort: socket.localPort ?? 0,
-        contentLength: -1,
-        replaceTrace: false,
-      },
+      forward: forwardInfo(req, socket, requestId),
       startAt,
       readTimeoutMs: (entry?.route.readTimeout ?? this.config.proxy.readTimeout) * 1000,
       harakiriMs: (entry?.route.harakiri ?? this.config.pool.harakiri) * 1000,
@@ -227,8 +276,7 @@ export class FrontProxy {
       upstreamLabel: entry?.upstream.label ?? '',
       upstreamKind: entry?.upstream.kind ?? 'static',
       workerPid: 0,
-      extraVars: [],
-      extraHeaders: [],
+      traceparent: null,
       beforeHead: (headers) => {
         headers.push('x-request-id', requestId);
         this.#hooks.onHead?.(ctx, headers);
@@ -239,6 +287,7 @@ export class FrontProxy {
     };
     res.once('close', () => {
       if (ctx.onClientGone && !res.writableFinished) ctx.onClientGone();
+      this.#idleSince.set(socket, Date.now());
       this.#inflight--;
       this.#hooks.onResponse?.(ctx);
       if (this.#inflight === 0) for (const w of this.#idleWaiters.splice(0)) w();
@@ -339,9 +388,9 @@ export class FrontProxy {
       res.shouldKeepAlive = false;
       this.#linger(req);
     }
+    res.stratumHead = null; // an app in this process never got as far as its head
     ctx.beforeHead(headers);
-    res.writeHead(e.statusCode, headers);
-    res.end(req.method === 'HEAD' ? undefined : text);
+    res.answer(e.statusCode, headers, req.method === 'HEAD' ? undefined : text);
   }
 
   /**

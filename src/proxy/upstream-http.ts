@@ -24,7 +24,7 @@ import {
   UpstreamTruncated, UpstreamUnreachable, UNREACHABLE_CODES,
 } from '../errors.ts';
 import { httpRequestHeaders, responseHeaders } from './forward.ts';
-import { sendHead, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
+import { sendHead, type ProxyContext, type RequestBody, type UpgradeContext, type Upstream } from './upstream.ts';
 
 /** Response head limit, as Node's own client (http.maxHeaderSize, 16 KiB unless --max-http-header-size). */
 const MAX_RESPONSE_HEAD = http.maxHeaderSize;
@@ -60,7 +60,7 @@ export class HttpUpstream implements Upstream {
     return new Promise<void>((resolve, reject) => {
       const { req } = ctx;
       const exchange = new Exchange(ctx, this.label, this.#connectTimeoutMs, resolve, reject);
-      let headers = httpRequestHeaders(req, ctx.forward, ctx.extraHeaders);
+      let headers = httpRequestHeaders(req, ctx.forward, ctx.traceparent === null ? undefined : ['traceparent', ctx.traceparent]);
       // We answered the client's 100-continue ourselves and send the body anyway; undici refuses
       // an Expect header outright.
       if (req.headers.expect !== undefined) headers = withoutExpect(headers);
@@ -86,9 +86,9 @@ export class HttpUpstream implements Upstream {
    * the two sockets together. Anything else the upstream answers goes back as a response.
    * node:http, on purpose: see the top of this file.
    */
-  upgrade(ctx: ProxyContext, clientSocket: Duplex, head: Buffer): void {
+  upgrade(ctx: UpgradeContext, clientSocket: Duplex, head: Buffer): void {
     const { req } = ctx;
-    const headers = httpRequestHeaders(req, ctx.forward, ctx.extraHeaders); // no body: contentLength is -1
+    const headers = httpRequestHeaders(req, ctx.forward); // no body: contentLength is -1
     // Hop-by-hop headers were dropped; an upgrade needs exactly these two back.
     headers.push('connection', 'upgrade', 'upgrade', String(req.headers.upgrade ?? 'websocket'));
     const upstream = http.request({

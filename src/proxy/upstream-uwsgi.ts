@@ -1,34 +1,30 @@
-// uwsgi upstreams: the built-in pool (our workers, kept connections, least in-flight, listen
-// queue, harakiri) and external uwsgi servers (a real uWSGI; several balanced with passive
-// health, as nginx's `upstream` block with max_fails/fail_timeout).
+// uwsgi upstreams: the exchange of one request over a UwsgiClient (used by the pool route in the
+// master topology too, upstream-pool.ts), and external uwsgi servers (a real uWSGI; several
+// balanced with passive health, as nginx's `upstream` block with max_fails/fail_timeout).
 
 import type { StratumConfig, Address } from '../config/schema.ts';
-import { Harakiri, StratumError, UpstreamUnreachable } from '../errors.ts';
+import { StratumError, UpstreamUnreachable } from '../errors.ts';
 import { UwsgiClient } from '../uwsgi/client.ts';
 import type { ResponseHead } from '../uwsgi/response.ts';
 import { KEEPALIVE_HEADER, TIMING_HEADER } from '../uwsgi/server.ts';
-import type { Supervisor, WorkerRecord } from '../pool/supervisor.ts';
 import { responseHeaders, uwsgiVars } from './forward.ts';
 import { sendHead, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
 
-/** Run one request over a UwsgiClient and stream the answer to the client. */
 /**
- * Run one request over a UwsgiClient and stream the answer to the client. With `harakiri`, a
- * request still running after ctx.harakiriMs calls kill(), and fails with the error it returns.
+ * Run one request over a UwsgiClient and stream the answer to the client. `extraVars` go after
+ * the request's own (flat pairs: our pool's per-route harakiri).
  */
-export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: RequestBody | null, opts: { joinRepeated: boolean; harakiri?: () => StratumError }): Promise<void> {
-  const { harakiri } = opts;
+export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: RequestBody | null, opts: { joinRepeated: boolean; extraVars?: string[] }): Promise<void> {
   return new Promise<void>((resolve, reject) => {
-    const vars = uwsgiVars(ctx.req, ctx.forward, ctx.extraVars, opts.joinRepeated);
+    const extra = opts.extraVars ?? [];
+    if (ctx.traceparent !== null) extra.push('HTTP_TRACEPARENT', ctx.traceparent);
+    const vars = uwsgiVars(ctx.req, ctx.forward, extra, opts.joinRepeated);
     const res = ctx.res;
     let settled = false;
-    let killed: StratumError | null = null;
-    let timer: NodeJS.Timeout | null = null;
     const settle = () => {
       settled = true;
       ctx.timings.endAt = performance.now();
       ctx.onClientGone = null;
-      if (timer) clearTimeout(timer);
     };
     const onDrain = () => exchange.resume();
     // A Content-Length body that arrives whole with its head (hello-world sizes) goes out with the
@@ -72,7 +68,7 @@ export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: Requ
       },
       onError(err) {
         settle();
-        reject(killed ?? err);
+        reject(err);
       },
     }, { isHead: ctx.req.method === 'HEAD', readTimeoutMs: ctx.readTimeoutMs });
     // The client went away first: drop the upstream connection (the proxy calls this on close).
@@ -82,12 +78,6 @@ export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: Requ
       exchange.abort();
       resolve();
     };
-    if (ctx.harakiriMs > 0 && harakiri) {
-      timer = setTimeout(() => {
-        if (!settled) killed = harakiri();
-      }, ctx.harakiriMs);
-      timer.unref();
-    }
   });
 }
 
@@ -106,48 +96,6 @@ export function parseTiming(v: string): { worker: number; app: number } {
     at = comma + 1;
   }
   return out;
-}
-
-export class PoolUpstream implements Upstream {
-  readonly kind = 'pool' as const;
-  readonly label = 'pool';
-  #pool: Supervisor;
-  #queueTimeoutMs: number;
-
-  constructor(pool: Supervisor, config: StratumConfig) {
-    this.#pool = pool;
-    this.#queueTimeoutMs = config.proxy.readTimeout * 1000;
-  }
-
-  async handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
-      const got = this.#pool.acquire(this.#queueTimeoutMs);
-      const rec: WorkerRecord = got instanceof Promise ? await got : got;
-      ctx.workerPid = rec.pid;
-      ctx.upstreamLabel = `worker ${rec.id}`;
-      const harakiri = () => {
-        this.#pool.noteHarakiri(rec, { method: ctx.req.method ?? 'GET', path: ctx.req.url ?? '/', requestId: ctx.forward.requestId });
-        return new Harakiri(rec.pid, ctx.harakiriMs / 1000);
-      };
-      try {
-        await uwsgiExchange(rec.client, ctx, body, { joinRepeated: false, harakiri });
-        return;
-      } catch (err) {
-        const code = (err as StratumError).code;
-        // A worker that refuses or drops connections may have died (kill -9, OOM) before the
-        // master saw it exit: keep new requests off it until it is known to be alive.
-        if (code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' || code === 'STRATUM_ERR_UPSTREAM_RESET') this.#pool.suspect(rec);
-        // A request that never reached a worker (refused before anything was sent) goes to
-        // another one; one that did reach it fails with it, as uWSGI's would.
-        const neverSent = code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' && !ctx.res.headersSent;
-        if (!neverSent || attempt > this.#pool.config.pool.workers) throw err;
-      } finally {
-        this.#pool.release(rec);
-      }
-    }
-  }
-
-  close(): void {}
 }
 
 interface Server {

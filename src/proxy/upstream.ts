@@ -2,7 +2,8 @@
 // external uwsgi server (or several), an HTTP server, a static folder. The front proxy builds a
 // ProxyContext, an Upstream fills the response and records what it saw.
 
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { createReadStream, createWriteStream, mkdtempSync, rmSync, type WriteStream } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,6 +11,7 @@ import type { Readable } from 'node:stream';
 import type { Route } from '../config/schema.ts';
 import { BodySpoolFailed, BodyTooLarge, ClientClosed, type StratumError } from '../errors.ts';
 import type { ForwardInfo } from './forward.ts';
+import type { HostResponse } from '../host/response.ts';
 
 export interface UpstreamTimings {
   /** performance.now() marks; 0 when not reached. */
@@ -24,7 +26,7 @@ export interface UpstreamTimings {
 
 export interface ProxyContext {
   req: IncomingMessage;
-  res: ServerResponse;
+  res: HostResponse;
   route: Route;
   routeLabel: string;
   forward: ForwardInfo;
@@ -36,9 +38,8 @@ export interface ProxyContext {
   upstreamLabel: string;
   upstreamKind: Upstream['kind'];
   workerPid: number;
-  /** Extra vars / headers to send upstream (trace context), flat pairs. */
-  extraVars: string[];
-  extraHeaders: string[];
+  /** The trace context to send upstream (our CLIENT span), when tracing: each upstream carries it its own way. */
+  traceparent: string | null;
   /** Called just before the response head goes to the client: last chance to add headers. */
   beforeHead(headers: string[]): void;
   bytesOut: number;
@@ -47,11 +48,21 @@ export interface ProxyContext {
   onClientGone: (() => void) | null;
 }
 
+/** What an upgrade request (WebSocket) carries to an upstream that can take it. */
+export interface UpgradeContext {
+  req: IncomingMessage;
+  routeLabel: string;
+  forward: ForwardInfo;
+  error: StratumError | null;
+}
+
 export interface Upstream {
   readonly kind: 'pool' | 'uwsgi' | 'http' | 'static';
   readonly label: string;
   /** Serve ctx; resolves once the response is complete; rejects with a coded error. */
   handle(ctx: ProxyContext, body: RequestBody | null): Promise<void>;
+  /** Take an upgrade (absent: the proxy answers 501, as nginx's uwsgi_pass cannot upgrade). */
+  upgrade?(ctx: UpgradeContext, socket: Duplex, head: Buffer): void;
   close(): void;
 }
 

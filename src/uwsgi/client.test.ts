@@ -1,3 +1,4 @@
+import { HostResponse } from '../host/response.ts';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -53,7 +54,7 @@ const clients: UwsgiClient[] = [];
 
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'stratum-uwsgi-client-'));
-  httpServer = http.createServer(uwsgiRequestListener(echoListener));
+  httpServer = http.createServer({ ServerResponse: HostResponse as unknown as typeof http.ServerResponse }, uwsgiRequestListener(echoListener));
   stratum = await listen('stratum', (sock) => {
     serveUwsgiConnection(sock, httpServer, { maxVarsSize: 65535, onProtocolError() {} });
   });

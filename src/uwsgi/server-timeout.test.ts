@@ -1,5 +1,6 @@
 // uWSGI's socket-timeout: a uwsgi client that stops sending in the middle of a packet or body
 // is answered 408 and dropped; a connection waiting on the app, or an idle kept one, is not.
+import { HostResponse } from '../host/response.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -19,7 +20,7 @@ const errors: string[] = [];
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'stratum-uwsgi-timeout-'));
   sockPath = path.join(dir, 'uwsgi.sock');
-  const httpServer = http.createServer(uwsgiRequestListener((req, res) => {
+  const httpServer = http.createServer({ ServerResponse: HostResponse as unknown as typeof http.ServerResponse }, uwsgiRequestListener((req, res) => {
     if (req.url === '/slow') setTimeout(() => res.end('slow done'), TIMEOUT_MS * 3);
     else req.resume().on('end', () => res.end('ok'));
   }));

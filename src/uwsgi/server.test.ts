@@ -1,3 +1,4 @@
+import { HostResponse } from '../host/response.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -55,7 +56,7 @@ const protocolErrors: string[] = [];
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'stratum-uwsgi-server-'));
   sockPath = path.join(dir, 'uwsgi.sock');
-  httpServer = http.createServer(uwsgiRequestListener(echoListener));
+  httpServer = http.createServer({ ServerResponse: HostResponse as unknown as typeof http.ServerResponse }, uwsgiRequestListener(echoListener));
   uwsgiServer = net.createServer((sock) => {
     serveUwsgiConnection(sock, httpServer, {
       maxVarsSize: 65535,

@@ -11,18 +11,21 @@
 
 import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
-import type { Server as HttpServer, IncomingMessage, ServerResponse as HttpServerResponse } from 'node:http';
+import type { Server as HttpServer, IncomingMessage, ServerResponse } from 'node:http';
+import type { HostResponse } from '../host/response.ts';
 import { PacketHeadDecoder, type UwsgiVars } from './codec.ts';
 import { StratumError, UwsgiBadContentLength, UwsgiBadVar, UwsgiReadTimeout, UwsgiTruncatedBody } from '../errors.ts';
 
 // node:http through getBuiltinModule, not an ES import: that would read every export and so load
 // Node's bundled undici (~2–3 MiB per process) that nothing here uses (see src/pool/worker.ts).
-const { ServerResponse, STATUS_CODES } = process.getBuiltinModule('node:http');
+const { STATUS_CODES } = process.getBuiltinModule('node:http');
 
 export const KEEPALIVE_VAR = 'STRATUM_KEEPALIVE';
 export const KEEPALIVE_HEADER = 'x-stratum-keepalive';
 /** Our worker tells our proxy its layer times (ms) in this header; the proxy removes it. */
 export const TIMING_HEADER = 'x-stratum-timing';
+/** Our proxy tells our worker a route's own harakiri (ms); honoured on the worker's private socket only. */
+export const HARAKIRI_VAR = 'STRATUM_HARAKIRI';
 
 /** What the worker knows about one request beyond its HTTP head. */
 export interface UwsgiRequestMeta {
@@ -34,6 +37,8 @@ export interface UwsgiRequestMeta {
   scheme: 'http' | 'https';
   /** performance.now() when the packet head was complete. */
   receivedAt: number;
+  /** The route's harakiri in ms as our proxy sent it (HARAKIRI_VAR), or -1. */
+  harakiriMs: number;
 }
 
 export interface UwsgiServerOptions {
@@ -64,32 +69,16 @@ export function requestMeta(req: IncomingMessage): UwsgiRequestMeta | undefined 
 }
 
 /**
- * The response class of a worker's http.Server (`http.createServer({ ServerResponse })`): on
- * our own hop it stamps the worker's layer times into the head at the moment the app produces
- * it — worker = packet received → app called, app = app called → response head.
- */
-export class UwsgiServerResponse extends ServerResponse {
-  stratumReceivedAt = 0;
-  stratumAppAt = 0;
-  stratumTimed = false;
-
-  override writeHead(statusCode: number, ...rest: unknown[]): this {
-    if (this.stratumTimed && !this.headersSent) {
-      const now = performance.now();
-      this.setHeader(TIMING_HEADER, `worker=${(this.stratumAppAt - this.stratumReceivedAt).toFixed(3)},app=${(now - this.stratumAppAt).toFixed(3)}`);
-    }
-    return (super.writeHead as (code: number, ...r: unknown[]) => this)(statusCode, ...rest);
-  }
-}
-
-/**
  * Wrap an app listener so it sees per-request uwsgi facts and answers foreign peers with
- * plain framing. Install the result as the http.Server's 'request' listener.
+ * plain framing. Install the result as the 'request' listener of an http.Server whose responses
+ * are HostResponse: on our own hop, the worker's layer times ride on the head the app produces —
+ * worker = packet received → app called, app = app called → response head.
  */
 export function uwsgiRequestListener(
-  listener: (req: IncomingMessage, res: HttpServerResponse) => void,
-): (req: IncomingMessage, res: HttpServerResponse) => void {
-  return (req, res) => {
+  listener: (req: IncomingMessage, res: HostResponse) => void,
+): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, response) => {
+    const res = response as HostResponse;
     const bridge = req.socket as unknown as UwsgiBridge;
     const meta = bridge.metas.shift();
     if (meta) {
@@ -100,11 +89,11 @@ export function uwsgiRequestListener(
         res.shouldKeepAlive = false;
       } else {
         res.setHeader(KEEPALIVE_HEADER, '1');
-        if (res instanceof UwsgiServerResponse) {
-          res.stratumTimed = true;
-          res.stratumReceivedAt = meta.receivedAt;
-          res.stratumAppAt = performance.now();
-        }
+        const receivedAt = meta.receivedAt;
+        const appAt = performance.now();
+        res.stratumHead = (headers) => {
+          headers.push(TIMING_HEADER, `worker=${(appAt - receivedAt).toFixed(3)},app=${(performance.now() - appAt).toFixed(3)}`);
+        };
       }
     }
     listener(req, res);
@@ -265,6 +254,7 @@ export class UwsgiBridge extends Duplex {
     let contentLength = 0;
     let scheme: 'http' | 'https' = 'http';
     let keepAlive = false;
+    let harakiriMs = -1;
     let remoteAddress = this.socket.remoteAddress ?? '127.0.0.1';
     let remotePort = 0;
     let headers = '';
@@ -298,6 +288,7 @@ export class UwsgiBridge extends Duplex {
         case 'REQUEST_SCHEME': if (value === 'https') scheme = 'https'; break;
         case 'HTTPS': if (value === 'on' || value === '1') scheme = 'https'; break;
         case KEEPALIVE_VAR: keepAlive = first ? value === '1' : this.#keepAlive; break;
+        case HARAKIRI_VAR: if (/^[0-9]{1,9}$/.test(value)) harakiriMs = Number(value); break;
       }
     }
     if (first) this.#keepAlive = keepAlive;
@@ -321,7 +312,7 @@ export class UwsgiBridge extends Duplex {
     this.remoteFamily = remoteAddress.includes(':') ? 'IPv6' : 'IPv4';
     this.encrypted = scheme === 'https';
     this.#packets++;
-    this.metas.push({ vars, foreign: !this.#keepAlive, remoteAddress, remotePort, scheme, receivedAt });
+    this.metas.push({ vars, foreign: !this.#keepAlive, remoteAddress, remotePort, scheme, receivedAt, harakiriMs });
     this.#bodyLeft = contentLength;
     this.#bodyTotal = contentLength;
     if (!this.push(Buffer.from(`${method} ${uri} HTTP/1.1\r\n${headers}\r\n`, 'latin1'))) this.socket.pause();

@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { buildRoutes } from './appliance.ts';
-import { loadConfig } from './config/load.ts';
-import type { Supervisor } from './pool/supervisor.ts';
+import { buildRoutes } from './targets.ts';
+import { loadConfig } from '../config/load.ts';
+import type { Upstream } from './upstream.ts';
 
 // serve runs a pool whatever the routes say (nginx or a remote proxy may use its socket), so the
-// route table must not need the pool's upstream module when no route names the pool.
-const pool = {} as Supervisor;
+// route table must build when no route names the pool.
+const pool = { kind: 'pool', label: 'pool' } as Upstream;
 
 describe('buildRoutes', () => {
   it('builds a serve config whose only route is an HTTP upstream', async () => {

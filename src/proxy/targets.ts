@@ -1,0 +1,49 @@
+// The route table with an upstream for every route: which upstream serves each target kind. The
+// `pool` target is given by the topology — the app in this process (worker topology,
+// upstream-app.ts) or the workers over uwsgi (master topology, upstream-pool.ts) — so the front
+// never knows which one it has.
+//
+// Only the upstream kinds the routes name are loaded: a process keeps every module it ever
+// imported, and the HTTP upstream's (with undici) alone is ~7 MiB resident (npm run bench, idle
+// RSS) — a cost the default config (one pool route) has no use for.
+
+import type { StratumConfig } from '../config/schema.ts';
+import { ConfigInvalid } from '../errors.ts';
+import { RouteTable, type RouteEntry } from './routes.ts';
+import type { Upstream } from './upstream.ts';
+
+export async function buildRoutes(config: StratumConfig, pool: Upstream | null): Promise<RouteTable<Upstream>> {
+  const kinds = new Set(config.routes.map((route) => route.targets[0]!.kind));
+  const uwsgi = kinds.has('uwsgi') ? await import('./upstream-uwsgi.ts') : null;
+  const http = kinds.has('http') ? await import('./upstream-http.ts') : null;
+  const files = kinds.has('static') ? await import('./upstream-static.ts') : null;
+  const entries: RouteEntry<Upstream>[] = config.routes.map((route, index) => {
+    const t = route.targets[0]!;
+    let upstream: Upstream;
+    switch (t.kind) {
+      case 'pool':
+        if (!pool) throw new ConfigInvalid(`routes.${index}.target`, '"pool" needs stratum serve');
+        upstream = pool;
+        break;
+      case 'uwsgi':
+        upstream = new uwsgi!.ExternalUwsgiUpstream(route.targets.map((x) => (x as { address: typeof t.address }).address), config);
+        break;
+      case 'http':
+        upstream = new http!.HttpUpstream(t.url, config);
+        break;
+      case 'static':
+        upstream = new files!.StaticUpstream(t.root);
+        break;
+    }
+    return { route, index, upstream, label: `${route.host ?? ''}${route.path}` };
+  });
+  return new RouteTable(entries);
+}
+
+/** Health per external uwsgi server, for metrics and the dashboard. */
+export function upstreamHealth(routes: RouteTable<Upstream>): () => Array<{ target: string; up: boolean }> {
+  const external = routes.entries
+    .map((e) => e.upstream)
+    .filter((u): u is Upstream & { health(): Array<{ target: string; up: boolean }> } => u.kind === 'uwsgi' && 'health' in u);
+  return () => external.flatMap((u) => u.health());
+}
