@@ -286,19 +286,19 @@ export async function startTracing(
 
   // Shutdown flushes what is queued. An unreachable collector would hold it for the exporter's
   // retries (seconds); the stop sequence gets a bound instead, and a line saying spans were lost.
+  // The BatchSpanProcessor's own export timeout is the same variable, so either may fire first.
   const boundMs = envNumber('OTEL_BSP_EXPORT_TIMEOUT', []) ?? DEFAULT_SHUTDOWN_BOUND_MS;
   const shutdown = async (): Promise<void> => {
+    const started = Date.now();
     let timer: NodeJS.Timeout | undefined;
     const outcome = await Promise.race([
-      provider.shutdown().then(() => null, (err: unknown) => (err instanceof Error ? err : new Error(String(err)))),
-      new Promise<'timeout'>((resolve) => { timer = setTimeout(resolve, boundMs, 'timeout'); }),
+      provider.shutdown().then(() => null, (err: unknown) => (err instanceof Error ? err.message : String(err))),
+      new Promise<string>((resolve) => { timer = setTimeout(resolve, boundMs, `no answer within ${boundMs} ms`); }),
     ]);
     clearTimeout(timer);
-    if (outcome === 'timeout') {
-      log.warn({ role, endpoint: plan.endpoint, waitedMs: boundMs },
-        'tracing: the collector did not take the last spans in time; stopping without them');
-    } else if (outcome) {
-      log.warn({ role, endpoint: plan.endpoint, err: outcome.message }, 'tracing: the last spans could not be exported');
+    if (outcome !== null) {
+      log.warn({ role, endpoint: plan.endpoint, boundMs, waitedMs: Date.now() - started, err: outcome },
+        'tracing: the last spans were not exported; stopping without them');
     }
   };
   return { tracer: api.trace.getTracer('stratum'), shutdown };
