@@ -55,7 +55,7 @@ describe('the error table', () => {
 
 describe('ConfigInvalid', () => {
   test('carries the dotted path of the bad field and what was wrong, as data', () => {
-    const dir = makeTempDir('stratum-errors-');
+    const dir = makeTempDir('errors');
     const file = join(dir, 'stratum.yaml');
     writeFileSync(file, 'pool:\n  workers: -1\n');
     let caught: unknown;
@@ -82,7 +82,7 @@ describe('ConfigInvalid', () => {
 });
 
 describe('appImportError: a TypeScript app that type stripping cannot run', () => {
-  const dir = makeTempDir('stratum-ts-app-');
+  const dir = makeTempDir('ts-app');
   // In a plain Node process: vitest's own loader would compile the TypeScript instead of stripping it.
   const load = async (file: string): Promise<{ code: string; file?: string; message: string }> => {
     const script = [
@@ -121,6 +121,15 @@ describe('appImportError: a TypeScript app that type stripping cannot run', () =
     const e = await load(join(dir, 'node_modules/dep/index.ts'));
     expect(e.code).toBe('STRATUM_ERR_APP_TYPESCRIPT_NODE_MODULES');
     expect(e.message).toContain(`${join(dir, 'node_modules/dep/index.ts')}: Node strips no types`);
+  });
+
+  test('ES module syntax in a file Node reads as CommonJS: AppLoadFailed says so', async () => {
+    mkdirSync(join(dir, 'cjs'));
+    writeFileSync(join(dir, 'cjs/package.json'), '{ "type": "commonjs" }');
+    writeFileSync(join(dir, 'cjs/app.ts'), 'const n: number = 1;\nexport default n;\n');
+    const e = await load(join(dir, 'cjs/app.ts'));
+    expect(e.code).toBe('STRATUM_ERR_APP_LOAD');
+    expect(e.message).toContain('name it .mjs or .mts, or set "type": "module" in its package.json');
   });
 
   test('anything else stays AppLoadFailed with the first line of the cause', async () => {

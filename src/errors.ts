@@ -235,6 +235,12 @@ export function appImportError(module: string, err: unknown): StratumError {
     const url = /"(file:[^"]+)"/.exec(first)?.[1];
     return new AppTypeScriptInNodeModules(url ? decodeURIComponent(new URL(url).pathname) : module);
   }
+  if (/^(Unexpected token 'export'|Cannot use import statement outside a module)/.test(first)) {
+    // Node read the file as CommonJS (a .ts or .js file in a package without "type": "module").
+    const hint = 'ES module syntax in a file Node loads as CommonJS: name it .mjs or .mts, or set "type": "module" ' +
+      'in its package.json';
+    return new AppLoadFailed(module, `${first} (${hint})`);
+  }
   return new AppLoadFailed(module, first);
 }
 

@@ -24,7 +24,7 @@ const LISTENER_APP = `export default function app(req, res) {
 
 describe('stratum init', () => {
   test('writes a stratum.yaml for the app named by package.json main; check accepts it; serve serves it', async () => {
-    const dir = makeTempDir('stratum-init-');
+    const dir = makeTempDir('init');
     writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'sample', type: 'module', main: 'lib/main.js' }));
     mkdirSync(join(dir, 'lib'));
     writeFileSync(join(dir, 'lib/main.js'), LISTENER_APP);
@@ -59,7 +59,7 @@ describe('stratum init', () => {
   });
 
   test('refuses to overwrite (exit 2) unless --force', () => {
-    const dir = makeTempDir('stratum-init-');
+    const dir = makeTempDir('init');
     writeFileSync(join(dir, 'server.mjs'), LISTENER_APP);
     expect(stratum(['init'], dir).code).toBe(0);
     const again = stratum(['init'], dir);
@@ -69,7 +69,7 @@ describe('stratum init', () => {
   });
 
   test('a folder without an app module: exit 2, one line saying what was tried and how to name it', () => {
-    const dir = makeTempDir('stratum-init-');
+    const dir = makeTempDir('init');
     const r = stratum(['init'], dir);
     expect(r.code).toBe(2);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
@@ -77,7 +77,7 @@ describe('stratum init', () => {
   });
 
   test('--app that names nothing is a config error naming --app (exit 2), and nothing is written', () => {
-    const dir = makeTempDir('stratum-init-');
+    const dir = makeTempDir('init');
     const r = stratum(['init', '--app', './nope.ts'], dir);
     expect(r.code).toBe(2);
     expect(r.stderr).toBe('stratum: --app: file not found: ./nope.ts\n');
@@ -85,7 +85,7 @@ describe('stratum init', () => {
   });
 
   test('notes an app without a default export, or one that calls listen() itself', () => {
-    const dir = makeTempDir('stratum-init-');
+    const dir = makeTempDir('init');
     writeFileSync(join(dir, 'app.ts'), "import http from 'node:http';\nhttp.createServer(() => {}).listen(3000);\n");
     const r = stratum(['init'], dir);
     expect(r.code).toBe(0);
@@ -94,7 +94,7 @@ describe('stratum init', () => {
   });
 
   test('guesses common file names in order when package.json has no usable main', () => {
-    const dir = makeTempDir('stratum-init-');
+    const dir = makeTempDir('init');
     writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'x', main: 'missing.js' }));
     expect(guessApp(dir)).toBeNull();
     mkdirSync(join(dir, 'src'));
