@@ -14,7 +14,7 @@
 // The shared memory between the threads: a heartbeat, then one record per tracked request
 // (start, limit, descriptor, head-sent flag) and its "METHOD path requestId" for the note.
 
-import { writeFileSync } from 'node:fs';
+import { writeSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 
 const SLOTS = 1024;
@@ -28,6 +28,10 @@ const BLOCKED_MS = 400;
 /** The 504 a request past harakiri gets (nginx answers an upstream timeout the same way). */
 export const HARAKIRI_RESPONSE = 'HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n' +
   'Content-Length: 16\r\nCache-Control: no-store\r\nConnection: close\r\n\r\nGateway Timeout\n';
+
+/** What a request gets when its worker dies under it (nginx's answer to a vanished upstream). */
+export const BAD_GATEWAY = 'HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n' +
+  'Content-Length: 12\r\nCache-Control: no-store\r\nConnection: close\r\n\r\nBad Gateway\n';
 
 /** What the watchdog leaves for the master before it kills its process (`<runDir>/harakiri-<pid>.json`). */
 export interface HarakiriNote {
@@ -137,10 +141,10 @@ export class HarakiriKeeper {
    * Watch one request with `limitMs` (0 = no limit): `onTimeout` runs at the limit while the loop is
    * alive; `fd` is where the watchdog writes a 504 if the loop is blocked (-1: it cannot).
    */
-  watch(limitMs: number, fd: number, info: string, onTimeout: () => void): Watch | null {
-    if (limitMs <= 0) return null;
+  watch(limitMs: number, fd: number, info: string, onTimeout: () => void): Watch {
+    // Tracked even without a limit: a process that exits under its requests answers them (answerAll).
     const start = Date.now();
-    const t: Tracked = { onTimeout, limitMs, start };
+    const t: Tracked = { onTimeout, limitMs: limitMs > 0 ? limitMs : Infinity, start };
     const slot = this.#free.pop();
     if (slot === undefined) {
       this.#overflow.add(t);
@@ -148,7 +152,7 @@ export class HarakiriKeeper {
     }
     const at = 1 + slot * FIELDS;
     const f = this.#f;
-    f[at + 1] = limitMs;
+    f[at + 1] = limitMs > 0 ? limitMs : 0;
     f[at + 2] = fd;
     f[at + 3] = 0;
     const bytes = this.#info.subarray(slot * INFO_BYTES, (slot + 1) * INFO_BYTES);
@@ -187,6 +191,19 @@ export class HarakiriKeeper {
     t.onTimeout();
   }
 
+  /** The process is exiting under its requests: each one still without a head gets `response` on its socket. */
+  answerAll(response: string): void {
+    const f = this.#f;
+    for (let i = 0; i < SLOTS; i++) {
+      const at = 1 + i * FIELDS;
+      if (f[at]! > 0 && f[at + 2]! >= 0 && f[at + 3] === 0) {
+        try {
+          writeSync(f[at + 2]!, response);
+        } catch {}
+      }
+    }
+  }
+
   close(): void {
     clearInterval(this.#timer);
     void this.#thread?.terminate();
@@ -197,9 +214,4 @@ export class HarakiriKeeper {
 export function socketFd(socket: unknown): number {
   const fd = (socket as { _handle?: { fd?: number } } | null)?._handle?.fd;
   return typeof fd === 'number' && fd >= 0 ? fd : -1;
-}
-
-/** For tests and the master: write a note as the watchdog would. */
-export function writeHarakiriNote(path: string, note: HarakiriNote): void {
-  writeFileSync(path, JSON.stringify(note));
 }

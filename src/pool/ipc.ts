@@ -41,8 +41,9 @@ export interface WorkerStatus {
   eventLoopP99Ms: number;
   /** Requests answered 504 at harakiri without a kill (the event loop was alive). */
   harakiriTimeouts: number;
-  /** Requests waiting for a slot under maxInflight (worker topology). */
+  /** Requests waiting for a slot under maxInflight, and refused with 503 when that queue was full (worker topology). */
   queued: number;
+  rejected: number;
 }
 
 /** What the master can ask every worker for; the answer comes back as a `reply` with the same seq. */

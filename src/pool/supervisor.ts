@@ -69,7 +69,7 @@ function workerExecArgv(): string[] {
 }
 
 const NO_STATUS: WorkerStatus = {
-  requests: 0, inflight: 0, exceptions: 0, rss: 0, totalMs: 0, heapUsed: 0, eventLoopP99Ms: 0, harakiriTimeouts: 0, queued: 0,
+  requests: 0, inflight: 0, exceptions: 0, rss: 0, totalMs: 0, heapUsed: 0, eventLoopP99Ms: 0, harakiriTimeouts: 0, queued: 0, rejected: 0,
 };
 
 export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedPool<WorkerRecord> {
@@ -83,8 +83,9 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
   #slots: Array<WorkerRecord | null>;
   #live = new Set<WorkerRecord>();
   #counters: PoolCounters = { rejected: 0, reloads: 0, respawns: 0, harakiriKills: 0, harakiriTimeouts: 0, recycles: 0 };
-  /** Soft harakiri answers of workers that are gone (their own count went with them). */
+  /** Soft harakiri answers and queue refusals of workers that are gone (their own counts went with them). */
   #pastTimeouts = 0;
+  #pastRejected = 0;
   #crashStreak = new Map<number, { count: number; last: number }>();
   #stopping = false;
   #generation = 0;
@@ -240,6 +241,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     this.#live.delete(rec);
     rec.client.close();
     this.#pastTimeouts += rec.status.harakiriTimeouts;
+    this.#pastRejected += rec.status.rejected;
     const note = this.#harakiriNote(rec);
     const wasCurrent = this.#slots[rec.id - 1] === rec;
     const expected = rec.exitExpected;
@@ -490,8 +492,12 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
 
   get counters(): PoolCounters {
     let timeouts = this.#pastTimeouts;
-    for (const w of this.#live) timeouts += w.status.harakiriTimeouts;
-    return { ...this.#counters, harakiriTimeouts: timeouts };
+    let rejected = this.#counters.rejected + this.#pastRejected;
+    for (const w of this.#live) {
+      timeouts += w.status.harakiriTimeouts;
+      rejected += w.status.rejected;
+    }
+    return { ...this.#counters, rejected, harakiriTimeouts: timeouts };
   }
 
   stats(): PoolStats {

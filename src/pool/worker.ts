@@ -22,7 +22,7 @@ import { createObserver, type Observer } from '../observability/observer.ts';
 import { startTracing, tracedListener } from '../observability/tracing.ts';
 import type { FrontProxy } from '../proxy/server.ts';
 import { requestMeta, serveUwsgiConnection, uwsgiRequestListener } from '../uwsgi/server.ts';
-import { HarakiriKeeper, socketFd } from './harakiri.ts';
+import { BAD_GATEWAY, HarakiriKeeper, socketFd } from './harakiri.ts';
 import { WORKER_ENV, type MasterMessage, type Question, type WorkerMessage, type WorkerSpec } from './ipc.ts';
 import { listenOnFd } from './sockets.ts';
 
@@ -103,12 +103,12 @@ function countRequests(listener: RequestListener): RequestListener {
   return (req, res) => {
     requests++;
     inflight++;
+    if (config.pool.maxRequests > 0 && requests === config.pool.maxRequests) spent();
     const started = performance.now();
     res.once('close', () => {
       inflight--;
       totalMs += performance.now() - started;
-      if (config.pool.maxRequests > 0 && requests === config.pool.maxRequests) spent();
-      if (draining && inflight === 0) void finishDrain();
+      if (draining && inflight === 0 && !front?.busy) void finishDrain();
     });
     listener(req, res);
   };
@@ -133,7 +133,7 @@ uwsgiServer.on('request', uwsgiRequestListener((req, res) => {
   const bridge = req.socket as unknown as { socket: net.Socket };
   const watch = harakiri.watch(limit, socketFd(bridge.socket), `${req.method} ${req.url} ${String(req.headers['x-request-id'] ?? '')}`, () => {
     // Slow, with the loop alive: 504 now (Connection: close), the app's late writes dropped.
-    watch?.done();
+    watch.done();
     const out = res as HostResponse;
     if (!out.headersSent) {
       out.stratumHead = null;
@@ -142,14 +142,12 @@ uwsgiServer.on('request', uwsgiRequestListener((req, res) => {
     } else out.destroy();
     out.stratumAbandon = true;
   });
-  if (watch) {
-    const stamp = res.stratumHead;
-    res.stratumHead = (headers) => {
-      watch.headSent();
-      stamp?.(headers);
-    };
-    res.once('close', () => watch.done());
-  }
+  const stamp = res.stratumHead;
+  res.stratumHead = (headers) => {
+    watch.headSent();
+    stamp?.(headers);
+  };
+  res.once('close', () => watch.done());
   served(req, res);
 }));
 uwsgiServer.on('clientError', (_err: NodeJS.ErrnoException, socket: net.Socket) => {
@@ -188,7 +186,7 @@ await listenOnFd(publicServer, spec.publicFd, config.pool.listen);
 let front: FrontProxy | null = null;
 let observer: Observer | null = null;
 const live = workerTopology ? new LiveRecorder() : null;
-let appUpstream: { dispatch: { queueLength: number } } | null = null;
+let appUpstream: { dispatch: { queueLength: number; rejected: number } } | null = null;
 if (workerTopology) {
   const [{ FrontProxy }, { buildRoutes }, { AppUpstream }] = await Promise.all([
     import('../proxy/server.ts'), import('../proxy/targets.ts'), import('../proxy/upstream-app.ts'),
@@ -215,7 +213,8 @@ const statusTimer = setInterval(() => {
   const mem = process.memoryUsage();
   send({
     type: 'status', requests, inflight, exceptions, rss: mem.rss, heapUsed: mem.heapUsed, totalMs,
-    eventLoopP99Ms: loop.percentile(99) / 1e6, harakiriTimeouts: harakiri.timeouts, queued: appUpstream?.dispatch.queueLength ?? 0,
+    eventLoopP99Ms: loop.percentile(99) / 1e6, harakiriTimeouts: harakiri.timeouts,
+    queued: appUpstream?.dispatch.queueLength ?? 0, rejected: appUpstream?.dispatch.rejected ?? 0,
   });
   loop.reset();
 }, spec.statusIntervalMs);
@@ -229,7 +228,7 @@ statusTimer.unref();
  * replacement; the master drains this worker once it is ready.
  */
 function spent(): void {
-  front?.stopAccepting();
+  front?.drain(1000);
   send({ type: 'recycle', reason: 'max-requests' });
 }
 
@@ -280,6 +279,12 @@ process.on('message', (msg: MasterMessage) => {
   front?.onIdle(() => {
     if (inflight === 0) void finishDrain();
   });
+});
+
+// An app that ends the process in the middle of a request (process.exit, as a Flask app calling
+// sys.exit under uWSGI): its clients get what nginx would answer them, a 502, instead of a reset.
+process.on('exit', () => {
+  if (!finishing) harakiri.answerAll(BAD_GATEWAY);
 });
 
 process.on('disconnect', () => {

@@ -216,6 +216,10 @@ export class FrontProxy {
   drain(idleMs: number): void {
     this.#closing = true;
     this.stopAccepting();
+    for (const socket of this.#sockets) {
+      const res = (socket as HttpSocket)._httpMessage;
+      if (res && !res.headersSent) res.shouldKeepAlive = false;
+    }
     const sweep = () => {
       const now = Date.now();
       for (const socket of this.#sockets) {

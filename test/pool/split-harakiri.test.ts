@@ -1,5 +1,5 @@
 // Harakiri in split mode: requests reaching `stratum pool` on its shared socket from a remote
-// `stratum proxy` (kept connections, not "foreign") are still watched by the pool's master.
+// `stratum proxy` (kept connections, not "foreign") are watched by the pool's workers too.
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT, startStratum, stopAllStratum } from '../helpers/stratum.ts';
@@ -15,11 +15,11 @@ describe('harakiri behind a remote stratum proxy', () => {
     const proxy = await startStratum(['proxy', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--route', `/=uwsgi://${address}`]);
     const before = pool.workers[0];
     const t0 = Date.now();
-    const res = await fetch(`${proxy.front}/slow?ms=10000`);
+    const res = await fetch(`${proxy.front}/block?ms=10000`);
     await res.text();
     const took = Date.now() - t0;
-    // The pool kills its worker: the proxy sees the connection die (502, as nginx would).
-    expect(res.status).toBe(502);
+    // The pool's worker is blocked: its watchdog answers 504 on the uwsgi connection and kills it.
+    expect(res.status).toBe(504);
     expect(took).toBeLessThan(2_500);
     const stats = (await (await fetch(`${pool.admin}/stats`)).json()) as { harakiriKills: number; workers: Array<{ pid: number }> };
     expect(stats.harakiriKills).toBe(1);
