@@ -118,12 +118,6 @@ export default tseslint.config(
       'test/pool/cheaper.test.ts',
       'test/pool/pool.test.ts',
       'test/pool/split-harakiri.test.ts',
-      'src/config/cli.test.ts',
-      'src/config/docs.ts',
-      'src/config/load.test.ts',
-      'src/config/load.ts',
-      'src/config/schema.test.ts',
-      'src/config/schema.ts',
     ],
     rules: {
       'max-len': ['warn', MAX_LEN],

@@ -33,7 +33,8 @@ async function run(argv: string[], opts: { env?: NodeJS.ProcessEnv; fail?: unkno
     env: opts.env ?? {},
     cwd: dir,
     importModule: async (specifier) => {
-      if (specifier === './appliance.ts') return { runServe: record('runServe'), runPool: record('runPool'), runProxy: record('runProxy') };
+      if (specifier === './appliance.ts')
+        return { runServe: record('runServe'), runPool: record('runPool'), runProxy: record('runProxy') };
       if (specifier === './admin/top.ts') return { runTop: record('runTop') };
       throw new Error(`unexpected import ${specifier}`);
     },
@@ -67,7 +68,11 @@ describe('check', () => {
   });
 
   test('an invalid config exits 2 with one line naming the field', async () => {
-    expectOneLineError(await run(['check', '--config', config, '--workers', 'abc']), 2, /^stratum: pool\.workers: expected an integer >= 1, got "abc"/);
+    expectOneLineError(
+      await run(['check', '--config', config, '--workers', 'abc']),
+      2,
+      /^stratum: pool\.workers: expected an integer >= 1, got "abc"/,
+    );
   });
 
   test('a missing config file exits 2', async () => {
@@ -75,7 +80,11 @@ describe('check', () => {
   });
 
   test('a bad --route exits 2', async () => {
-    expectOneLineError(await run(['check', '--config', config, '--route', 'nonsense']), 2, /^stratum: --route: expected PREFIX=TARGET/);
+    expectOneLineError(
+      await run(['check', '--config', config, '--route', 'nonsense']),
+      2,
+      /^stratum: --route: expected PREFIX=TARGET/,
+    );
   });
 });
 
@@ -109,7 +118,19 @@ describe('help and version', () => {
     const r = await run([command, '--help']);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/--listen HOST:PORT\s+front proxy address \(default 0\.0\.0\.0:8080/);
-    for (const flag of ['--config', '--admin', '--socket', '--socket-mode', '--workers', '--app', '--route', '--harakiri', '--max-requests', '--reload-on-rss', '--log-level']) {
+    for (const flag of [
+      '--config',
+      '--admin',
+      '--socket',
+      '--socket-mode',
+      '--workers',
+      '--app',
+      '--route',
+      '--harakiri',
+      '--max-requests',
+      '--reload-on-rss',
+      '--log-level',
+    ]) {
       expect(r.stdout).toContain(flag);
     }
     expect(r.calls).toEqual([]);
@@ -143,21 +164,33 @@ describe('running', () => {
   });
 
   test('flags override the environment', async () => {
-    const r = await run(['serve', '--config', config, '--listen', '127.0.0.1:4000'], { env: { STRATUM_LISTEN: '127.0.0.1:3000', STRATUM_WORKERS: '3' } });
+    const r = await run(['serve', '--config', config, '--listen', '127.0.0.1:4000'], {
+      env: { STRATUM_LISTEN: '127.0.0.1:3000', STRATUM_WORKERS: '3' },
+    });
     const c = r.calls[0]!.arg as StratumConfig;
     expect(c.listen).toBe('127.0.0.1:4000');
     expect(c.pool.workers).toBe(3);
   });
 
   test('an address in use exits 2 with one line naming the address', async () => {
-    const err = Object.assign(new Error('listen EADDRINUSE: address already in use 127.0.0.1:8080'), { code: 'EADDRINUSE', syscall: 'listen', address: '127.0.0.1', port: 8080 });
+    const err = Object.assign(new Error('listen EADDRINUSE: address already in use 127.0.0.1:8080'), {
+      code: 'EADDRINUSE',
+      syscall: 'listen',
+      address: '127.0.0.1',
+      port: 8080,
+    });
     const r = await run(['serve', '--config', config], { fail: err });
     expect(r.code).toBe(2);
     expect(r.stderr).toBe('stratum: listen 127.0.0.1:8080: address already in use\n');
   });
 
   test('a permission error on listen exits 2, also when wrapped in a cause', async () => {
-    const cause = Object.assign(new Error('listen EACCES'), { code: 'EACCES', syscall: 'listen', address: '::', port: 80 });
+    const cause = Object.assign(new Error('listen EACCES'), {
+      code: 'EACCES',
+      syscall: 'listen',
+      address: '::',
+      port: 80,
+    });
     const r = await run(['serve', '--config', config], { fail: new Error('front proxy failed to start', { cause }) });
     expect(r.code).toBe(2);
     expect(r.stderr).toBe('stratum: listen [::]:80: permission denied\n');
@@ -165,11 +198,19 @@ describe('running', () => {
 
   test('a config error from the appliance exits 2', async () => {
     const err = Object.assign(new Error('pool.socket: cannot create /nope/x.sock'), { code: 'STRATUM_ERR_CONFIG' });
-    expectOneLineError(await run(['serve', '--config', config], { fail: err }), 2, /^stratum: pool\.socket: cannot create/);
+    expectOneLineError(
+      await run(['serve', '--config', config], { fail: err }),
+      2,
+      /^stratum: pool\.socket: cannot create/,
+    );
   });
 
   test('any other failure exits 1 with one line', async () => {
-    expectOneLineError(await run(['serve', '--config', config], { fail: new Error('worker crashed\nstack...') }), 1, /^stratum: worker crashed\n$/);
+    expectOneLineError(
+      await run(['serve', '--config', config], { fail: new Error('worker crashed\nstack...') }),
+      1,
+      /^stratum: worker crashed\n$/,
+    );
   });
 
   test('a config error stops before anything starts', async () => {
@@ -179,9 +220,13 @@ describe('running', () => {
   });
 
   test('top gets the admin address, token and interval', async () => {
-    const r = await run(['top', '--interval', '0.5', '--once'], { env: { STRATUM_ADMIN: '127.0.0.1:9999', STRATUM_ADMIN_TOKEN: 't' } });
+    const r = await run(['top', '--interval', '0.5', '--once'], {
+      env: { STRATUM_ADMIN: '127.0.0.1:9999', STRATUM_ADMIN_TOKEN: 't' },
+    });
     expect(r.code).toBe(0);
-    expect(r.calls).toEqual([{ fn: 'runTop', arg: { admin: '127.0.0.1:9999', token: 't', interval: 0.5, once: true } }]);
+    expect(r.calls).toEqual([
+      { fn: 'runTop', arg: { admin: '127.0.0.1:9999', token: 't', interval: 0.5, once: true } },
+    ]);
   });
 
   test('top defaults to the default admin address', async () => {

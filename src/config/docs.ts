@@ -49,19 +49,26 @@ export function configDocs(): string {
     '',
     '# Configuration reference',
     '',
-    'Stratum reads one YAML file (`stratum serve --config config/stratum.yaml`). Every field is optional and has the default shown;',
-    'unknown fields are errors. Values come from, in increasing precedence: the defaults below, the YAML file, environment',
-    'variables, command-line flags. `stratum check --config FILE` validates a file without running anything (like `nginx -t`);',
+    'Stratum reads one YAML file (`stratum serve --config config/stratum.yaml`). Every field is optional and has ' +
+      'the default shown;',
+    'unknown fields are errors. Values come from, in increasing precedence: the defaults below, the YAML file, ' +
+      'environment',
+    'variables, command-line flags. `stratum check --config FILE` validates a file without running anything (like ' +
+      '`nginx -t`);',
     'an error names the field, e.g. `stratum: pool.workers: expected an integer >= 1, got "abc"`.',
     '',
     'Types used below:',
     '',
-    '- **address**: `HOST:PORT` (`[::1]:8080` for IPv6; port 0 lets the OS pick) or a Unix socket path (anything containing `/`).',
-    '- **size**: a number of bytes, or a string with a `k`, `m` or `g` suffix like nginx sizes (`"512k"`, `"100m"`, `"1g"`).',
+    '- **address**: `HOST:PORT` (`[::1]:8080` for IPv6; port 0 lets the OS pick) or a Unix socket path (anything ' +
+      'containing `/`).',
+    '- **size**: a number of bytes, or a string with a `k`, `m` or `g` suffix like nginx sizes (`"512k"`, `"100m"`, ' +
+      '`"1g"`).',
     '- **seconds**: a number of seconds; fractions are allowed.',
     '',
-    'Relative paths (`app.module`, a Unix `pool.socket`, `unix:` and `static:` targets) resolve against the directory of the',
-    'config file when they come from it, and against the working directory when they come from flags or the environment.',
+    'Relative paths (`app.module`, a Unix `pool.socket`, `unix:` and `static:` targets) resolve against the ' +
+      'directory of the',
+    'config file when they come from it, and against the working directory when they come from flags or the ' +
+      'environment.',
     '',
   ];
 
@@ -87,11 +94,18 @@ export function configDocs(): string {
 
   out.push('## Environment variables', '', '| Variable | Sets |', '|---|---|');
   for (const [name, o] of Object.entries(ENV_OVERRIDES)) out.push(`| \`${name}\` | \`${o.path}\` |`);
-  out.push('', '## Command-line flags', '', 'For `stratum serve`, `pool`, `proxy` and `check`; see `stratum <command> --help`.', '');
+  out.push(
+    '',
+    '## Command-line flags',
+    '',
+    'For `stratum serve`, `pool`, `proxy` and `check`; see `stratum <command> --help`.',
+    '',
+  );
   out.push('| Flag | Sets |', '|---|---|', '| `--config FILE` | the YAML file to read (none by default) |');
   for (const o of Object.values(FLAG_OVERRIDES)) out.push(`| ${cell(`\`${o.flag} ${o.value}\``)} | \`${o.path}\` |`);
   out.push(
-    '| `--route PREFIX=TARGET` | `routes`, repeatable; replaces the file\'s routes. PREFIX is a path (`/api`) or `host/path` (`api.example.com/v1`, `*.example.com`); several uwsgi targets are separated by commas |',
+    "| `--route PREFIX=TARGET` | `routes`, repeatable; replaces the file's routes. PREFIX is a path (`/api`) or " +
+      '`host/path` (`api.example.com/v1`, `*.example.com`); several uwsgi targets are separated by commas |',
     '',
   );
   return out.join('\n');
@@ -115,7 +129,13 @@ function rows(node: Node, prefix: string): Row[] {
 function table(list: Row[]): string[] {
   const lines = ['| Field | Type | Default | Description |', '|---|---|---|---|'];
   for (const { path, node } of list) {
-    const def = node.docDefault ?? (node.type === 'mapping' ? '' : node.default === undefined ? '*required*' : `\`${JSON.stringify(node.default)}\``);
+    const def =
+      node.docDefault ??
+      (node.type === 'mapping'
+        ? ''
+        : node.default === undefined
+          ? '*required*'
+          : `\`${JSON.stringify(node.default)}\``);
     lines.push(`| \`${path}\` | ${cell(typeOf(node))} | ${cell(def)} | ${cell(node.description ?? '')} |`);
   }
   return lines;

@@ -40,7 +40,11 @@ describe('sources and precedence', () => {
   });
 
   test('the file overrides defaults, the environment overrides the file, flags override the environment', () => {
-    const file = yaml('precedence.yaml', 'listen: 127.0.0.1:1000\nadmin: { listen: 127.0.0.1:2000 }\npool: { workers: 2, harakiri: 5 }\nlog: { level: warn }\n');
+    const file = yaml(
+      'precedence.yaml',
+      'listen: 127.0.0.1:1000\nadmin: { listen: 127.0.0.1:2000 }\npool: { workers: 2, harakiri: 5 }\nlog: { level: ' +
+        'warn }\n',
+    );
     const env = { STRATUM_LISTEN: '127.0.0.1:3000', STRATUM_WORKERS: '3', STRATUM_LOG_LEVEL: 'debug' };
     const c = loadConfig({ file, env, flags: { listen: '127.0.0.1:4000', app }, mode: 'serve' });
     expect(c.listen).toBe('127.0.0.1:4000'); // flag > env > file
@@ -77,8 +81,18 @@ describe('sources and precedence', () => {
   });
 
   test('numeric flags given as strings become numbers', () => {
-    const c = loadConfig({ mode: 'serve', env: {}, flags: { app, workers: '5', harakiri: '0.5', maxRequests: '1000', reloadOnRss: '512', socketMode: '0600' } });
-    expect(c.pool).toMatchObject({ workers: 5, harakiri: 0.5, maxRequests: 1000, reloadOnRss: 512, socketMode: '0600' });
+    const c = loadConfig({
+      mode: 'serve',
+      env: {},
+      flags: { app, workers: '5', harakiri: '0.5', maxRequests: '1000', reloadOnRss: '512', socketMode: '0600' },
+    });
+    expect(c.pool).toMatchObject({
+      workers: 5,
+      harakiri: 0.5,
+      maxRequests: 1000,
+      reloadOnRss: 512,
+      socketMode: '0600',
+    });
   });
 
   test('an empty file means all defaults', () => {
@@ -87,26 +101,43 @@ describe('sources and precedence', () => {
   });
 
   test('size strings in the file become bytes', () => {
-    const c = loadConfig({ file: yaml('sizes.yaml', 'proxy:\n  clientMaxBodySize: 512k\n  maxHeaderSize: 16k\n'), mode: 'check', env: {}, flags: { app } });
+    const c = loadConfig({
+      file: yaml('sizes.yaml', 'proxy:\n  clientMaxBodySize: 512k\n  maxHeaderSize: 16k\n'),
+      mode: 'check',
+      env: {},
+      flags: { app },
+    });
     expect(c.proxy.clientMaxBodySize).toBe(512 * 1024);
     expect(c.proxy.maxHeaderSize).toBe(16 * 1024);
   });
 });
 
 describe('relative paths', () => {
-  test('paths in the file resolve against the file\'s directory', () => {
+  test("paths in the file resolve against the file's directory", () => {
     writeFileSync(join(dir, 'conf', 'app.ts'), 'export default 1;\n');
     mkdirSync(join(dir, 'conf', 'www'), { recursive: true });
-    const file = yaml('conf/relative.yaml', 'app: { module: ./app.ts }\npool: { socket: run/pool.sock }\nroutes:\n  - { path: /s, target: static:www }\n  - { path: /u, target: unix:run/other.sock }\n  - { path: /, target: pool }\n');
+    const file = yaml(
+      'conf/relative.yaml',
+      'app: { module: ./app.ts }\npool: { socket: run/pool.sock }\nroutes:\n  - { path: /s, target: static:www }\n  ' +
+        '- { path: /u, target: unix:run/other.sock }\n  - { path: /, target: pool }\n',
+    );
     const c = loadConfig({ file, mode: 'serve', env: {}, cwd: '/' });
     expect(c.app.module).toBe(join(dir, 'conf', 'app.ts'));
     expect(c.pool.socket).toBe(join(dir, 'conf', 'run', 'pool.sock'));
     expect(c.routes[0]!.targets[0]).toMatchObject({ kind: 'static', root: join(dir, 'conf', 'www') });
-    expect(c.routes[1]!.targets[0]).toMatchObject({ kind: 'uwsgi', address: { kind: 'unix', path: join(dir, 'conf', 'run', 'other.sock') } });
+    expect(c.routes[1]!.targets[0]).toMatchObject({
+      kind: 'uwsgi',
+      address: { kind: 'unix', path: join(dir, 'conf', 'run', 'other.sock') },
+    });
   });
 
   test('paths from flags and the environment resolve against the working directory', () => {
-    const c = loadConfig({ mode: 'serve', env: { STRATUM_APP: './app.ts' }, flags: { route: ['/s=static:public', '/=pool'] }, cwd: dir });
+    const c = loadConfig({
+      mode: 'serve',
+      env: { STRATUM_APP: './app.ts' },
+      flags: { route: ['/s=static:public', '/=pool'] },
+      cwd: dir,
+    });
     expect(c.app.module).toBe(app);
     expect(c.routes[0]!.targets[0]).toMatchObject({ kind: 'static', root: join(dir, 'public') });
   });
@@ -114,24 +145,40 @@ describe('relative paths', () => {
 
 describe('--route', () => {
   test('a prefix starting with / is a path', () => {
-    expect(parseRouteFlag('/api=uwsgi://127.0.0.1:3031')).toEqual({ host: null, path: '/api', target: 'uwsgi://127.0.0.1:3031' });
+    expect(parseRouteFlag('/api=uwsgi://127.0.0.1:3031')).toEqual({
+      host: null,
+      path: '/api',
+      target: 'uwsgi://127.0.0.1:3031',
+    });
   });
 
   test('any other prefix is host/path', () => {
-    expect(parseRouteFlag('api.example.com/v1=http://127.0.0.1:9000')).toEqual({ host: 'api.example.com', path: '/v1', target: 'http://127.0.0.1:9000' });
+    expect(parseRouteFlag('api.example.com/v1=http://127.0.0.1:9000')).toEqual({
+      host: 'api.example.com',
+      path: '/v1',
+      target: 'http://127.0.0.1:9000',
+    });
     expect(parseRouteFlag('*.example.com=pool')).toEqual({ host: '*.example.com', path: '/', target: 'pool' });
   });
 
   test('comma-separated uwsgi servers become a list', () => {
-    expect(parseRouteFlag('/=uwsgi://10.0.0.1:3031,uwsgi://10.0.0.2:3031').target).toEqual(['uwsgi://10.0.0.1:3031', 'uwsgi://10.0.0.2:3031']);
+    expect(parseRouteFlag('/=uwsgi://10.0.0.1:3031,uwsgi://10.0.0.2:3031').target).toEqual([
+      'uwsgi://10.0.0.1:3031',
+      'uwsgi://10.0.0.2:3031',
+    ]);
   });
 
   test.each(['/api', '=pool', '/api='])('%j is a usage error naming --route', (spec) => {
-    expect(() => parseRouteFlag(spec)).toThrow(expect.objectContaining({ code: 'STRATUM_ERR_CONFIG', message: expect.stringMatching(/^--route: /) }));
+    expect(() => parseRouteFlag(spec)).toThrow(
+      expect.objectContaining({ code: 'STRATUM_ERR_CONFIG', message: expect.stringMatching(/^--route: /) }),
+    );
   });
 
-  test('flag routes replace the file\'s routes', () => {
-    const file = yaml('routes.yaml', 'routes:\n  - { path: /old, target: "uwsgi://127.0.0.1:1" }\n  - { path: /, target: pool }\n');
+  test("flag routes replace the file's routes", () => {
+    const file = yaml(
+      'routes.yaml',
+      'routes:\n  - { path: /old, target: "uwsgi://127.0.0.1:1" }\n  - { path: /, target: pool }\n',
+    );
     const c = loadConfig({
       file,
       mode: 'serve',
@@ -180,22 +227,44 @@ describe('errors name the field', () => {
   });
 
   test('an unknown field inside a route', () => {
-    const e = failure({ file: yaml('unknown-route.yaml', 'routes:\n  - { path: /, target: pool, upstream: x }\n'), mode: 'check', env: {}, flags: { app } });
+    const e = failure({
+      file: yaml('unknown-route.yaml', 'routes:\n  - { path: /, target: pool, upstream: x }\n'),
+      mode: 'check',
+      env: {},
+      flags: { app },
+    });
     expect(e.message).toMatch(/^routes\.0\.upstream: unknown field/);
   });
 
   test('a bad target URL', () => {
-    const e = failure({ file: yaml('target.yaml', 'routes:\n  - { path: /, target: pool }\n  - { path: /x, target: "ftp://x" }\n'), mode: 'check', env: {}, flags: { app } });
-    expect(e.message).toBe('routes.1.target: expected pool, uwsgi://HOST:PORT, unix:/path, http://HOST:PORT or static:/dir, got "ftp://x"');
+    const e = failure({
+      file: yaml('target.yaml', 'routes:\n  - { path: /, target: pool }\n  - { path: /x, target: "ftp://x" }\n'),
+      mode: 'check',
+      env: {},
+      flags: { app },
+    });
+    expect(e.message).toBe(
+      'routes.1.target: expected pool, uwsgi://HOST:PORT, unix:/path, http://HOST:PORT or static:/dir, got "ftp://x"',
+    );
   });
 
   test('a bad socket mode', () => {
-    const e = failure({ file: yaml('mode.yaml', 'pool:\n  socketMode: "0888"\n'), mode: 'check', env: {}, flags: { app } });
+    const e = failure({
+      file: yaml('mode.yaml', 'pool:\n  socketMode: "0888"\n'),
+      mode: 'check',
+      env: {},
+      flags: { app },
+    });
     expect(e.message).toMatch(/^pool\.socketMode: expected an octal mode/);
   });
 
   test('several problems are one line that counts the rest', () => {
-    const e = failure({ file: yaml('many.yaml', 'listen: x\npool:\n  workers: 0\n  harakiri: -1\n'), mode: 'check', env: {}, flags: { app } });
+    const e = failure({
+      file: yaml('many.yaml', 'listen: x\npool:\n  workers: 0\n  harakiri: -1\n'),
+      mode: 'check',
+      env: {},
+      flags: { app },
+    });
     expect(e.message).toMatch(/^listen: .*\(and 2 more problems\)$/);
     expect(e.message).not.toContain('\n');
   });
@@ -204,12 +273,19 @@ describe('errors name the field', () => {
     const file = yaml('bad.yaml', 'listen: 127.0.0.1:8080\npool:\n  workers: [1, 2\n');
     const e = failure({ file, mode: 'check', env: {}, flags: { app } });
     expect(e.code).toBe('STRATUM_ERR_CONFIG');
-    expect(e.message).toMatch(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: YAML syntax error at line \\d+: `));
+    expect(e.message).toMatch(
+      new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: YAML syntax error at line \\d+: `),
+    );
     expect(e.message).not.toContain('\n');
   });
 
   test('duplicate keys in YAML are a syntax error', () => {
-    const e = failure({ file: yaml('dup.yaml', 'listen: 127.0.0.1:1\nlisten: 127.0.0.1:2\n'), mode: 'check', env: {}, flags: { app } });
+    const e = failure({
+      file: yaml('dup.yaml', 'listen: 127.0.0.1:1\nlisten: 127.0.0.1:2\n'),
+      mode: 'check',
+      env: {},
+      flags: { app },
+    });
     expect(e.message).toMatch(/YAML syntax error at line 2: /);
   });
 
@@ -228,7 +304,9 @@ describe('errors name the field', () => {
 describe('checks that depend on the command', () => {
   test('serve and pool need app.module', () => {
     expect(failure({ mode: 'serve', env: {} }).message).toMatch(/^app\.module: required by stratum serve/);
-    expect(failure({ mode: 'pool', env: { STRATUM_SOCKET: '127.0.0.1:3031' } }).message).toMatch(/^app\.module: required by stratum pool/);
+    expect(failure({ mode: 'pool', env: { STRATUM_SOCKET: '127.0.0.1:3031' } }).message).toMatch(
+      /^app\.module: required by stratum pool/,
+    );
   });
 
   test('a missing app module names the path as written', () => {
@@ -242,13 +320,19 @@ describe('checks that depend on the command', () => {
   });
 
   test('pool needs an address', () => {
-    expect(failure({ mode: 'pool', env: {}, flags: { app } }).message).toMatch(/^pool\.socket: stratum pool needs an address/);
-    expect(loadConfig({ mode: 'pool', env: {}, flags: { app, socket: '127.0.0.1:0' } }).pool.socket).toBe('127.0.0.1:0');
+    expect(failure({ mode: 'pool', env: {}, flags: { app } }).message).toMatch(
+      /^pool\.socket: stratum pool needs an address/,
+    );
+    expect(loadConfig({ mode: 'pool', env: {}, flags: { app, socket: '127.0.0.1:0' } }).pool.socket).toBe(
+      '127.0.0.1:0',
+    );
   });
 
   test('proxy refuses pool targets', () => {
     const e = failure({ mode: 'proxy', env: {}, flags: { route: ['/x=uwsgi://127.0.0.1:3031', '/=pool'] } });
-    expect(e.message).toBe('routes.1.target: "pool" needs stratum serve; stratum proxy routes to uwsgi/http/static only');
+    expect(e.message).toBe(
+      'routes.1.target: "pool" needs stratum serve; stratum proxy routes to uwsgi/http/static only',
+    );
   });
 
   test('proxy needs no app module', () => {

@@ -43,7 +43,9 @@ export const ENV_OVERRIDES: Readonly<Record<string, Override>> = {
 };
 
 /** Scalar flags and the config field each one sets; `route` is handled apart (it replaces a list). */
-export const FLAG_OVERRIDES: Readonly<Record<Exclude<keyof Flags, 'route'>, Override & { flag: string; value: string }>> = {
+export const FLAG_OVERRIDES: Readonly<
+  Record<Exclude<keyof Flags, 'route'>, Override & { flag: string; value: string }>
+> = {
   listen: { flag: '--listen', value: 'HOST:PORT', path: 'listen' },
   admin: { flag: '--admin', value: 'HOST:PORT', path: 'admin.listen' },
   socket: { flag: '--socket', value: 'PATH|HOST:PORT', path: 'pool.socket' },
@@ -97,7 +99,14 @@ function readYaml(file: string, cwd: string): unknown {
     text = readFileSync(resolve(cwd, file), 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'file not found' : code === 'EISDIR' ? 'is a directory, not a file' : code === 'EACCES' ? 'permission denied' : `cannot read: ${(err as Error).message}`;
+    const why =
+      code === 'ENOENT'
+        ? 'file not found'
+        : code === 'EISDIR'
+          ? 'is a directory, not a file'
+          : code === 'EACCES'
+            ? 'permission denied'
+            : `cannot read: ${(err as Error).message}`;
     throw new ConfigInvalid(file, why);
   }
   const doc = parseDocument(text, { prettyErrors: true });
@@ -153,7 +162,10 @@ function numeric(value: string | number): string | number {
 export function parseRouteFlag(spec: string): { host: string | null; path: string; target: string | string[] } {
   const eq = spec.indexOf('=');
   if (eq <= 0 || eq === spec.length - 1) {
-    throw new ConfigInvalid('--route', `expected PREFIX=TARGET (like /=pool or api.example.com/v1=uwsgi://127.0.0.1:3031), got ${show(spec)}`);
+    throw new ConfigInvalid(
+      '--route',
+      `expected PREFIX=TARGET (like /=pool or api.example.com/v1=uwsgi://127.0.0.1:3031), got ${show(spec)}`,
+    );
   }
   const prefix = spec.slice(0, eq);
   const targetText = spec.slice(eq + 1);
@@ -294,12 +306,15 @@ function closest(word: string, candidates: string[]): string | null {
 
 /** Optimal string alignment distance: edits plus adjacent transpositions ("wrokers" → "workers" is 1). */
 function editDistance(a: string, b: string): number {
-  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  const d = Array.from({ length: a.length + 1 }, (_, i) =>
+    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
+  );
   for (let i = 1; i <= a.length; i++) {
     for (let j = 1; j <= b.length; j++) {
       const row = d[i]!;
       row[j] = Math.min(d[i - 1]![j]! + 1, row[j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) row[j] = Math.min(row[j]!, d[i - 2]![j - 2]! + 1);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1])
+        row[j] = Math.min(row[j]!, d[i - 2]![j - 2]! + 1);
     }
   }
   return d[a.length]![b.length]!;
@@ -312,12 +327,18 @@ function checkMode(config: StratumConfig, mode: Mode, rawModule: string | undefi
   if (mode === 'proxy') {
     const i = config.routes.findIndex((r) => r.targets.some((t) => t.kind === 'pool'));
     if (i !== -1) {
-      throw new ConfigInvalid(`routes.${i}.target`, '"pool" needs stratum serve; stratum proxy routes to uwsgi/http/static only');
+      throw new ConfigInvalid(
+        `routes.${i}.target`,
+        '"pool" needs stratum serve; stratum proxy routes to uwsgi/http/static only',
+      );
     }
   }
   const needsApp = mode === 'serve' || mode === 'pool' || (mode === 'check' && usesPool);
   if (needsApp && config.app.module === null) {
-    throw new ConfigInvalid('app.module', `required by stratum ${mode === 'check' ? 'serve' : mode} (set app.module, --app or STRATUM_APP)`);
+    throw new ConfigInvalid(
+      'app.module',
+      `required by stratum ${mode === 'check' ? 'serve' : mode} (set app.module, --app or STRATUM_APP)`,
+    );
   }
   if (config.app.module !== null && mode !== 'proxy') {
     const st = statSync(config.app.module, { throwIfNoEntry: false });
@@ -327,6 +348,9 @@ function checkMode(config: StratumConfig, mode: Mode, rawModule: string | undefi
     if (!st.isFile()) throw new ConfigInvalid('app.module', `not a file: ${shown}${where}`);
   }
   if (mode === 'pool' && config.pool.socket === null) {
-    throw new ConfigInvalid('pool.socket', 'stratum pool needs an address to listen on (pool.socket, --socket or STRATUM_SOCKET)');
+    throw new ConfigInvalid(
+      'pool.socket',
+      'stratum pool needs an address to listen on (pool.socket, --socket or STRATUM_SOCKET)',
+    );
   }
 }

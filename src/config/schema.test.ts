@@ -48,7 +48,15 @@ describe('defaults', () => {
       serverTiming: true,
     });
     expect(c.routes).toEqual([
-      { host: null, path: '/', target: 'pool', targets: [{ kind: 'pool', raw: 'pool' }], readTimeout: null, harakiri: null, clientMaxBodySize: null },
+      {
+        host: null,
+        path: '/',
+        target: 'pool',
+        targets: [{ kind: 'pool', raw: 'pool' }],
+        readTimeout: null,
+        harakiri: null,
+        clientMaxBodySize: null,
+      },
     ]);
     expect(c.log).toEqual({ level: 'info', access: true });
     expect(c.tracing).toEqual({ enabled: false, sampleRatio: 1, serviceName: 'stratum' });
@@ -99,9 +107,12 @@ describe('addresses', () => {
     expect(parseAddress(input)).toEqual(address);
   });
 
-  test.each(['8080', '::1:80', 'host:99999', 'host:', ':80', 'a b:1'])('%s is rejected with STRATUM_ERR_CONFIG', (input) => {
-    expect(() => parseAddress(input)).toThrow(expect.objectContaining({ code: 'STRATUM_ERR_CONFIG' }));
-  });
+  test.each(['8080', '::1:80', 'host:99999', 'host:', ':80', 'a b:1'])(
+    '%s is rejected with STRATUM_ERR_CONFIG',
+    (input) => {
+      expect(() => parseAddress(input)).toThrow(expect.objectContaining({ code: 'STRATUM_ERR_CONFIG' }));
+    },
+  );
 
   test('listen fields and pool.socket are validated as addresses', () => {
     expect(firstIssue({ listen: 'nope' })).toMatch(/^listen: expected HOST:PORT/);
@@ -126,14 +137,21 @@ describe('targets', () => {
       { kind: 'pool', raw: 'pool' },
       { kind: 'uwsgi', raw: 'uwsgi://10.0.0.1:3031', address: { kind: 'tcp', host: '10.0.0.1', port: 3031 } },
       { kind: 'uwsgi', raw: 'unix:/run/app.sock', address: { kind: 'unix', path: '/run/app.sock' } },
-      { kind: 'http', raw: 'http://127.0.0.1:9000', url: new URL('http://127.0.0.1:9000'), address: { kind: 'tcp', host: '127.0.0.1', port: 9000 } },
+      {
+        kind: 'http',
+        raw: 'http://127.0.0.1:9000',
+        url: new URL('http://127.0.0.1:9000'),
+        address: { kind: 'tcp', host: '127.0.0.1', port: 9000 },
+      },
       { kind: 'static', raw: `static:${dir}`, root: dir },
     ]);
     expect(c.routes[1]!.target).toBe('uwsgi://10.0.0.1:3031');
   });
 
   test('a list of uwsgi servers becomes several targets', () => {
-    const c = schema.parse({ routes: [{ target: ['uwsgi://10.0.0.1:3031', 'uwsgi://[::1]:3031', 'unix:/run/a.sock'] }] });
+    const c = schema.parse({
+      routes: [{ target: ['uwsgi://10.0.0.1:3031', 'uwsgi://[::1]:3031', 'unix:/run/a.sock'] }],
+    });
     expect(c.routes[0]!.targets.map((t) => t.kind)).toEqual(['uwsgi', 'uwsgi', 'uwsgi']);
   });
 
@@ -144,7 +162,9 @@ describe('targets', () => {
   });
 
   test('a list may hold only uwsgi servers', () => {
-    expect(firstIssue({ routes: [{ target: ['uwsgi://a:1', 'http://b:2'] }] })).toMatch(/^routes\.0\.target\.1: a list of targets may only hold uwsgi servers/);
+    expect(firstIssue({ routes: [{ target: ['uwsgi://a:1', 'http://b:2'] }] })).toMatch(
+      /^routes\.0\.target\.1: a list of targets may only hold uwsgi servers/,
+    );
   });
 
   test('an empty target list is rejected', () => {
@@ -156,16 +176,22 @@ describe('targets', () => {
   });
 
   test('an http target with a path is rejected', () => {
-    expect(firstIssue({ routes: [{ target: 'http://a:80/prefix' }] })).toMatch(/^routes\.0\.target: expected http:\/\/HOST:PORT without path/);
+    expect(firstIssue({ routes: [{ target: 'http://a:80/prefix' }] })).toMatch(
+      /^routes\.0\.target: expected http:\/\/HOST:PORT without path/,
+    );
   });
 
   test('a static root that does not exist is rejected', () => {
-    expect(firstIssue({ routes: [{ target: `static:${join(dir, 'missing')}` }] })).toMatch(/^routes\.0\.target: static root not found/);
+    expect(firstIssue({ routes: [{ target: `static:${join(dir, 'missing')}` }] })).toMatch(
+      /^routes\.0\.target: static root not found/,
+    );
   });
 
   test('a static root that is a file is rejected', () => {
     writeFileSync(join(dir, 'file.txt'), 'x');
-    expect(firstIssue({ routes: [{ target: `static:${join(dir, 'file.txt')}` }] })).toMatch(/^routes\.0\.target: static root is not a directory/);
+    expect(firstIssue({ routes: [{ target: `static:${join(dir, 'file.txt')}` }] })).toMatch(
+      /^routes\.0\.target: static root is not a directory/,
+    );
   });
 
   test('a route without a target names the missing field', () => {
@@ -175,7 +201,12 @@ describe('targets', () => {
 
 describe('routes', () => {
   test('hosts are lower-cased and may be *. wildcards', () => {
-    const c = schema.parse({ routes: [{ host: 'API.Example.com', target: 'pool' }, { host: '*.example.com', target: 'pool' }] });
+    const c = schema.parse({
+      routes: [
+        { host: 'API.Example.com', target: 'pool' },
+        { host: '*.example.com', target: 'pool' },
+      ],
+    });
     expect(c.routes.map((r) => r.host)).toEqual(['api.example.com', '*.example.com']);
   });
 
@@ -184,11 +215,15 @@ describe('routes', () => {
   });
 
   test('a path must start with /', () => {
-    expect(firstIssue({ routes: [{ path: 'api', target: 'pool' }] })).toMatch(/^routes\.0\.path: expected a path prefix/);
+    expect(firstIssue({ routes: [{ path: 'api', target: 'pool' }] })).toMatch(
+      /^routes\.0\.path: expected a path prefix/,
+    );
   });
 
   test('two routes for the same host and path are rejected', () => {
-    expect(firstIssue({ routes: [{ target: 'pool' }, { path: '/', target: 'uwsgi://a:1' }] })).toMatch(/^routes\.1: duplicate route/);
+    expect(firstIssue({ routes: [{ target: 'pool' }, { path: '/', target: 'uwsgi://a:1' }] })).toMatch(
+      /^routes\.1: duplicate route/,
+    );
   });
 });
 
@@ -201,7 +236,10 @@ describe('validation names the field', () => {
     [{ pool: { socketMode: '0999' } }, 'pool.socketMode: expected an octal mode like "0660", got "0999"'],
     [{ pool: { harakiri: -1 } }, 'pool.harakiri: expected a number of seconds >= 0, got -1'],
     [{ proxy: { readTimeout: 0 } }, 'proxy.readTimeout: expected a number of seconds > 0, got 0'],
-    [{ log: { level: 'loud' } }, 'log.level: expected one of fatal, error, warn, info, debug, trace, silent, got "loud"'],
+    [
+      { log: { level: 'loud' } },
+      'log.level: expected one of fatal, error, warn, info, debug, trace, silent, got "loud"',
+    ],
     [{ log: { access: 'yes' } }, 'log.access: expected true or false, got "yes"'],
     [{ tracing: { sampleRatio: 2 } }, 'tracing.sampleRatio: expected a number 0..1, got 2'],
     [{ admin: 'x' }, 'admin: expected a mapping, got "x"'],
@@ -211,11 +249,15 @@ describe('validation names the field', () => {
   });
 
   test('an unquoted YAML mode (a number) is explained', () => {
-    expect(firstIssue({ pool: { socketMode: 660 } })).toMatch(/^pool\.socketMode: expected an octal mode string like "0660" \(quote it in YAML/);
+    expect(firstIssue({ pool: { socketMode: 660 } })).toMatch(
+      /^pool\.socketMode: expected an octal mode string like "0660" \(quote it in YAML/,
+    );
   });
 
   test('cheaper bounds must fit within the workers', () => {
-    expect(firstIssue({ pool: { workers: 4, cheaper: { enabled: true, max: 8 } } })).toMatch(/^pool\.cheaper\.max: expected at most pool\.workers \(4\)/);
+    expect(firstIssue({ pool: { workers: 4, cheaper: { enabled: true, max: 8 } } })).toMatch(
+      /^pool\.cheaper\.max: expected at most pool\.workers \(4\)/,
+    );
     expect(firstIssue({ pool: { workers: 4, cheaper: { enabled: true, min: 6 } } })).toMatch(/^pool\.cheaper\.min: /);
     expect(schema.parse({ pool: { workers: 4, cheaper: { enabled: true, min: 2, max: 4 } } }).pool.cheaper.max).toBe(4);
   });

@@ -44,7 +44,7 @@ function expected(what: string): (iss: { input?: unknown }) => string {
 function addressOrReason(s: string): Address | string {
   const text = s.startsWith('unix:') ? s.slice(5) : s;
   if (text.includes('/')) return { kind: 'unix', path: text };
-  const m = /^(?:\[([^\]]*)\]|([^:\[\]]*)):(\d{1,5})$/.exec(text);
+  const m = /^(?:\[([^\]]*)\]|([^:[\]]*)):(\d{1,5})$/.exec(text);
   if (!m) return `expected ${ADDRESS_FORMS}, got ${show(s)}`;
   const port = Number(m[3]);
   if (port > 65535) return `port must be 0..65535, got ${show(s)}`;
@@ -53,7 +53,10 @@ function addressOrReason(s: string): Address | string {
     return { kind: 'tcp', host: m[1], port };
   }
   const host = m[2]!;
-  if (host === '' || !(isIPv4(host) || /^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/.test(host))) {
+  if (
+    host === '' ||
+    !(isIPv4(host) || /^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/.test(host))
+  ) {
     return `expected ${ADDRESS_FORMS}, got ${show(s)}`;
   }
   return { kind: 'tcp', host, port };
@@ -75,10 +78,13 @@ export function formatAddress(a: Address): string {
   return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }
 
-const address = z.string({ error: expected(ADDRESS_FORMS) }).superRefine((s, ctx) => {
-  const a = addressOrReason(s);
-  if (typeof a === 'string') ctx.addIssue({ code: 'custom', message: a, input: s });
-}).meta({ docType: 'address' });
+const address = z
+  .string({ error: expected(ADDRESS_FORMS) })
+  .superRefine((s, ctx) => {
+    const a = addressOrReason(s);
+    if (typeof a === 'string') ctx.addIssue({ code: 'custom', message: a, input: s });
+  })
+  .meta({ docType: 'address' });
 
 // --- scalar kinds ------------------------------------------------------------------------------
 
@@ -116,7 +122,8 @@ export function parseSize(v: number | string): number | null {
 }
 
 const size = () =>
-  z.union([z.number(), z.string()], { error: expected(SIZE_FORMS) })
+  z
+    .union([z.number(), z.string()], { error: expected(SIZE_FORMS) })
     .transform((v, ctx) => {
       const bytes = parseSize(v);
       if (bytes === null) {
@@ -132,7 +139,10 @@ const size = () =>
 type TargetIssue = { message: string; input: string };
 
 function parseTarget(raw: string): Target | TargetIssue {
-  const bad = (why?: string): TargetIssue => ({ message: why ?? `expected ${TARGET_FORMS}, got ${show(raw)}`, input: raw });
+  const bad = (why?: string): TargetIssue => ({
+    message: why ?? `expected ${TARGET_FORMS}, got ${show(raw)}`,
+    input: raw,
+  });
   if (raw === 'pool') return { kind: 'pool', raw };
   if (raw.startsWith('uwsgi://')) {
     const a = addressOrReason(raw.slice('uwsgi://'.length).replace(/\/$/, ''));
@@ -180,27 +190,46 @@ const route = z
         .string({ error: expected(HOST_FORMS) })
         .transform((h) => h.toLowerCase())
         .refine((h) => HOST_PATTERN.test(h), { error: expected(HOST_FORMS) })
-        .transform((h) => h.replace(/^\[(.*)\]$/, '$1')) // an IPv6 literal is matched without brackets, like the Host header's
+        // An IPv6 literal is matched without brackets, like the Host header's.
+        .transform((h) => h.replace(/^\[(.*)\]$/, '$1'))
         .nullable()
-        .prefault(null) // not .default(): a default on a transforming schema is dropped from the input JSON Schema (docs)
-        .describe('Match requests whose Host header (port stripped) equals this name, or, written `*.example.com`, ends in `.example.com` (nginx `server_name`). null = any host.'),
+        // Not .default(): a default on a transforming schema is dropped from the input JSON Schema (docs).
+        .prefault(null)
+        .describe(
+          'Match requests whose Host header (port stripped) equals this name, or, written `*.example.com`, ends in ' +
+            '`.example.com` (nginx `server_name`). null = any host.',
+        ),
       path: z
         .string({ error: expected('a path prefix starting with "/"') })
         .regex(/^\/[^\s?#]*$/, { error: expected('a path prefix starting with "/"') })
         .meta({ docType: 'string' })
         .default('/')
-        .describe('URL path prefix, starting with "/" (nginx `location /prefix`), matched on segment boundaries: `/api` matches `/api` and `/api/x`, not `/apix`.'),
+        .describe(
+          'URL path prefix, starting with "/" (nginx `location /prefix`), matched on segment boundaries: `/api` ' +
+            'matches `/api` and `/api/x`, not `/apix`.',
+        ),
       target: z
         .union([z.string(), z.array(z.string())], { error: expected(`${TARGET_FORMS}, or a list of uwsgi servers`) })
         .describe(
-          'Where matching requests go: `pool` (the built-in worker pool, like uWSGI behind nginx), `uwsgi://HOST:PORT` or `unix:/path` ' +
-            '(an external uwsgi server; nginx `uwsgi_pass`), `http://HOST:PORT` (nginx `proxy_pass`) or `static:/dir` (files; nginx `root`). ' +
+          'Where matching requests go: `pool` (the built-in worker pool, like uWSGI behind nginx), ' +
+            '`uwsgi://HOST:PORT` or `unix:/path` ' +
+            '(an external uwsgi server; nginx `uwsgi_pass`), `http://HOST:PORT` (nginx `proxy_pass`) or ' +
+              '`static:/dir` (files; nginx `root`). ' +
             'A list of uwsgi servers is load-balanced (nginx `upstream`).',
         )
         .meta({ docType: 'string | string[]' }),
-      readTimeout: positiveSeconds().nullable().default(null).describe('This route\'s `proxy.readTimeout`; null = the global one.'),
-      harakiri: seconds().nullable().default(null).describe('This route\'s `pool.harakiri` (pool targets); null = the global one.'),
-      clientMaxBodySize: size().nullable().prefault(null).describe('This route\'s `proxy.clientMaxBodySize`; null = the global one.'),
+      readTimeout: positiveSeconds()
+        .nullable()
+        .default(null)
+        .describe("This route's `proxy.readTimeout`; null = the global one."),
+      harakiri: seconds()
+        .nullable()
+        .default(null)
+        .describe("This route's `pool.harakiri` (pool targets); null = the global one."),
+      clientMaxBodySize: size()
+        .nullable()
+        .prefault(null)
+        .describe("This route's `proxy.clientMaxBodySize`; null = the global one."),
     },
     { error: expected('a route mapping with a target') },
   )
@@ -237,157 +266,239 @@ export const schema = z
     {
       listen: address
         .default('0.0.0.0:8080')
-        .describe('Where the front HTTP proxy listens: HOST:PORT (port 0 = the OS picks) or a Unix socket path (nginx `listen`).'),
+        .describe(
+          'Where the front HTTP proxy listens: HOST:PORT (port 0 = the OS picks) or a Unix socket path (nginx ' +
+            '`listen`).',
+        ),
       topology: z
         .enum(['worker', 'master'], { error: expected('"worker" or "master"') })
         .default('worker')
         .describe(
-          'Which process runs the front (serve only). `worker`: every worker accepts client connections on the listener the ' +
-            'master holds and runs the whole front layer itself, calling the app in-process for pool routes (one hop, no ' +
-            'uwsgi in between). `master`: the front runs in the master, isolated from app code, and reaches the workers over ' +
+          'Which process runs the front (serve only). `worker`: every worker accepts client connections on the ' +
+            'listener the ' +
+            'master holds and runs the whole front layer itself, calling the app in-process for pool routes (one ' +
+              'hop, no ' +
+            'uwsgi in between). `master`: the front runs in the master, isolated from app code, and reaches the ' +
+              'workers over ' +
             'uwsgi (nginx → uWSGI). The workers serve uwsgi on pool.socket in both.',
         ),
       admin: z
-        .strictObject({
-          listen: address
-            .default('127.0.0.1:9900')
-            .describe('Where the admin HTTP server listens (metrics, health, stats for `stratum top`). Keep it on loopback unless a token is set.'),
-          token: z
-            .string({ error: expected('a non-empty string or null') })
-            .min(1, { error: expected('a non-empty string or null') })
-            .nullable()
-            .default(null)
-            .describe('Bearer token the admin surface requires (`Authorization: Bearer <token>`); null = no authentication.'),
-          metricsPublic: bool()
-            .default(true)
-            .describe('Let scrapers read /metrics without the token; the other admin endpoints still need it.'),
-        }, { error: expected('a mapping') })
+        .strictObject(
+          {
+            listen: address
+              .default('127.0.0.1:9900')
+              .describe(
+                'Where the admin HTTP server listens (metrics, health, stats for `stratum top`). Keep it on ' +
+                  'loopback unless a token is set.',
+              ),
+            token: z
+              .string({ error: expected('a non-empty string or null') })
+              .min(1, { error: expected('a non-empty string or null') })
+              .nullable()
+              .default(null)
+              .describe(
+                'Bearer token the admin surface requires (`Authorization: Bearer <token>`); null = no authentication.',
+              ),
+            metricsPublic: bool()
+              .default(true)
+              .describe('Let scrapers read /metrics without the token; the other admin endpoints still need it.'),
+          },
+          { error: expected('a mapping') },
+        )
         .prefault({})
         .describe('The admin surface: Prometheus metrics, health and live stats.'),
       app: z
-        .strictObject({
-          module: z
-            .string({ error: expected('a module path or null') })
-            .min(1, { error: expected('a module path or null') })
-            .nullable()
-            .default(null)
-            .describe(
-              'Path of the application module the workers load (uWSGI `module` / `wsgi-file`). A relative path resolves against the config ' +
-                'file\'s directory (against the working directory for --app and STRATUM_APP). Required by `serve` and `pool`.',
-            ),
-          export: z
-            .string({ error: expected('an export name') })
-            .min(1, { error: expected('an export name') })
-            .default('default')
-            .describe('Named export of the module that holds the app (uWSGI `callable`).'),
-        }, { error: expected('a mapping') })
+        .strictObject(
+          {
+            module: z
+              .string({ error: expected('a module path or null') })
+              .min(1, { error: expected('a module path or null') })
+              .nullable()
+              .default(null)
+              .describe(
+                'Path of the application module the workers load (uWSGI `module` / `wsgi-file`). A relative path ' +
+                  'resolves against the config ' +
+                  "file's directory (against the working directory for --app and STRATUM_APP). Required by `serve` " +
+                    'and `pool`.',
+              ),
+            export: z
+              .string({ error: expected('an export name') })
+              .min(1, { error: expected('an export name') })
+              .default('default')
+              .describe('Named export of the module that holds the app (uWSGI `callable`).'),
+          },
+          { error: expected('a mapping') },
+        )
         .prefault({})
         .describe('The application the worker pool hosts (the Flask of nginx → uWSGI → Flask).'),
       pool: z
-        .strictObject({
-          socket: address
-            .nullable()
-            .default(null)
-            .describe(
-              'Where the worker pool speaks the uwsgi protocol: a Unix socket path or HOST:PORT (uWSGI `socket`). ' +
-                'null = a socket in a private temporary directory chosen at start (`serve` only). A relative path resolves like `app.module`.',
-            ),
-          socketMode: z
-            .string({ error: expected('an octal mode string like "0660" (quote it in YAML: unquoted 0660 reads as the number 660)') })
-            .regex(/^0?[0-7]{3}$/, { error: expected('an octal mode like "0660"') })
-            .meta({ docType: 'octal string' })
-            .default('0660')
-            .describe('Permissions of a Unix pool socket, as an octal string (uWSGI `chmod-socket`). Quote it in YAML.'),
-          workers: int(1)
-            .default(() => availableParallelism())
-            .describe('Number of worker processes (uWSGI `workers` / `processes`).')
-            .meta({ docDefault: 'CPU count (`os.availableParallelism()`)' }),
-          bufferSize: int(512, 65535)
-            .default(65535)
-            .describe('Largest uwsgi vars block (request line, headers, CGI variables) a worker accepts, in bytes (uWSGI `buffer-size`).'),
-          harakiri: seconds()
-            .default(60)
-            .describe('Seconds a request may run before its worker is killed and replaced (uWSGI `harakiri`); 0 = off.'),
-          maxRequests: int(0)
-            .default(0)
-            .describe('Recycle a worker after it has served this many requests (uWSGI `max-requests`); 0 = never.'),
-          reloadOnRss: int(0)
-            .default(0)
-            .describe('Recycle a worker whose resident memory exceeds this many MiB (uWSGI `reload-on-rss`); 0 = never.'),
-          listen: int(1)
-            .default(1024)
-            .describe('Bound of the queue of requests waiting for a free worker (uWSGI `listen`); when it is full, requests get 503.'),
-          maxInflight: int(1)
-            .default(64)
-            .describe('Most requests one worker handles at once (a Node worker is async, unlike a uWSGI process).'),
-          gracefulTimeout: seconds()
-            .default(30)
-            .describe('Seconds workers get to finish in-flight requests on reload or shutdown before they are killed (uWSGI `worker-reload-mercy`).'),
-          socketTimeout: positiveSeconds()
-            .default(60)
-            .describe('Seconds a worker waits for the rest of a uwsgi packet or body from a client that stopped sending, before it drops that connection (uWSGI `socket-timeout`).'),
-          cheaper: z
-            .strictObject({
-              enabled: bool()
-                .default(false)
-                .describe('Run between `min` and `max` workers, following the load (uWSGI cheaper subsystem).'),
-              min: int(1).default(1).describe('Workers kept when idle (uWSGI `cheaper`).'),
-              max: int(1)
-                .nullable()
-                .default(null)
-                .describe('Most workers when busy; null = `pool.workers` (uWSGI `workers` with `cheaper`).'),
-            }, { error: expected('a mapping') })
-            .prefault({})
-            .describe('Adaptive worker count (uWSGI `cheaper`).'),
-        }, { error: expected('a mapping') })
+        .strictObject(
+          {
+            socket: address
+              .nullable()
+              .default(null)
+              .describe(
+                'Where the worker pool speaks the uwsgi protocol: a Unix socket path or HOST:PORT (uWSGI `socket`). ' +
+                  'null = a socket in a private temporary directory chosen at start (`serve` only). A relative path ' +
+                    'resolves like `app.module`.',
+              ),
+            socketMode: z
+              .string({
+                error: expected(
+                  'an octal mode string like "0660" (quote it in YAML: unquoted 0660 reads as the number 660)',
+                ),
+              })
+              .regex(/^0?[0-7]{3}$/, { error: expected('an octal mode like "0660"') })
+              .meta({ docType: 'octal string' })
+              .default('0660')
+              .describe(
+                'Permissions of a Unix pool socket, as an octal string (uWSGI `chmod-socket`). Quote it in YAML.',
+              ),
+            workers: int(1)
+              .default(() => availableParallelism())
+              .describe('Number of worker processes (uWSGI `workers` / `processes`).')
+              .meta({ docDefault: 'CPU count (`os.availableParallelism()`)' }),
+            bufferSize: int(512, 65535)
+              .default(65535)
+              .describe(
+                'Largest uwsgi vars block (request line, headers, CGI variables) a worker accepts, in bytes (uWSGI ' +
+                  '`buffer-size`).',
+              ),
+            harakiri: seconds()
+              .default(60)
+              .describe(
+                'Seconds a request may run before its worker is killed and replaced (uWSGI `harakiri`); 0 = off.',
+              ),
+            maxRequests: int(0)
+              .default(0)
+              .describe('Recycle a worker after it has served this many requests (uWSGI `max-requests`); 0 = never.'),
+            reloadOnRss: int(0)
+              .default(0)
+              .describe(
+                'Recycle a worker whose resident memory exceeds this many MiB (uWSGI `reload-on-rss`); 0 = never.',
+              ),
+            listen: int(1)
+              .default(1024)
+              .describe(
+                'Bound of the queue of requests waiting for a free worker (uWSGI `listen`); when it is full, ' +
+                  'requests get 503.',
+              ),
+            maxInflight: int(1)
+              .default(64)
+              .describe('Most requests one worker handles at once (a Node worker is async, unlike a uWSGI process).'),
+            gracefulTimeout: seconds()
+              .default(30)
+              .describe(
+                'Seconds workers get to finish in-flight requests on reload or shutdown before they are killed ' +
+                  '(uWSGI `worker-reload-mercy`).',
+              ),
+            socketTimeout: positiveSeconds()
+              .default(60)
+              .describe(
+                'Seconds a worker waits for the rest of a uwsgi packet or body from a client that stopped sending, ' +
+                  'before it drops that connection (uWSGI `socket-timeout`).',
+              ),
+            cheaper: z
+              .strictObject(
+                {
+                  enabled: bool()
+                    .default(false)
+                    .describe('Run between `min` and `max` workers, following the load (uWSGI cheaper subsystem).'),
+                  min: int(1).default(1).describe('Workers kept when idle (uWSGI `cheaper`).'),
+                  max: int(1)
+                    .nullable()
+                    .default(null)
+                    .describe('Most workers when busy; null = `pool.workers` (uWSGI `workers` with `cheaper`).'),
+                },
+                { error: expected('a mapping') },
+              )
+              .prefault({})
+              .describe('Adaptive worker count (uWSGI `cheaper`).'),
+          },
+          { error: expected('a mapping') },
+        )
         .superRefine((p, ctx) => {
           if (!p.cheaper.enabled) return;
           const max = p.cheaper.max ?? p.workers;
           if (p.cheaper.max !== null && p.cheaper.max > p.workers) {
-            ctx.addIssue({ code: 'custom', message: `expected at most pool.workers (${p.workers}), got ${p.cheaper.max}`, path: ['cheaper', 'max'], input: p.cheaper.max });
+            ctx.addIssue({
+              code: 'custom',
+              message: `expected at most pool.workers (${p.workers}), got ${p.cheaper.max}`,
+              path: ['cheaper', 'max'],
+              input: p.cheaper.max,
+            });
           } else if (p.cheaper.min > max) {
-            ctx.addIssue({ code: 'custom', message: `expected at most ${p.cheaper.max === null ? 'pool.workers' : 'cheaper.max'} (${max}), got ${p.cheaper.min}`, path: ['cheaper', 'min'], input: p.cheaper.min });
+            ctx.addIssue({
+              code: 'custom',
+              message: `expected at most ${p.cheaper.max === null ? 'pool.workers' : 'cheaper.max'} (${max}), got ` +
+                `${p.cheaper.min}`,
+              path: ['cheaper', 'min'],
+              input: p.cheaper.min,
+            });
           }
         })
         .prefault({})
         .describe('The worker pool: processes hosting the app behind a uwsgi socket (uWSGI).'),
       proxy: z
-        .strictObject({
-          clientMaxBodySize: size()
-            .prefault('100m')
-            .describe('Largest request body accepted; bigger requests get 413 (nginx `client_max_body_size`). 0 = no limit.'),
-          connectTimeout: positiveSeconds()
-            .default(5)
-            .describe('Seconds to connect to an upstream (nginx `uwsgi_connect_timeout` / `proxy_connect_timeout`).'),
-          readTimeout: positiveSeconds()
-            .default(60)
-            .describe('Seconds between two reads from an upstream before the request fails with 504 (nginx `uwsgi_read_timeout` / `proxy_read_timeout`).'),
-          sendTimeout: positiveSeconds()
-            .default(60)
-            .describe('Seconds between two writes to an upstream (nginx `uwsgi_send_timeout` / `proxy_send_timeout`).'),
-          keepAliveTimeout: seconds()
-            .default(75)
-            .describe('Seconds an idle client connection stays open (nginx `keepalive_timeout`); 0 disables keep-alive.'),
-          clientHeaderTimeout: positiveSeconds()
-            .default(60)
-            .describe('Seconds a client gets to send a complete request head — from connecting, or from the first byte of a request on a kept connection; then 408 and close (nginx `client_header_timeout`).'),
-          clientBodyTimeout: positiveSeconds()
-            .default(60)
-            .describe('Seconds a client may go without sending any byte of a request body it announced; then 408 and close (nginx `client_body_timeout`).'),
-          requestBuffering: bool()
-            .default(true)
-            .describe(
-              'Read the whole request body (in memory up to 1 MiB, then a temporary file) before passing the request on, so a slow client never ' +
-                'holds a worker (nginx `uwsgi_request_buffering` / `proxy_request_buffering`). false = Content-Length bodies stream straight through; ' +
-                'chunked bodies are buffered either way (uwsgi needs the length up front).',
-            ),
-          maxHeaderSize: size()
-            .prefault(32768)
-            .describe('Largest request header block accepted from a client; bigger gets 431 (nginx `large_client_header_buffers`).'),
-          serverTiming: bool()
-            .default(true)
-            .describe('Add a `Server-Timing` response header with the time spent in each layer.'),
-        }, { error: expected('a mapping') })
+        .strictObject(
+          {
+            clientMaxBodySize: size()
+              .prefault('100m')
+              .describe(
+                'Largest request body accepted; bigger requests get 413 (nginx `client_max_body_size`). 0 = no limit.',
+              ),
+            connectTimeout: positiveSeconds()
+              .default(5)
+              .describe('Seconds to connect to an upstream (nginx `uwsgi_connect_timeout` / `proxy_connect_timeout`).'),
+            readTimeout: positiveSeconds()
+              .default(60)
+              .describe(
+                'Seconds between two reads from an upstream before the request fails with 504 (nginx ' +
+                  '`uwsgi_read_timeout` / `proxy_read_timeout`).',
+              ),
+            sendTimeout: positiveSeconds()
+              .default(60)
+              .describe(
+                'Seconds between two writes to an upstream (nginx `uwsgi_send_timeout` / `proxy_send_timeout`).',
+              ),
+            keepAliveTimeout: seconds()
+              .default(75)
+              .describe(
+                'Seconds an idle client connection stays open (nginx `keepalive_timeout`); 0 disables keep-alive.',
+              ),
+            clientHeaderTimeout: positiveSeconds()
+              .default(60)
+              .describe(
+                'Seconds a client gets to send a complete request head — from connecting, or from the first byte of ' +
+                  'a request on a kept connection; then 408 and close (nginx `client_header_timeout`).',
+              ),
+            clientBodyTimeout: positiveSeconds()
+              .default(60)
+              .describe(
+                'Seconds a client may go without sending any byte of a request body it announced; then 408 and ' +
+                  'close (nginx `client_body_timeout`).',
+              ),
+            requestBuffering: bool()
+              .default(true)
+              .describe(
+                'Read the whole request body (in memory up to 1 MiB, then a temporary file) before passing the ' +
+                  'request on, so a slow client never ' +
+                  'holds a worker (nginx `uwsgi_request_buffering` / `proxy_request_buffering`). false = ' +
+                    'Content-Length bodies stream straight through; ' +
+                  'chunked bodies are buffered either way (uwsgi needs the length up front).',
+              ),
+            maxHeaderSize: size()
+              .prefault(32768)
+              .describe(
+                'Largest request header block accepted from a client; bigger gets 431 (nginx ' +
+                  '`large_client_header_buffers`).',
+              ),
+            serverTiming: bool()
+              .default(true)
+              .describe('Add a `Server-Timing` response header with the time spent in each layer.'),
+          },
+          { error: expected('a mapping') },
+        )
         .prefault({})
         .describe('The front HTTP proxy (nginx).'),
       routes: z
@@ -398,7 +509,12 @@ export const schema = z
             const key = `${r.host ?? '*'} ${r.path}`;
             const first = seen.get(key);
             if (first !== undefined) {
-              ctx.addIssue({ code: 'custom', message: `duplicate route: routes.${first} already matches host ${r.host ?? 'any'} path ${r.path}`, path: [i], input: r });
+              ctx.addIssue({
+                code: 'custom',
+                message: `duplicate route: routes.${first} already matches host ${r.host ?? 'any'} path ${r.path}`,
+                path: [i],
+                input: r,
+              });
             } else {
               seen.set(key, i);
             }
@@ -406,37 +522,50 @@ export const schema = z
         })
         .prefault([{ path: '/', target: 'pool' }])
         .describe(
-          'Routes from (Host, path prefix) to an upstream, like nginx `server` / `location` blocks. The most specific route wins: ' +
+          'Routes from (Host, path prefix) to an upstream, like nginx `server` / `location` blocks. The most ' +
+            'specific route wins: ' +
             'an exact host over a `*.` host over any host, then the longest path prefix.',
         ),
       log: z
-        .strictObject({
-          level: z
-            .enum(LOG_LEVELS, { error: expected(`one of ${LOG_LEVELS.join(', ')}`) })
-            .default('info')
-            .describe('Least severe level logged (pino level; nginx `error_log` level).'),
-          access: bool().default(true).describe('Log one line per request (nginx `access_log`).'),
-        }, { error: expected('a mapping') })
+        .strictObject(
+          {
+            level: z
+              .enum(LOG_LEVELS, { error: expected(`one of ${LOG_LEVELS.join(', ')}`) })
+              .default('info')
+              .describe('Least severe level logged (pino level; nginx `error_log` level).'),
+            access: bool().default(true).describe('Log one line per request (nginx `access_log`).'),
+          },
+          { error: expected('a mapping') },
+        )
         .prefault({})
         .describe('Logging (pino, JSON lines on stdout).'),
       metrics: z
-        .strictObject({
-          enabled: bool()
-            .default(true)
-            .describe('Record Prometheus metrics and serve them at /metrics on the admin listener; false leaves /metrics answering 404 (for measuring their cost).'),
-        }, { error: expected('a mapping') })
+        .strictObject(
+          {
+            enabled: bool()
+              .default(true)
+              .describe(
+                'Record Prometheus metrics and serve them at /metrics on the admin listener; false leaves /metrics ' +
+                  'answering 404 (for measuring their cost).',
+              ),
+          },
+          { error: expected('a mapping') },
+        )
         .prefault({})
         .describe('Prometheus metrics (prom-client).'),
       tracing: z
-        .strictObject({
-          enabled: bool().default(false).describe('Record OpenTelemetry spans for each layer a request crosses.'),
-          sampleRatio: num(0, 1).default(1).describe('Fraction of requests traced, 0..1.'),
-          serviceName: z
-            .string({ error: expected('a non-empty string') })
-            .min(1, { error: expected('a non-empty string') })
-            .default('stratum')
-            .describe('OpenTelemetry `service.name` of the spans.'),
-        }, { error: expected('a mapping') })
+        .strictObject(
+          {
+            enabled: bool().default(false).describe('Record OpenTelemetry spans for each layer a request crosses.'),
+            sampleRatio: num(0, 1).default(1).describe('Fraction of requests traced, 0..1.'),
+            serviceName: z
+              .string({ error: expected('a non-empty string') })
+              .min(1, { error: expected('a non-empty string') })
+              .default('stratum')
+              .describe('OpenTelemetry `service.name` of the spans.'),
+          },
+          { error: expected('a mapping') },
+        )
         .prefault({})
         .describe('OpenTelemetry tracing.'),
     },
