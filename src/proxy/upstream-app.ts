@@ -107,7 +107,13 @@ export class AppUpstream implements Upstream {
 
   upgrade(ctx: UpgradeContext, socket: Duplex, head: Buffer): void {
     if (!this.#upgrade) return refuseUpgrade(socket);
+    // forwardHeaders drops hop-by-hop headers, Upgrade and Connection among them; the app's
+    // WebSocket server needs them (ws answers 400 without Upgrade), so they go back as upstream-http does.
+    const protocol = String(ctx.req.headers.upgrade ?? 'websocket');
     forwardHeaders(ctx.req, ctx.forward, null);
+    ctx.req.rawHeaders.push('Connection', 'Upgrade', 'Upgrade', protocol);
+    ctx.req.headers.connection = 'Upgrade';
+    ctx.req.headers.upgrade = protocol;
     this.#upgrade(ctx.req, socket, head);
   }
 
