@@ -14,7 +14,7 @@ import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { AppKindUnknown, AppLoadFailed } from '../errors.ts';
+import { AppKindUnknown, appImportError } from '../errors.ts';
 import { fetchListener, type FetchConnInfo, type FetchHandler } from './fetch.ts';
 
 export type AppKind = 'fastify' | 'listener' | 'fetch';
@@ -55,7 +55,7 @@ export async function loadApp(modulePath: string, exportName = 'default'): Promi
     // every worker, and leave one more cache file behind at every start.
     mod = (await import(pathToFileURL(resolve(modulePath)).href)) as Record<string, unknown>;
   } catch (err) {
-    throw new AppLoadFailed(modulePath, (err as Error).message.split('\n')[0]!);
+    throw appImportError(modulePath, err); // TypeScript that type stripping refuses names its file:line
   }
   let exported = mod[exportName];
   if (exported === undefined && exportName === 'default' && typeof mod.fetch === 'function') exported = mod;
