@@ -108,6 +108,16 @@ describe('appImportError: a TypeScript app that type stripping cannot run', () =
     expect(e.message.split('\n')).toHaveLength(1);
   });
 
+  test('the place given as a file: URL (how a worker reaches the app) is shown as a path', () => {
+    const err = Object.assign(new SyntaxError('TypeScript enum is not supported in strip-only mode'), {
+      code: 'ERR_UNSUPPORTED_TYPESCRIPT_SYNTAX',
+      stack: 'file:///srv/my%20app/lib.ts:3\nenum A { B }\n\nSyntaxError [ERR_UNSUPPORTED_TYPESCRIPT_SYNTAX]: ...',
+    });
+    const e = errors.appImportError('/srv/my app/app.ts', err) as InstanceType<typeof errors.AppTypeScriptSyntax>;
+    expect(e.file).toBe('/srv/my app/lib.ts:3');
+    expect(e.message).toMatch(/^\/srv\/my app\/lib\.ts:3: TypeScript enum, /);
+  });
+
   test('a parameter property', async () => {
     writeFileSync(join(dir, 'pp.ts'), 'export default class A {\n  constructor(private a: number) {}\n}\n');
     const e = await load(join(dir, 'pp.ts'));

@@ -227,8 +227,10 @@ export function appImportError(module: string, err: unknown): StratumError {
   const first = (e?.message ?? String(err)).split('\n')[0]!;
   if (e?.code === 'ERR_UNSUPPORTED_TYPESCRIPT_SYNTAX' || e?.code === 'ERR_INVALID_TYPESCRIPT_SYNTAX') {
     // The stack's first line is "<file>:<line>", the place of the syntax (Node prints the source after it).
+    // (a file: URL or a path, depending on how the module was reached).
     const where = /^(.+):(\d+)$/.exec(e.stack?.split('\n')[0] ?? '');
-    const file = where ? `${where[1]}:${where[2]}` : module;
+    const path = where?.[1]?.startsWith('file:') ? decodeURIComponent(new URL(where[1]).pathname) : where?.[1];
+    const file = where ? `${path}:${where[2]}` : module;
     return new AppTypeScriptSyntax(file, first.replace(/ is not supported in strip-only mode$/, ''));
   }
   if (e?.code === 'ERR_UNSUPPORTED_NODE_MODULES_TYPE_STRIPPING') {
