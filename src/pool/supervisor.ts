@@ -165,7 +165,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
       statusIntervalMs: 500,
       config: serializeConfig(this.config),
     };
-    const worker = cluster.fork({ [WORKER_ENV]: JSON.stringify(spec) });
+    const worker = cluster.fork({ [WORKER_ENV]: JSON.stringify(spec), ...acceptEnv() });
     const client = new UwsgiClient({ kind: 'unix', path: spec.privatePath }, {
       negotiate: true,
       connectTimeoutMs: this.config.proxy.connectTimeout * 1000,
@@ -528,4 +528,15 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     this.#publicHandle?.close(); // a Unix socket file goes with it
     this.#publicHandle = null;
   }
+}
+
+/**
+ * How the workers share the listeners. Every worker accepts on the same socket; left to itself
+ * libuv accepts every pending connection in one go, so a burst of connections (a browser's six,
+ * a load balancer's pool, wrk's 50) lands on whichever worker woke first. With libuv's
+ * UV_TCP_SINGLE_ACCEPT a worker yields after each accept and the others get their turn.
+ * STRATUM_ACCEPT=greedy restores libuv's default (for measuring).
+ */
+function acceptEnv(): Record<string, string> {
+  return process.env.STRATUM_ACCEPT === 'greedy' ? {} : { UV_TCP_SINGLE_ACCEPT: '1' };
 }
