@@ -8,9 +8,10 @@
 #
 #   bash deploy/test-image.sh            # CI runs it from .ci/run; a person can run it alone
 #
-# Needs root (it starts its own dockerd), Debian's docker.io, and for the checks node, curl
-# and promtool. In CI (CI=true) what is missing is installed, and any failure fails the run;
-# elsewhere a missing builder skips with the reason.
+# Needs root (it starts its own dockerd), Debian's docker.io, and for the checks node, curl,
+# promtool and the repository's node_modules (npm ci). In CI (CI=true) what is missing is
+# installed (also kubectl and docker-compose, for test/deploy/manifests.test.ts), and any failure
+# fails the run; elsewhere a missing builder skips with the reason.
 #
 # The daemon: Debian's dockerd, started here without systemd, `--iptables=false` (containers get
 # no NAT, so the build uses the host's network; published ports still work), overlay2 or vfs if
@@ -61,6 +62,10 @@ need_pkgs=()
 command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
+# Not used here, but by test/deploy/manifests.test.ts, which npm test runs after this script:
+# `kubectl kustomize` and Debian 12's docker-compose 1.29.
+command -v kubectl >/dev/null || need_pkgs+=(kubernetes-client)
+command -v docker-compose >/dev/null || need_pkgs+=(docker-compose)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   [ "$CI" = true ] || skip "missing ${need_pkgs[*]} (apt-get install ${need_pkgs[*]})"
   say "apt-get install ${need_pkgs[*]}"
@@ -133,7 +138,8 @@ d() { "$DOCKER" "$@"; }
 apt_mirror() {
   local m
   m=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-  [ -n "$m" ] || m=$(awk '$1 == "deb" && $0 ~ / bookworm / { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' \
+  [ -n "$m" ] || m=$(awk '$1 == "deb" && $0 ~ / bookworm / {
+      for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' \
     /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
   echo "${m:-http://deb.debian.org/debian}"
 }
@@ -173,7 +179,8 @@ EOF
   chmod 0755 "$rootfs/usr/local/bin/docker-entrypoint.sh"
   rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
     "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/log/*.log
-  echo "$(chroot "$rootfs" /usr/local/bin/node --version) npm $(chroot "$rootfs" /usr/local/bin/node /usr/local/bin/npm --version)" \
+  echo "$(chroot "$rootfs" /usr/local/bin/node --version)" \
+    "npm $(chroot "$rootfs" /usr/local/bin/node /usr/local/bin/npm --version)" \
     >"$rootfs/etc/stratum-standin"
   tar -C "$rootfs" -c . >"$tarball.partial"
   mv "$tarball.partial" "$tarball"
@@ -198,7 +205,8 @@ BASE_KIND=""
 if timeout "$PULL_TIMEOUT" "$DOCKER" pull -q "$BASE_IMAGE" >"$WORK/pull.log" 2>&1; then
   BASE_KIND="pulled from a registry"
 elif d image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-  BASE_KIND="already in the data root ($(d image inspect -f '{{index .Config.Labels "org.stratum.standin"}}' "$BASE_IMAGE" | sed 's/^$/pulled earlier/'))"
+  label=$(d image inspect -f '{{index .Config.Labels "org.stratum.standin"}}' "$BASE_IMAGE")
+  BASE_KIND="already in the data root (${label:-pulled earlier})"
 else
   note "no registry: $(tail -1 "$WORK/pull.log")"
   TARBALL="$CACHE/node-24-bookworm-slim.standin.tar"
@@ -220,7 +228,8 @@ fi
 REGISTRY=$(npm config get registry 2>/dev/null || echo https://registry.npmjs.org/)
 mkdir -p "$WORK/ca"
 : >"$WORK/ca/host-extra-ca.pem"
-for f in /usr/local/share/ca-certificates/*.crt "${NODE_EXTRA_CA_CERTS:-}" "$(npm config get cafile 2>/dev/null || true)"; do
+npm_cafile=$(npm config get cafile 2>/dev/null || true)
+for f in /usr/local/share/ca-certificates/*.crt "${NODE_EXTRA_CA_CERTS:-}" "$npm_cafile"; do
   [ -n "$f" ] && [ "$f" != null ] && [ "$f" != undefined ] && [ -s "$f" ] || continue
   cat "$f" >>"$WORK/ca/host-extra-ca.pem"
   echo >>"$WORK/ca/host-extra-ca.pem"
@@ -232,7 +241,8 @@ COPY host-extra-ca.pem /usr/local/share/stratum-host-ca.pem
 ENV NODE_EXTRA_CA_CERTS=/usr/local/share/stratum-host-ca.pem npm_config_registry=$REGISTRY
 EOF
 d build -q -t "$BUILD_BASE" "$WORK/ca" >/dev/null
-note "build base $BUILD_BASE: $BASE_IMAGE + npm registry $REGISTRY + $(grep -c 'BEGIN CERTIFICATE' "$WORK/ca/host-extra-ca.pem" || true) host CA certificate(s)"
+certs=$(grep -c 'BEGIN CERTIFICATE' "$WORK/ca/host-extra-ca.pem" || true)
+note "build base $BUILD_BASE: $BASE_IMAGE + npm registry $REGISTRY + $certs host CA certificate(s)"
 
 # --- the build --------------------------------------------------------------------------------
 say "docker build -f deploy/Dockerfile -t $IMAGE (BuildKit, --network host)"
@@ -255,11 +265,13 @@ image_layers=$(d image inspect -f '{{len .RootFS.Layers}}' "$IMAGE")
 base_bytes=$(d image inspect -f '{{.Size}}' "$BUILD_BASE")
 image_bytes=$(d image inspect -f '{{.Size}}' "$IMAGE")
 added_mb=$(awk -v a="$image_bytes" -v b="$base_bytes" 'BEGIN { printf "%.1f", (a - b) / 1e6 }')
-figure "image size" "$(awk -v a="$image_bytes" 'BEGIN { printf "%.1f MB", a / 1e6 }') (base $(awk -v b="$base_bytes" 'BEGIN { printf "%.1f MB", b / 1e6 }'))"
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1e6 }'; }
+figure "image size" "$(mb "$image_bytes") (base $(mb "$base_bytes"))"
 figure "layers added on top of the base (target <= 40 MB)" "$added_mb MB in $((image_layers - base_layers)) layers"
 d history --no-trunc --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" \
   | head -n "$(( $(d history -q "$IMAGE" | wc -l) - $(d history -q "$BUILD_BASE" | wc -l) ))" \
-  | awk -F'\t' '$1 != "0B" { c = $2; sub(/^\/bin\/sh -c (#\(nop\) )?/, "", c); printf "      %9s  %s\n", $1, substr(c, 1, 90) }'
+  | awk -F'\t' '$1 != "0B" {
+      c = $2; sub(/^\/bin\/sh -c (#\(nop\) )?/, "", c); printf "      %9s  %s\n", $1, substr(c, 1, 90) }'
 awk -v a="$added_mb" 'BEGIN { exit !(a <= 40) }' || die "the image adds $added_mb MB to its base (target 40 MB)"
 
 # --- the checks -------------------------------------------------------------------------------
@@ -287,7 +299,10 @@ json_lines() { # stdin: a container's stdout; fails on any line that is not a JS
   node -e '
     const lines = require("fs").readFileSync(0, "utf8").split("\n").filter((l) => l.trim());
     const bad = lines.filter((l) => { try { return typeof JSON.parse(l) !== "object"; } catch { return true; } });
-    if (lines.length === 0 || bad.length) { console.error(`${bad.length} of ${lines.length} lines are not JSON:`, bad.slice(0, 5)); process.exit(1); }
+    if (lines.length === 0 || bad.length) {
+      console.error(`${bad.length} of ${lines.length} lines are not JSON:`, bad.slice(0, 5));
+      process.exit(1);
+    }
     console.log(`${lines.length} lines, all JSON`);'
 }
 non_root() { # every process of the container runs as a non-zero uid (host view: no user namespaces)
@@ -302,6 +317,17 @@ started=$(date +%s.%N)
 run stratum-check -p 127.0.0.1::8080 -p 127.0.0.1::9900 -e STRATUM_ADMIN=0.0.0.0:9900 -e STRATUM_WORKERS=2 "$IMAGE"
 HEALTHY_S=$(wait_healthy stratum-check 60 "$started")
 figure "docker run -> healthy (target <= 5 s)" "$HEALTHY_S s"
+# How much of that is Stratum starting, and how much the wait for the first probe.
+ready_s=$(d logs stratum-check 2>/dev/null | node -e '
+  const started = Date.parse(process.argv[1]);
+  const parse = (l) => { try { return JSON.parse(l); } catch { return {}; } };
+  const ready = require("fs").readFileSync(0, "utf8").split("\n").map(parse).find((l) => l.msg === "stratum ready");
+  console.log(ready ? ((Date.parse(ready.time) - started) / 1000).toFixed(2) : "?");' \
+  "$(d inspect -f '{{.State.StartedAt}}' stratum-check)")
+figure "container start -> \"stratum ready\" logged" "$ready_s s"
+probe=$(d exec stratum-check bash -c 'TIMEFORMAT="%R %U %S"; { time node /app/deploy/healthcheck.js; } 2>&1')
+figure "one HEALTHCHECK probe (wall, user+sys CPU)" \
+  "$(echo "$probe" | awk '{ printf "%.0f ms, %.0f ms", $1 * 1000, ($2 + $3) * 1000 }')"
 FRONT="http://127.0.0.1:$(port_of stratum-check 8080)"
 ADMIN="http://127.0.0.1:$(port_of stratum-check 9900)"
 body=$(curl -fsS "$FRONT/")
@@ -330,7 +356,8 @@ d logs stratum-check 2>"$WORK/stderr.txt" | json_lines | sed 's/^/    stdout: /'
 [ ! -s "$WORK/stderr.txt" ] || { sed 's/^/    stderr: /' "$WORK/stderr.txt"; die "the container wrote to stderr"; }
 note "stderr: empty"
 
-say "run hardened, as deploy/kubernetes/deployment.yaml does (read-only root, tmpfs /tmp, cap-drop ALL, no-new-privileges)"
+say "run hardened, as deploy/kubernetes/deployment.yaml does" \
+  "(read-only root, tmpfs /tmp, cap-drop ALL, no-new-privileges)"
 # The ConfigMap's stratum.yaml mounted as the /etc/stratum directory, and the Deployment's plain env.
 mkdir -p "$WORK/k8s-config"
 node --input-type=module -e '
@@ -339,12 +366,17 @@ node --input-type=module -e '
   const docs = (f) => parseAllDocuments(readFileSync(f, "utf8")).map((d) => d.toJS());
   const cm = docs("deploy/kubernetes/configmap.yaml").find((d) => d.kind === "ConfigMap");
   writeFileSync(process.argv[1] + "/stratum.yaml", cm.data["stratum.yaml"]);
-  const c = docs("deploy/kubernetes/deployment.yaml").find((d) => d.kind === "Deployment").spec.template.spec.containers[0];
+  const deployment = docs("deploy/kubernetes/deployment.yaml").find((d) => d.kind === "Deployment");
+  const c = deployment.spec.template.spec.containers[0];
   const env = c.env.filter((e) => e.value !== undefined).map((e) => `${e.name}=${e.value}`);
   const sc = c.securityContext;
-  if (!sc.readOnlyRootFilesystem || sc.allowPrivilegeEscalation !== false || !sc.capabilities.drop.includes("ALL")) process.exit(3);
+  // What the docker run below reproduces; a change in the Deployment has to reach it.
+  if (!sc.readOnlyRootFilesystem || sc.allowPrivilegeEscalation !== false || !sc.capabilities.drop.includes("ALL")) {
+    process.exit(3);
+  }
   writeFileSync(process.argv[1] + "/env", env.join("\n") + "\n");
-' "$WORK/k8s-config" || die "could not read deploy/kubernetes (ConfigMap, Deployment env, securityContext; needs npm ci)"
+' "$WORK/k8s-config" \
+  || die "could not read deploy/kubernetes (ConfigMap, Deployment env, securityContext; needs npm ci)"
 echo "STRATUM_ADMIN_TOKEN=check-$(date +%s)" >>"$WORK/k8s-config/env"
 started=$(date +%s.%N)
 run stratum-hardened --read-only --tmpfs /tmp:rw,nosuid,nodev,size=64m --cap-drop ALL \
@@ -368,8 +400,9 @@ STOP_IDLE_S=$(elapsed "$t")
 exit_code=$(d inspect -f '{{.State.ExitCode}}' stratum-hardened)
 figure "docker stop, idle (target <= 1 s)" "$STOP_IDLE_S s, exit $exit_code"
 [ "$exit_code" = 0 ] || die "hardened: exited $exit_code after docker stop"
-d logs stratum-hardened 2>"$WORK/stderr.txt" | json_lines | sed 's/^/    stdout: /' || die "hardened: stdout is not JSON lines"
-[ ! -s "$WORK/stderr.txt" ] || { sed 's/^/    stderr: /' "$WORK/stderr.txt"; die "hardened: the container wrote to stderr"; }
+d logs stratum-hardened 2>"$WORK/stderr.txt" | json_lines | sed 's/^/    stdout: /' \
+  || die "hardened: stdout is not JSON lines"
+[ ! -s "$WORK/stderr.txt" ] || { sed 's/^/    stderr: /' "$WORK/stderr.txt"; die "hardened: wrote to stderr"; }
 
 say "tracing on: spans exported over OTLP/HTTP (protobuf) to a collector on the host"
 # A minimal collector on the docker0 address: counts the export requests the image sends.
@@ -381,7 +414,8 @@ node -e '
     let len = 0;
     req.on("data", (c) => (len += c.length));
     req.on("end", () => {
-      if (req.method === "POST" && req.url === "/v1/traces" && req.headers["content-type"] === "application/x-protobuf") { n++; bytes += len; }
+      const protobuf = req.headers["content-type"] === "application/x-protobuf";
+      if (req.method === "POST" && req.url === "/v1/traces" && protobuf) { n++; bytes += len; }
       if (req.url === "/count") return res.end(JSON.stringify({ n, bytes }));
       res.writeHead(200, { "content-type": "application/x-protobuf" }).end();
     });

@@ -20,6 +20,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Context, DiagLogger, Span, TextMapGetter, Tracer } from '@opentelemetry/api';
 import type { Sampler, SpanExporter, SpanLimits, SpanProcessor } from '@opentelemetry/sdk-trace';
+import type * as SdkTrace from '@opentelemetry/sdk-trace';
+import type * as OtelCore from '@opentelemetry/core';
 import type { StratumConfig } from '../config/schema.ts';
 
 type OtelApi = typeof import('@opentelemetry/api');
@@ -51,7 +53,9 @@ export interface TracingLog {
  */
 function stdoutLog(role: string): TracingLog {
   const line = (level: string, obj: object, msg: string) =>
-    process.stdout.write(`${JSON.stringify({ level, time: new Date().toISOString(), pid: process.pid, role, ...obj, msg })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ level, time: new Date().toISOString(), pid: process.pid, role, ...obj, msg })}\n`,
+    );
   return { info: (obj, msg) => line('info', obj, msg), warn: (obj, msg) => line('warn', obj, msg) };
 }
 
@@ -75,10 +79,11 @@ function envNumber(name: string, warnings: string[]): number | undefined {
   return undefined;
 }
 
-const envList = (name: string): string[] => [...new Set((env(name) ?? '').split(',').map((s) => s.trim()).filter(Boolean))];
+const envList = (name: string): string[] =>
+  [...new Set((env(name) ?? '').split(',').map((s) => s.trim()).filter(Boolean))];
 
 type TraceModules = {
-  sdk: typeof import('@opentelemetry/sdk-trace');
+  sdk: typeof SdkTrace;
 };
 
 /** OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, as the specification names them; null when unset. */
@@ -101,8 +106,9 @@ function samplerFromEnv({ sdk }: TraceModules, warnings: string[]): { sampler: S
     case 'parentbased_always_off': return { sampler: parentBased(new sdk.AlwaysOffSampler()), name };
     case 'parentbased_traceidratio': return { sampler: parentBased(new sdk.TraceIdRatioBasedSampler(ratio())), name };
     default:
-      warnings.push(`OTEL_TRACES_SAMPLER=${JSON.stringify(name)} is not supported (always_on, always_off, traceidratio, `
-        + 'parentbased_always_on, parentbased_always_off, parentbased_traceidratio); using tracing.sampleRatio');
+      warnings.push(`OTEL_TRACES_SAMPLER=${JSON.stringify(name)} is not supported (always_on, always_off, `
+        + 'traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio); '
+        + 'using tracing.sampleRatio');
       return null;
   }
 }
@@ -169,14 +175,15 @@ async function exportersFromEnv({ sdk }: TraceModules, warnings: string[]): Prom
       plan.processors.push(new sdk.SimpleSpanProcessor({ exporter: new sdk.ConsoleSpanExporter() }));
       plan.exporters.push('console');
     } else {
-      warnings.push(`OTEL_TRACES_EXPORTER value ${JSON.stringify(name)} is not supported (otlp, console, none); ignored`);
+      warnings.push(`OTEL_TRACES_EXPORTER value ${JSON.stringify(name)} is not supported (otlp, console, none); `
+        + 'ignored');
     }
   }
   return plan;
 }
 
 /** OTEL_PROPAGATORS: tracecontext and baggage (the default), or none. */
-function propagatorFromEnv(core: typeof import('@opentelemetry/core'), warnings: string[]) {
+function propagatorFromEnv(core: typeof OtelCore, warnings: string[]) {
   let names = envList('OTEL_PROPAGATORS');
   if (names.length === 0) names = ['tracecontext', 'baggage'];
   if (names.includes('none')) return null;
@@ -184,7 +191,10 @@ function propagatorFromEnv(core: typeof import('@opentelemetry/core'), warnings:
   for (const name of names) {
     if (name === 'tracecontext') propagators.push(new core.W3CTraceContextPropagator());
     else if (name === 'baggage') propagators.push(new core.W3CBaggagePropagator());
-    else warnings.push(`OTEL_PROPAGATORS value ${JSON.stringify(name)} is not supported (tracecontext, baggage, none); ignored`);
+    else {
+      warnings.push(`OTEL_PROPAGATORS value ${JSON.stringify(name)} is not supported (tracecontext, baggage, none); `
+        + 'ignored');
+    }
   }
   return new core.CompositePropagator({ propagators });
 }

@@ -47,9 +47,11 @@ async function startCollector(mode: 'answer' | 'hang' = 'answer'): Promise<Colle
       let body = Buffer.concat(chunks);
       if (req.headers['content-encoding'] === 'gzip') body = gunzipSync(body);
       const json = String(req.headers['content-type']).startsWith('application/json');
-      requests.push({ path: req.url ?? '', headers: req.headers, spans: json && req.url?.endsWith('traces') ? decodeTraceRequest(body) : [] });
+      requests.push({ path: req.url ?? '', headers: req.headers,
+        spans: json && req.url?.endsWith('traces') ? decodeTraceRequest(body) : [] });
       if (mode === 'hang') return;
-      res.writeHead(200, { 'content-type': json ? 'application/json' : 'application/x-protobuf' }).end(json ? '{}' : '');
+      const type = json ? 'application/json' : 'application/x-protobuf';
+      res.writeHead(200, { 'content-type': type }).end(json ? '{}' : '');
     });
   });
   server.on('connection', (s) => {
@@ -87,7 +89,8 @@ async function serve(env: Record<string, string>, extraConfig = ''): Promise<Str
   const config = join(dir, 'stratum.yaml');
   writeFileSync(config, `tracing:\n  enabled: true\n  sampleRatio: 1\n  serviceName: stratum\n${extraConfig}`);
   return startStratum(
-    ['serve', '--config', config, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--socket', join(dir, 'pool.sock'),
+    ['serve', '--config', config, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--socket', join(dir,
+      'pool.sock'),
       '--workers', '1', '--app', 'examples/hello/app.ts'],
     { env: { ...blankOtel, OTEL_BSP_SCHEDULE_DELAY: '100', ...env } },
   );
@@ -103,15 +106,17 @@ async function get(s: StratumProcess, path = '/', headers: Record<string, string
 const stopped = async (s: StratumProcess) => expect(await s.stop(), 'exit code after SIGTERM').toBe(0);
 const json = (c: Collector) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: c.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' });
 const until = (what: string, done: () => boolean, c?: Collector) =>
-  waitUntil(async () => done(), { timeoutMs: 10_000, describe: () => `${what}; collector saw ${JSON.stringify(c?.requests.map((r) => r.path))}` });
+  waitUntil(async () => done(), { timeoutMs: 10_000,
+    describe: () => `${what}; collector saw ${JSON.stringify(c?.requests.map((r) => r.path))}` });
 const newTraceparent = () => {
   const traceId = randomBytes(16).toString('hex');
   return { traceId, header: `00-${traceId}-${randomBytes(8).toString('hex')}-01` };
 };
-const warnings = (s: StratumProcess) => s.logs().filter((l) => l.level === 'warn' && String(l.msg).startsWith('tracing'));
+const warnings = (s: StratumProcess) =>
+  s.logs().filter((l) => l.level === 'warn' && String(l.msg).startsWith('tracing'));
 
 describe('OTEL_* variables honoured by stratum serve', () => {
-  it('OTEL_EXPORTER_OTLP_ENDPOINT: spans go to <endpoint>/v1/traces; OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as is', async () => {
+  it('OTEL_EXPORTER_OTLP_ENDPOINT: spans go to <endpoint>/v1/traces; _TRACES_ENDPOINT is used as is', async () => {
     const c = await startCollector();
     const s = await serve(json(c));
     try {
@@ -131,12 +136,14 @@ describe('OTEL_* variables honoured by stratum serve', () => {
     }
   });
 
-  it('OTEL_EXPORTER_OTLP_PROTOCOL: http/protobuf by default, http/json when asked; grpc is refused with a warning', async () => {
+  it('OTEL_EXPORTER_OTLP_PROTOCOL: http/protobuf by default, http/json when asked; grpc refused', async () => {
     const c = await startCollector();
     const types = (from: number) => new Set(c.requests.slice(from).map((r) => r.headers['content-type']));
-    for (const [protocol, type] of [[undefined, 'application/x-protobuf'], ['http/json', 'application/json'], ['http/protobuf', 'application/x-protobuf'], ['grpc', 'application/x-protobuf']] as const) {
+    for (const [protocol, type] of [[undefined, 'application/x-protobuf'], ['http/json', 'application/json'],
+      ['http/protobuf', 'application/x-protobuf'], ['grpc', 'application/x-protobuf']] as const) {
       const from = c.requests.length;
-      const s = await serve({ OTEL_EXPORTER_OTLP_ENDPOINT: c.endpoint, ...(protocol ? { OTEL_EXPORTER_OTLP_PROTOCOL: protocol } : {}) });
+      const s = await serve({ OTEL_EXPORTER_OTLP_ENDPOINT: c.endpoint,
+        ...(protocol ? { OTEL_EXPORTER_OTLP_PROTOCOL: protocol } : {}) });
       try {
         await get(s);
         await until(`no export with protocol ${protocol}`, () => c.requests.length > from, c);
@@ -154,7 +161,8 @@ describe('OTEL_* variables honoured by stratum serve', () => {
 
   it('OTEL_EXPORTER_OTLP_HEADERS (and _TRACES_HEADERS) are sent with every export', async () => {
     const c = await startCollector();
-    const s = await serve({ ...json(c), OTEL_EXPORTER_OTLP_HEADERS: 'x-api-key=s3cret,x-tenant=edge%20team', OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'x-signal=traces' });
+    const s = await serve({ ...json(c), OTEL_EXPORTER_OTLP_HEADERS: 'x-api-key=s3cret,x-tenant=edge%20team',
+      OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'x-signal=traces' });
     try {
       await get(s);
       await until('no export', () => c.requests.length > 0, c);
@@ -185,7 +193,8 @@ describe('OTEL_* variables honoured by stratum serve', () => {
     const s = await serve({ ...json(c), OTEL_SERVICE_NAME: 'edge-proxy' });
     try {
       await get(s);
-      await until('no master and worker spans', () => new Set(c.spans().map((sp) => sp.resource['stratum.role'])).size >= 2, c);
+      await until('no master and worker spans',
+        () => new Set(c.spans().map((sp) => sp.resource['stratum.role'])).size >= 2, c);
       expect(new Set(c.spans().map((sp) => sp.resource['service.name']))).toEqual(new Set(['edge-proxy']));
       expect(s.logs().find((l) => l.msg === 'tracing on')?.serviceName).toBe('edge-proxy');
     } finally {
@@ -194,7 +203,7 @@ describe('OTEL_* variables honoured by stratum serve', () => {
     }
   });
 
-  it('OTEL_RESOURCE_ATTRIBUTES are added to the resource; its service.name yields to OTEL_SERVICE_NAME; role and pid stay ours', async () => {
+  it('OTEL_RESOURCE_ATTRIBUTES join the resource; OTEL_SERVICE_NAME outranks them; role, pid stay', async () => {
     const c = await startCollector();
     const attrs = 'deployment.environment=staging,team=edge,service.name=from-attributes,stratum.role=spoofed';
     const s = await serve({ ...json(c), OTEL_RESOURCE_ATTRIBUTES: attrs });
@@ -202,7 +211,8 @@ describe('OTEL_* variables honoured by stratum serve', () => {
       await get(s);
       await until('no spans', () => c.spans().length > 0, c);
       for (const sp of c.spans()) {
-        expect(sp.resource).toMatchObject({ 'deployment.environment': 'staging', team: 'edge', 'service.name': 'from-attributes' });
+        expect(sp.resource).toMatchObject({ 'deployment.environment': 'staging', team: 'edge',
+          'service.name': 'from-attributes' });
         expect(sp.resource['stratum.role']).toMatch(/^(master|worker-\d+)$/);
       }
     } finally {
@@ -213,7 +223,9 @@ describe('OTEL_* variables honoured by stratum serve', () => {
     try {
       await get(t);
       await until('no spans', () => c.requests.slice(from).some((r) => r.spans.length > 0), c);
-      for (const sp of c.requests.slice(from).flatMap((r) => r.spans)) expect(sp.resource).toMatchObject({ 'service.name': 'named', team: 'edge' });
+      for (const sp of c.requests.slice(from).flatMap((r) => r.spans)) {
+        expect(sp.resource).toMatchObject({ 'service.name': 'named', team: 'edge' });
+      }
     } finally {
       await stopped(t);
       await c.close();
@@ -233,14 +245,19 @@ describe('OTEL_* variables honoured by stratum serve', () => {
       } finally {
         await stopped(s); // flushes: whatever was sampled has arrived
       }
-      const spans = c.requests.slice(from).flatMap((r) => r.spans).filter((sp) => sp.kind === 'SERVER' && sp.resource['stratum.role'] === 'master');
-      return { root: spans.filter((sp) => sp.traceId !== tp.traceId).length, child: spans.filter((sp) => sp.traceId === tp.traceId).length, s };
+      const spans = c.requests.slice(from).flatMap((r) => r.spans)
+        .filter((sp) => sp.kind === 'SERVER' && sp.resource['stratum.role'] === 'master');
+      return { root: spans.filter((sp) => sp.traceId !== tp.traceId).length,
+        child: spans.filter((sp) => sp.traceId === tp.traceId).length, s };
     };
     expect(await run({ OTEL_TRACES_SAMPLER: 'always_off' })).toMatchObject({ root: 0, child: 0 });
     expect(await run({ OTEL_TRACES_SAMPLER: 'parentbased_always_off' })).toMatchObject({ root: 0, child: 1 });
-    expect(await run({ OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '0' })).toMatchObject({ root: 0, child: 0 });
-    expect(await run({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0' })).toMatchObject({ root: 0, child: 1 });
-    expect(await run({ OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '1' })).toMatchObject({ root: 1, child: 1 });
+    expect(await run({ OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '0' })).toMatchObject({ root: 0,
+      child: 0 });
+    expect(await run({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
+      OTEL_TRACES_SAMPLER_ARG: '0' })).toMatchObject({ root: 0, child: 1 });
+    expect(await run({ OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '1' })).toMatchObject({ root: 1,
+      child: 1 });
     const bad = await run({ OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '7' });
     expect(bad).toMatchObject({ root: 1, child: 1 });
     expect(warnings(bad.s).map((w) => w.msg).join('\n')).toMatch(/OTEL_TRACES_SAMPLER_ARG="7" is not a ratio/);
@@ -276,11 +293,28 @@ describe('OTEL_* variables honoured by stratum serve', () => {
     const d = await serve({ ...json(c), OTEL_BSP_SCHEDULE_DELAY: '50' });
     try {
       await get(d);
-      await waitUntil(async () => c.requests.length > before, { timeoutMs: 4000, describe: () => 'no export within 4 s with OTEL_BSP_SCHEDULE_DELAY=50' });
+      await waitUntil(async () => c.requests.length > before, { timeoutMs: 4000,
+        describe: () => 'no export within 4 s with OTEL_BSP_SCHEDULE_DELAY=50' });
     } finally {
       await stopped(d);
       await c.close();
     }
+  });
+
+  it('OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT and OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT cap the spans\' attributes', async () => {
+    const c = await startCollector();
+    const s = await serve({ ...json(c), OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT: '3', OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: '4' });
+    try {
+      await get(s, '/', { 'user-agent': 'a-long-user-agent' });
+    } finally {
+      await stopped(s);
+      await c.close();
+    }
+    const proxy = c.spans().find((sp) => sp.kind === 'SERVER' && sp.resource['stratum.role'] === 'master')!;
+    expect(proxy, 'the proxy span').toBeDefined();
+    // The proxy span is given ten attributes or more; the first three are kept, cut to four characters.
+    expect(Object.keys(proxy.attributes)).toHaveLength(3);
+    for (const v of Object.values(proxy.attributes)) if (typeof v === 'string') expect(v.length).toBeLessThanOrEqual(4);
   });
 
   it('OTEL_TRACES_EXPORTER=none exports nothing, and requests still carry trace ids', async () => {
@@ -337,22 +371,26 @@ describe('shutdown with a collector that does not take the spans', () => {
     const s = await serve({ ...json(hung), OTEL_BSP_SCHEDULE_DELAY: '60000', OTEL_BSP_EXPORT_TIMEOUT: '300' });
     await get(s);
     await stopped(s);
-    const lost = (p: StratumProcess) => p.logs().find((l) => l.role === 'master' && l.msg === 'tracing: the last spans were not exported; stopping without them');
-    expect(lost(s), JSON.stringify(s.logs().slice(-5))).toMatchObject({ level: 'warn', boundMs: 300, endpoint: `${hung.endpoint}/v1/traces` });
+    const LOST = 'tracing: the last spans were not exported; stopping without them';
+    const lost = (p: StratumProcess) => p.logs().find((l) => l.role === 'master' && l.msg === LOST);
+    expect(lost(s), JSON.stringify(s.logs().slice(-5))).toMatchObject({ level: 'warn', boundMs: 300,
+      endpoint: `${hung.endpoint}/v1/traces` });
     // The master still logs its own end after giving up on the collector.
     expect(s.logs().at(-1)?.msg).toBe('stopped');
 
     const t = await serve({ ...json(hung), OTEL_BSP_SCHEDULE_DELAY: '60000' });
     await get(t);
     await stopped(t);
-    expect(lost(t), JSON.stringify(t.logs().slice(-5))).toMatchObject({ boundMs: 2000, err: 'no answer within 2000 ms' });
+    expect(lost(t), JSON.stringify(t.logs().slice(-5))).toMatchObject({ boundMs: 2000,
+      err: 'no answer within 2000 ms' });
     expect(hung.requests.length).toBeGreaterThan(0);
     await hung.close();
   }, 60_000);
 
   it('an unreachable collector: export failures and the lost flush are logged, and stop still exits 0', async () => {
     const port = await closedPort();
-    const s = await serve({ OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`, OTEL_BSP_SCHEDULE_DELAY: '60000' });
+    const s = await serve({ OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+      OTEL_BSP_SCHEDULE_DELAY: '60000' });
     await get(s);
     await stopped(s);
     const lines = warnings(s).filter((l) => l.role === 'master');
