@@ -12,10 +12,13 @@
 
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ENV_OVERRIDES, FLAG_OVERRIDES, loadConfig, type Flags, type Mode } from './config/load.ts';
 import { LOG_LEVELS, parseAddress, schema, type StratumConfig } from './config/schema.ts';
-import { errorEntry, EXIT_OK, EXIT_RUNTIME, ListenFailed, UsageInvalid } from './errors.ts';
+import {
+  appImportError, ConfigInvalid, errorEntry, EXIT_OK, EXIT_RUNTIME, ListenFailed, UsageInvalid,
+} from './errors.ts';
 import type { InitOptions, InitResult } from './init.ts';
 
 /** What ./appliance.ts provides; each promise settles when that part of stratum has stopped. */
@@ -31,8 +34,11 @@ export type Top = { runTop(opts: TopOptions): Promise<void> };
 /** What ./init.ts provides. */
 export type Init = { init(opts: InitOptions): InitResult };
 
-/** Read when no --config is given, if it exists in the working directory (what `stratum init` writes). */
-const DEFAULT_CONFIG_FILE = 'stratum.yaml';
+/** Read when no --config is given, the first that exists in the working directory (init writes the YAML). */
+const DEFAULT_CONFIG_FILES = ['stratum.yaml', 'stratum.config.ts', 'stratum.config.mjs', 'stratum.config.js'];
+const DEFAULT_CONFIG_FILE = DEFAULT_CONFIG_FILES[0]!;
+/** A config file that is a module: its default export (an object, or a function returning one) is the config. */
+const CONFIG_MODULE = /\.(?:[cm]?js|[cm]?ts)$/;
 
 /** Everything main() touches outside its arguments, replaceable by tests. */
 export type CliIO = {
@@ -151,11 +157,10 @@ async function runCommand(command: Command, args: string[], ctx: Context): Promi
   const file =
     typeof values.config === 'string'
       ? values.config
-      : existsSync(resolve(ctx.cwd, DEFAULT_CONFIG_FILE))
-        ? DEFAULT_CONFIG_FILE
-        : null;
+      : (DEFAULT_CONFIG_FILES.find((name) => existsSync(resolve(ctx.cwd, name))) ?? null);
+  const data = file !== null && CONFIG_MODULE.test(file) ? await importConfig(resolve(ctx.cwd, file), file) : undefined;
 
-  const config = loadConfig({ file, flags, env: ctx.env, mode: command satisfies Mode, cwd: ctx.cwd });
+  const config = loadConfig({ file, data, flags, env: ctx.env, mode: command satisfies Mode, cwd: ctx.cwd });
   if (command === 'check') {
     ctx.out(`stratum: configuration ok (${file ?? 'no config file: defaults, environment and flags'})\n`);
     return EXIT_OK;
@@ -163,6 +168,23 @@ async function runCommand(command: Command, args: string[], ctx: Context): Promi
   const appliance = (await ctx.importModule('./appliance.ts')) as Appliance;
   await appliance[RUNNERS[command]](config);
   return EXIT_OK;
+}
+
+/** The settings a config module exports (`export default defineConfig({ ... })`). */
+async function importConfig(path: string, shown: string): Promise<unknown> {
+  if (!existsSync(path)) throw new ConfigInvalid(shown, 'file not found');
+  let mod: { default?: unknown };
+  try {
+    mod = (await import(pathToFileURL(path).href)) as { default?: unknown };
+  } catch (err) {
+    // The message of the app's own load error fits a config module too (TypeScript that stripping refuses...).
+    throw new ConfigInvalid(shown, appImportError(path, err).message.replace(/^cannot load application module /, ''));
+  }
+  const exported = mod.default;
+  if (exported === undefined) {
+    throw new ConfigInvalid(shown, 'the module has no default export (export default defineConfig({ ... }))');
+  }
+  return typeof exported === 'function' ? await (exported as () => unknown)() : exported;
 }
 
 async function runInit(args: string[], ctx: Context): Promise<number> {
@@ -297,7 +319,7 @@ function globalHelp(): string {
     "  -h, --help     show help (stratum <command> --help for a command's options)",
     '  --version      print the version',
     '',
-    'Configuration: ./stratum.yaml when present (stratum init writes one), or --config FILE.',
+    'Configuration: ./stratum.yaml (stratum init writes one) or ./stratum.config.ts when present, or --config FILE.',
     'Reference: docs/config.md; errors and exit codes: docs/errors.md',
     '',
   ].join('\n');
@@ -320,7 +342,8 @@ function commandHelp(command: Command, env: NodeJS.ProcessEnv): string {
     );
   } else {
     const envFor = new Map(Object.entries(ENV_OVERRIDES).map(([name, o]) => [o.path, name]));
-    rows.push(['--config FILE', `YAML configuration file (default: ./${DEFAULT_CONFIG_FILE} if it exists)`]);
+    const dflt = `default: ./${DEFAULT_CONFIG_FILE} or ./stratum.config.ts if present`;
+    rows.push(['--config FILE', `YAML file, or a module whose default export is the config (${dflt})`]);
     for (const [key, o] of Object.entries(FLAG_OVERRIDES)) {
       const value = lookup(defaults(), o.path);
       const env = envFor.get(o.path);

@@ -88,6 +88,42 @@ describe('check', () => {
   });
 });
 
+describe('config files', () => {
+  test('without --config, ./stratum.yaml in the working directory is read', async () => {
+    const r = await run(['check']);
+    expect(r).toMatchObject({ code: 0, stdout: 'stratum: configuration ok (stratum.yaml)\n' });
+  });
+
+  test('a config module (stratum.config.ts) is read like the YAML, its paths against its folder', async () => {
+    const sub = join(dir, 'module-config');
+    mkdirSync(sub, { recursive: true });
+    copyFileSync(app, join(sub, 'app.ts'));
+    const file = join(sub, 'stratum.config.ts');
+    writeFileSync(file, "export default { app: { module: './app.ts' }, pool: { workers: 3 } };\n");
+    expect((await run(['check', '--config', file])).stdout).toBe(`stratum: configuration ok (${file})\n`);
+    const r = await run(['serve', '--config', file]);
+    expect(r.code).toBe(0);
+    const c = r.calls[0]!.arg as StratumConfig;
+    expect([c.app.module, c.pool.workers]).toEqual([join(sub, 'app.ts'), 3]);
+
+    const fn = join(sub, 'fn.config.mjs');
+    writeFileSync(fn, "export default async () => ({ app: { module: './app.ts' }, pool: { workers: 2 } });\n");
+    expect(((await run(['serve', '--config', fn])).calls[0]!.arg as StratumConfig).pool.workers).toBe(2);
+  });
+
+  test('a config module with a bad field, or no default export: exit 2, one line with the path', async () => {
+    const sub = join(dir, 'module-config-bad');
+    mkdirSync(sub, { recursive: true });
+    const bad = join(sub, 'bad.config.mjs');
+    writeFileSync(bad, 'export default { pool: { workers: 0 } };\n');
+    expectOneLineError(await run(['check', '--config', bad]), 2, /^stratum: pool\.workers: /);
+    const none = join(sub, 'none.config.mjs');
+    writeFileSync(none, 'export const x = 1;\n');
+    expectOneLineError(await run(['check', '--config', none]), 2, /none\.config\.mjs: the module has no default export/);
+    expectOneLineError(await run(['check', '--config', join(sub, 'nope.config.ts')]), 2, /nope\.config\.ts: file not found/);
+  });
+});
+
 describe('usage errors', () => {
   test.each([
     [['check', '--bogus'], /^stratum: unknown option --bogus/],
@@ -203,6 +239,13 @@ describe('running', () => {
       2,
       /^stratum: pool\.socket: cannot create/,
     );
+  });
+
+  test('a coded error exits with its code from the error table, also a plain { code } from a worker', async () => {
+    const inUse = { code: 'STRATUM_ERR_ADDRESS_IN_USE', message: 'cannot listen on 127.0.0.1:80: address in use' };
+    expectOneLineError(await run(['serve', '--config', config], { fail: inUse }), 2, /^stratum: cannot listen on/);
+    const ts = Object.assign(new Error('/a/app.ts:1: TypeScript enum, ...'), { code: 'STRATUM_ERR_APP_TYPESCRIPT' });
+    expectOneLineError(await run(['serve', '--config', config], { fail: ts }), 1, /^stratum: \/a\/app\.ts:1: /);
   });
 
   test('any other failure exits 1 with one line', async () => {

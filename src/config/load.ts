@@ -66,6 +66,12 @@ export type LoadOptions = {
   mode: Mode;
   /** Directory that relative paths from flags and environment resolve against; default process.cwd(). */
   cwd?: string;
+  /**
+   * The file's settings already read: the default export of a config module (stratum.config.ts,
+   * written with defineConfig()), which only an async import can load. `file` still names it, for
+   * messages and as the directory its relative paths resolve against.
+   */
+  data?: unknown;
 };
 
 type Tree = Record<string, unknown>;
@@ -77,7 +83,7 @@ export function loadConfig(opts: LoadOptions): StratumConfig {
 
   let merged: unknown = {};
   if (opts.file) {
-    const file = readYaml(opts.file, cwd);
+    const file = opts.data === undefined ? readYaml(opts.file, cwd) : topLevel(opts.data, opts.file);
     if (file !== undefined) {
       merged = resolvePaths(file, dirname(resolve(cwd, opts.file)), rawModule);
     }
@@ -116,7 +122,10 @@ function readYaml(file: string, cwd: string): unknown {
     const what = error.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
     throw new ConfigInvalid(file, `YAML syntax error${line === undefined ? '' : ` at line ${line}`}: ${what}`);
   }
-  const value: unknown = doc.toJS();
+  return topLevel(doc.toJS(), file);
+}
+
+function topLevel(value: unknown, file: string): unknown {
   if (value === null || value === undefined) return undefined; // an empty file: all defaults
   if (typeof value !== 'object' || Array.isArray(value)) {
     throw new ConfigInvalid(file, `expected a mapping of settings at the top level, got ${show(value)}`);

@@ -266,6 +266,15 @@ describe('the packed package in a project of its own, beside fastify', () => {
     expect(types.stdout + types.stderr).toBe('');
     expect(types.code).toBe(0);
 
+    // The same typings in a config module, which the CLI reads like the YAML (Node strips its types).
+    writeFileSync(
+      join(project, 'stratum.config.ts'),
+      "import { defineConfig } from 'stratum';\nexport default defineConfig({ app: { module: './app.mjs' } });\n",
+    );
+    const checkArgs = ['stratum', 'check', '--config', 'stratum.config.ts'];
+    const check = await run('npx', checkArgs, { cwd: project, env: env24() });
+    expect(check.stdout + check.stderr).toBe('stratum: configuration ok (stratum.config.ts)\n');
+
     const r = await run(process.execPath, ['use.ts'], { cwd: project, env: env24(), timeoutMs: 60_000 });
     expect(r.code, r.stderr).toBe(0);
     const [first, second] = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
