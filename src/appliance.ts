@@ -89,6 +89,10 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     },
   });
   let upstreamHealth: () => Array<{ target: string; up: boolean }> = () => [];
+  if (frontInWorkers && pool) {
+    upstreamHealth = () => pool.upstreamHealth();
+    if (config.routes.some((r) => r.targets[0]!.kind === 'uwsgi')) metrics?.attachUpstreamHealth(upstreamHealth);
+  }
   const parts = frontInWorkers && pool ? async () => (await pool.ask({ what: 'live' })).map((r) => r.data as LivePart) : undefined;
   live = new LiveFeed({ pool: () => pool?.stats() ?? null, health: () => upstreamHealth(), parts });
   if (observer) observer.listeners.push(liveListener(live.recorder));

@@ -44,6 +44,8 @@ export interface WorkerStatus {
   /** Requests waiting for a slot under maxInflight, and refused with 503 when that queue was full (worker topology). */
   queued: number;
   rejected: number;
+  /** Passive health of the external uwsgi servers as this worker's front sees them. */
+  upstreams: Array<{ target: string; up: boolean }>;
 }
 
 /** What the master can ask every worker for; the answer comes back as a `reply` with the same seq. */

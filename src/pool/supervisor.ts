@@ -69,7 +69,7 @@ function workerExecArgv(): string[] {
 }
 
 const NO_STATUS: WorkerStatus = {
-  requests: 0, inflight: 0, exceptions: 0, rss: 0, totalMs: 0, heapUsed: 0, eventLoopP99Ms: 0, harakiriTimeouts: 0, queued: 0, rejected: 0,
+  requests: 0, inflight: 0, exceptions: 0, rss: 0, totalMs: 0, heapUsed: 0, eventLoopP99Ms: 0, harakiriTimeouts: 0, queued: 0, rejected: 0, upstreams: [],
 };
 
 export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedPool<WorkerRecord> {
@@ -207,7 +207,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
         } else rec.state = 'idle';
         rec.statusAt = Date.now();
         markReady();
-        this.log.debug({ worker: rec.id, pid: rec.pid }, 'worker ready');
+        this.log.debug({ worker: rec.id, workerPid: rec.pid }, 'worker ready');
         this.emit('worker-ready', rec);
         this.dispatcher.pump();
         break;
@@ -230,7 +230,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
         this.emit('worker-final', rec, msg.data);
         break;
       case 'fatal':
-        this.log.error({ worker: rec.id, pid: rec.pid, code: msg.code }, `worker failed to start: ${msg.message}`);
+        this.log.error({ worker: rec.id, workerPid: rec.pid, code: msg.code }, `worker failed to start: ${msg.message}`);
         markFailed(Object.assign(new Error(msg.message), { code: msg.code }));
         this.emit('worker-fatal', rec, msg);
         break;
@@ -245,7 +245,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     const note = this.#harakiriNote(rec);
     const wasCurrent = this.#slots[rec.id - 1] === rec;
     const expected = rec.exitExpected;
-    if (!expected && !note) this.log.warn({ worker: rec.id, pid: rec.pid, code, signal }, 'worker died');
+    if (!expected && !note) this.log.warn({ worker: rec.id, workerPid: rec.pid, code, signal }, 'worker died');
     this.emit('worker-exit', rec, { code, signal, expected });
     if (!wasCurrent || this.#stopping) {
       if (wasCurrent) this.#slots[rec.id - 1] = null;
@@ -289,7 +289,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     this.#suspects.add(rec);
     rec.harakiri++;
     this.#counters.harakiriKills++;
-    this.log.error({ worker: rec.id, pid: rec.pid, requests, harakiri: this.config.pool.harakiri, why }, 'harakiri: request ran past its limit, worker killed');
+    this.log.error({ worker: rec.id, workerPid: rec.pid, requests, harakiri: this.config.pool.harakiri, why }, 'harakiri: request ran past its limit, worker killed');
     this.emit('harakiri', rec, { requests });
   }
 
@@ -301,7 +301,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
   recycle(rec: WorkerRecord, reason: string): Promise<boolean> {
     if (rec.state === 'draining' || rec.recycling || this.#slots[rec.id - 1] !== rec) return Promise.resolve(true);
     rec.recycling = true;
-    this.log.info({ worker: rec.id, pid: rec.pid, reason }, 'recycling worker');
+    this.log.info({ worker: rec.id, workerPid: rec.pid, reason }, 'recycling worker');
     const next = this.#spawn(rec.id, rec.respawns + 1);
     return next.ready.then(
       () => {
@@ -318,7 +318,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
         rec.recycling = false;
         this.#checks.forgive(rec);
         if (!next.worker.isDead()) next.worker.process.kill('SIGKILL');
-        this.log.error({ worker: rec.id, pid: rec.pid, reason }, 'replacement worker failed to start: keeping the old one');
+        this.log.error({ worker: rec.id, workerPid: rec.pid, reason }, 'replacement worker failed to start: keeping the old one');
         return false;
       },
     );
@@ -388,7 +388,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
   }
 
   retire(rec: WorkerRecord): void {
-    this.log.info({ worker: rec.id, pid: rec.pid }, 'cheaper: load is down, retiring a worker');
+    this.log.info({ worker: rec.id, workerPid: rec.pid }, 'cheaper: load is down, retiring a worker');
     this.#slots[rec.id - 1] = null;
     this.#drain(rec);
   }
@@ -417,7 +417,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
       if (err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT') return alive();
       setTimeout(() => {
         if (!rec.worker.isDead()) {
-          this.log.warn({ worker: rec.id, pid: rec.pid }, 'killing worker: its socket refuses connections');
+          this.log.warn({ worker: rec.id, workerPid: rec.pid }, 'killing worker: its socket refuses connections');
           rec.worker.process.kill('SIGKILL');
         }
       }, 1_000).unref();
@@ -472,7 +472,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
       this.#replies.set(seq, (data) => {
         clearTimeout(timer);
         this.#replies.delete(seq);
-        resolve(data === null ? null : { pid: rec.pid, data });
+        resolve(data === null ? null : { workerPid: rec.pid, data });
       });
       rec.worker.send({ type: 'ask', seq, ...question } satisfies MasterMessage, undefined, (err) => {
         if (!err) return;
@@ -482,6 +482,13 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
       });
     }));
     return (await Promise.all(replies)).filter((r): r is { pid: number; data: unknown } => r !== null);
+  }
+
+  /** External uwsgi servers' health as the workers' fronts see it: down in any worker is down. */
+  upstreamHealth(): Array<{ target: string; up: boolean }> {
+    const up = new Map<string, boolean>();
+    for (const w of this.#live) for (const h of w.status.upstreams) up.set(h.target, (up.get(h.target) ?? true) && h.up);
+    return [...up].map(([target, isUp]) => ({ target, up: isUp }));
   }
 
   get queueLength(): number {

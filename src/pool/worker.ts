@@ -187,8 +187,9 @@ let front: FrontProxy | null = null;
 let observer: Observer | null = null;
 const live = workerTopology ? new LiveRecorder() : null;
 let appUpstream: { dispatch: { queueLength: number; rejected: number } } | null = null;
+let upstreamHealth: () => Array<{ target: string; up: boolean }> = () => [];
 if (workerTopology) {
-  const [{ FrontProxy }, { buildRoutes }, { AppUpstream }] = await Promise.all([
+  const [{ FrontProxy }, { buildRoutes, upstreamHealth: healthOf }, { AppUpstream }] = await Promise.all([
     import('../proxy/server.ts'), import('../proxy/targets.ts'), import('../proxy/upstream-app.ts'),
   ]);
   const log = createLogger(config.log.level);
@@ -202,7 +203,9 @@ if (workerTopology) {
   appUpstream = pool;
   observer = createObserver(config, log, metrics, tracing?.tracer ?? null);
   observer.listeners.push(liveListener(live!));
-  front = new FrontProxy(config, await buildRoutes(config, pool), log, observer);
+  const routes = await buildRoutes(config, pool);
+  upstreamHealth = healthOf(routes);
+  front = new FrontProxy(config, routes, log, observer);
   await front.listenOn(spec.frontFd);
 }
 
@@ -214,7 +217,7 @@ const statusTimer = setInterval(() => {
   send({
     type: 'status', requests, inflight, exceptions, rss: mem.rss, heapUsed: mem.heapUsed, totalMs,
     eventLoopP99Ms: loop.percentile(99) / 1e6, harakiriTimeouts: harakiri.timeouts,
-    queued: appUpstream?.dispatch.queueLength ?? 0, rejected: appUpstream?.dispatch.rejected ?? 0,
+    queued: appUpstream?.dispatch.queueLength ?? 0, rejected: appUpstream?.dispatch.rejected ?? 0, upstreams: upstreamHealth(),
   });
   loop.reset();
 }, spec.statusIntervalMs);

@@ -92,6 +92,8 @@ export class FrontProxy {
   /** When each idle connection went idle (absent while a request is on it). */
   #idleSince = new WeakMap<Socket, number>();
   #goneWaiters: Array<() => void> = [];
+  /** Connections upgraded to another protocol (WebSocket): a drain leaves them to finish, as nginx does. */
+  #upgraded = new WeakSet<Socket>();
   /** Stops the body read of an in-flight request whose framing broke (bad chunk) with a coded error. */
   #bodyAborts = new WeakMap<HostResponse, AbortController>();
   /** Connections being closed after a refusal: what they still send is read and dropped. */
@@ -151,6 +153,7 @@ export class FrontProxy {
       return;
     }
     const ctx: UpgradeContext = { req, routeLabel: entry.label, forward: forwardInfo(req, socket, requestIdOf(req)), error: null };
+    this.#upgraded.add(socket);
     upstream.upgrade(ctx, socket, head);
   }
 
@@ -224,7 +227,7 @@ export class FrontProxy {
       const now = Date.now();
       for (const socket of this.#sockets) {
         const since = this.#idleSince.get(socket);
-        if (since !== undefined && now - since >= idleMs && !(socket as HttpSocket)._httpMessage) socket.end();
+        if (since !== undefined && now - since >= idleMs && !(socket as HttpSocket)._httpMessage && !this.#upgraded.has(socket)) socket.end();
       }
     };
     sweep();

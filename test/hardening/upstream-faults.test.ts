@@ -186,8 +186,11 @@ describe('retries: only what was never sent', () => {
     const seen = retryOk.seen.slice(before);
     expect(seen).toHaveLength(1);
     expect(seen[0]!.body.toString()).toBe(body);
-    // The refusing server was tried first (round robin starts there) and is now marked down.
-    expect(await metric(stratum.admin, 'stratum_upstream_up', { target: `127.0.0.1:${refused}` })).toBe(0);
+    // The refusing server was tried first (round robin starts there) and is now marked down (the
+    // worker that saw it reports within half a second in the worker topology).
+    const down = () => metric(stratum.admin, 'stratum_upstream_up', { target: `127.0.0.1:${refused}` });
+    await waitUntil(async () => (await down()) === 0, { timeoutMs: 2_000, describe: () => 'the refusing server was not marked down' });
+    expect(await down()).toBe(0);
     expect(await metric(stratum.admin, 'stratum_upstream_up', { target: retryOk.target.slice('uwsgi://'.length) })).toBe(1);
   });
 
