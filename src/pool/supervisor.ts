@@ -472,7 +472,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
       this.#replies.set(seq, (data) => {
         clearTimeout(timer);
         this.#replies.delete(seq);
-        resolve(data === null ? null : { workerPid: rec.pid, data });
+        resolve(data === null ? null : { pid: rec.pid, data });
       });
       rec.worker.send({ type: 'ask', seq, ...question } satisfies MasterMessage, undefined, (err) => {
         if (!err) return;
