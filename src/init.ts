@@ -95,7 +95,7 @@ app:
 # The worker pool (uWSGI).
 pool:
   # workers: 4          # default: one per CPU
-  harakiri: 60          # seconds before a stuck request's worker is killed; 0 = off
+  harakiri: 60          # seconds a request may run: 504 at the limit, its worker killed if it blocks; 0 = off
   maxRequests: 0        # recycle a worker after N requests; 0 = never
   reloadOnRss: 0        # recycle a worker above N MiB resident; 0 = never
 
