@@ -166,10 +166,17 @@ describe('messages printed outside src/ say what the table says', () => {
   });
 
   test('rawHttpAnswer: the whole answer for a socket without a response object', () => {
+    const head = (status: string, length: number) =>
+      `HTTP/1.1 ${status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${length}\r\n` +
+      'Cache-Control: no-store\r\n';
     expect(errors.rawHttpAnswer(new errors.ClientBadRequest('x'))).toBe(
-      'HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\n' +
-        'Bad Request\n',
+      `${head('400 Bad Request', 12)}Connection: close\r\n\r\nBad Request\n`,
     );
+    // Byte for byte the 504 a worker's harakiri watchdog writes (src/pool/harakiri.ts HARAKIRI_RESPONSE).
+    expect(errors.rawHttpAnswer(new errors.HarakiriTimeout(60))).toBe(
+      `${head('504 Gateway Timeout', 16)}Connection: close\r\n\r\nGateway Timeout\n`,
+    );
+    expect(errors.rawHttpAnswer(new errors.PoolOverloaded(9))).toContain('\r\nRetry-After: 1\r\nConnection: close\r\n');
     expect(errors.rawHttpAnswer(new errors.UpgradeUnsupported('/'))).toMatch(/^HTTP\/1\.1 501 Not Implemented\r\n/);
   });
 });

@@ -106,14 +106,17 @@ function parameterNames(fn: (...args: never[]) => unknown): string[] {
 
 /**
  * The whole answer, as raw bytes on a socket that has no ServerResponse (a request Node's parser
- * refused, an upgrade that goes nowhere): status line, a plain-text reason, `Connection: close`.
+ * refused, an upgrade that goes nowhere, a worker's watchdog): status line, the reason as a
+ * plain-text body, `Cache-Control: no-store`, `Connection: close` — the headers of the proxy's own
+ * error answers, with its `Retry-After: 1` on a 503.
  */
 export function rawHttpAnswer(err: StratumError): string {
   // getBuiltinModule, not an ES import: that one would load Node's bundled undici (see admin/server.ts).
   const reason = process.getBuiltinModule('node:http').STATUS_CODES[err.statusCode] ?? 'Error';
   const body = `${reason}\n`;
-  const head = `HTTP/1.1 ${err.statusCode} ${reason}\r\nContent-Type: text/plain\r\n`;
-  return `${head}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
+  const retry = err.statusCode === 503 ? 'Retry-After: 1\r\n' : '';
+  return `HTTP/1.1 ${err.statusCode} ${reason}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+    `Content-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\n${retry}Connection: close\r\n\r\n${body}`;
 }
 
 // --- uwsgi wire (src/uwsgi/) ---------------------------------------------------------------
