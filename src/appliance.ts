@@ -61,7 +61,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     await pool?.stop();
     frontHandle?.close();
     admin.close();
-    await shutdownTracing(tracing, log);
+    await tracing?.shutdown().catch(() => {}); // bounded and logged by tracing.ts
     log.info('stopped');
     process.exit(0);
   };
@@ -202,17 +202,6 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
 /** The workers' recent traces as one list, ordered as each list is (newest, slowest, newest failed). */
 function mergeTraces(all: RecentTrace[], kind: 'latest' | 'slow' | 'failed', limit: number): RecentTrace[] {
   return all.sort(kind === 'slow' ? (a, b) => b.durationMs - a.durationMs : (a, b) => b.at - a.at).slice(0, limit);
-}
-
-/** Flush the spans still buffered, for a bounded time: an unreachable collector must not hold the exit. */
-async function shutdownTracing(tracing: { shutdown(): Promise<void> } | null, log: { warn(o: object, m: string): void }): Promise<void> {
-  if (!tracing) return;
-  const limitMs = 2_000;
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), limitMs)));
-  const outcome = await Promise.race([tracing.shutdown().then(() => 'ok' as const, () => 'failed' as const), late]);
-  clearTimeout(timer);
-  if (outcome !== 'ok') log.warn({ limitMs, outcome }, 'tracing: spans not flushed at shutdown (collector unreachable?)');
 }
 
 export const runServe = (config: StratumConfig) => run(config, 'serve');
