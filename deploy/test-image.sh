@@ -94,6 +94,7 @@ cleanup() {
       kill "$DOCKERD_PID" 2>/dev/null || true
       for _ in $(seq 1 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
       kill -9 "$DOCKERD_PID" 2>/dev/null || true
+      rm -f "$CACHE/dockerd.pid"
     fi
   fi
   [ "${STRATUM_IMAGE_KEEP:-}" = 1 ] || rm -rf "$WORK"
@@ -102,13 +103,29 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# A dockerd an earlier run started and could not stop (that run was killed with SIGKILL) still
+# holds the data root and the docker0 bridge; it is ours, found by the pid that run recorded.
+stop_leftover_dockerd() {
+  local pid
+  pid=$(cat "$CACHE/dockerd.pid" 2>/dev/null || true)
+  [ -n "$pid" ] || return 0
+  if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--data-root $CACHE/docker-"; then
+    note "stopping the dockerd (pid $pid) an earlier run left behind"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$CACHE/dockerd.pid"
+}
+
 start_dockerd() {
   local driver=$1
   mkdir -p "$CACHE/docker-$driver"
   /usr/sbin/dockerd --iptables=false --storage-driver="$driver" \
     --data-root "$CACHE/docker-$driver" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
-    --host "$DOCKER_HOST" >"$WORK/dockerd-$driver.log" 2>&1 &
+    --host "$DOCKER_HOST" >"$WORK/dockerd-$driver.log" 2>&1 9>&- &
   DOCKERD_PID=$!
+  echo "$DOCKERD_PID" >"$CACHE/dockerd.pid"
   # `docker info -f` rather than `docker info | grep -q`: grep's early exit fails a pipefail pipeline.
   for _ in $(seq 1 150); do
     if [ "$("$DOCKER" info -f '{{.Driver}}' 2>/dev/null)" = "$driver" ]; then return 0; fi
@@ -122,6 +139,7 @@ start_dockerd() {
 }
 
 say "dockerd ($("$DOCKER" --version))"
+stop_leftover_dockerd
 t=$(date +%s.%N)
 if start_dockerd overlay2; then
   DRIVER=overlay2
@@ -422,7 +440,7 @@ node -e '
   });
   s.listen(0, process.argv[1], () => require("fs").writeFileSync(process.argv[2], String(s.address().port)));
   setTimeout(() => process.exit(0), 120000).unref();
-' "$GATEWAY" "$WORK/otlp.port" &
+' "$GATEWAY" "$WORK/otlp.port" 9>&- &
 BG_PIDS+=($!)
 for _ in $(seq 1 50); do [ -s "$WORK/otlp.port" ] && break; sleep 0.1; done
 OTLP="http://$GATEWAY:$(cat "$WORK/otlp.port")"
