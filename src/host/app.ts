@@ -116,17 +116,17 @@ export function refuseUpgrade(socket: Duplex): void {
  * it never takes the process's other requests down.
  */
 export function guardedListener(listener: RequestListener, onError: (err: unknown) => void): RequestListener {
+  const failed = (res: ServerResponse, err: unknown) => {
+    onError(err);
+    if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' }).end('Internal Server Error\n');
+    else res.destroy();
+  };
   return (req, res) => {
-    const failed = (err: unknown) => {
-      onError(err);
-      if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' }).end('Internal Server Error\n');
-      else res.destroy();
-    };
     try {
       const result: unknown = (listener as (q: typeof req, r: typeof res) => unknown)(req, res);
-      if (result && typeof (result as Promise<unknown>).then === 'function') (result as Promise<unknown>).then(undefined, failed);
+      if (result && typeof (result as Promise<unknown>).then === 'function') (result as Promise<unknown>).then(undefined, (err: unknown) => failed(res, err));
     } catch (err) {
-      failed(err);
+      failed(res, err);
     }
   };
 }

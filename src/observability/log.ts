@@ -8,7 +8,7 @@
 // a single line longer than that goes alone. Flushed when a batch is full or every 250 ms, as
 // nginx's `access_log … buffer= flush=`; exit paths flush synchronously.
 
-import { write, writeSync } from 'node:fs';
+import { writeSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import type { LogLevel } from '../config/schema.ts';
 
@@ -17,67 +17,68 @@ export type { Logger };
 /** The largest write that a pipe keeps whole (Linux PIPE_BUF). */
 export const ATOMIC_WRITE = 4096;
 
-/** A line-batching writer to a descriptor whose every write is whole lines and at most ATOMIC_WRITE bytes. */
+/**
+ * A line-batching writer to a descriptor whose every write is whole lines and at most
+ * ATOMIC_WRITE bytes, each one write(2) of its own. (Not process.stdout: a stream that is still
+ * writing gathers what comes next into one writev, and a writev is atomic only up to PIPE_BUF in
+ * all.) A write is tried at once on the loop's thread — no thread-pool hop, which cost more than
+ * the write — and a descriptor that is full and non-blocking (EAGAIN) is retried, in order.
+ */
 export class LineWriter {
   #fd: number;
-  #pending: Buffer[] = [];
+  #pending: string[] = [];
   #pendingBytes = 0;
   #queue: Buffer[] = [];
-  #writing = false;
+  #retry: NodeJS.Timeout | null = null;
 
-  constructor(fd: number) {
+  constructor(fd = 1) {
     this.#fd = fd;
   }
 
   write(line: string): boolean {
-    const b = Buffer.from(line);
-    if (this.#pendingBytes + b.length > ATOMIC_WRITE) this.#cut();
-    this.#pending.push(b);
-    this.#pendingBytes += b.length;
-    if (this.#pendingBytes >= ATOMIC_WRITE) this.#cut();
+    const n = Buffer.byteLength(line);
+    if (this.#pendingBytes + n > ATOMIC_WRITE) this.flush();
+    this.#pending.push(line);
+    this.#pendingBytes += n;
+    if (this.#pendingBytes >= ATOMIC_WRITE) this.flush();
     return true;
   }
 
-  /** Send what is batched (async, in order). */
+  /** Send what is batched. */
   flush(): void {
-    this.#cut();
-  }
-
-  /** Write everything now (exit paths). */
-  flushSync(): void {
-    this.#cut();
-    for (const b of this.#queue.splice(0)) writeFully(this.#fd, b);
-  }
-
-  #cut(): void {
     if (this.#pendingBytes === 0) return;
-    this.#queue.push(this.#pending.length === 1 ? this.#pending[0]! : Buffer.concat(this.#pending, this.#pendingBytes));
+    this.#queue.push(Buffer.from(this.#pending.length === 1 ? this.#pending[0]! : this.#pending.join('')));
     this.#pending = [];
     this.#pendingBytes = 0;
-    this.#next();
+    this.#drain();
   }
 
-  #next(): void {
-    if (this.#writing) return;
-    const b = this.#queue.shift();
-    if (!b) return;
-    this.#writing = true;
-    write(this.#fd, b, 0, b.length, null, (err, n) => {
-      this.#writing = false;
-      if (err && (err as NodeJS.ErrnoException).code === 'EAGAIN') this.#queue.unshift(b);
-      else if (!err && n < b.length) this.#queue.unshift(b.subarray(n)); // not a pipe (a file or tty): no atomicity to keep
-      if (err && (err as NodeJS.ErrnoException).code === 'EAGAIN') setTimeout(() => this.#next(), 1).unref();
-      else this.#next();
-    });
+  /** Exit paths: everything out now, waiting on a full descriptor if need be. */
+  flushSync(): void {
+    this.flush();
+    for (let spins = 0; this.#queue.length > 0 && spins < 10_000; spins++) this.#drain();
   }
-}
 
-function writeFully(fd: number, b: Buffer): void {
-  for (let off = 0; off < b.length;) {
-    try {
-      off += writeSync(fd, b, off);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') return; // stdout gone: nothing more can be said
+  #drain(): void {
+    while (this.#queue.length > 0) {
+      const b = this.#queue[0]!;
+      let n: number;
+      try {
+        n = writeSync(this.#fd, b);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EAGAIN') {
+          this.#retry ??= setTimeout(() => {
+            this.#retry = null;
+            this.#drain();
+          }, 5);
+          return;
+        }
+        this.#queue = []; // stdout gone (EPIPE): nothing more can be said
+        return;
+      }
+      // A short write happens only where atomicity is not at stake (a file, a terminal).
+      if (n < b.length) this.#queue[0] = b.subarray(n);
+      else this.#queue.shift();
     }
   }
 }
