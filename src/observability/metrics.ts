@@ -175,6 +175,7 @@ export class Metrics {
       ['stratum_harakiri_kills_total', 'Workers killed by harakiri (their event loop was blocked past the limit).', () => pool.counters.harakiriKills],
       ['stratum_harakiri_timeouts_total', 'Requests answered 504 at harakiri while their worker stayed healthy (slow, not blocked).', () => pool.counters.harakiriTimeouts],
       ['stratum_worker_recycles_total', 'Workers recycled gracefully (max-requests, reload-on-rss, reload).', () => pool.counters.recycles],
+      ['stratum_app_exceptions_total', 'Exceptions thrown by the app: answered 500, or uncaught (the worker was replaced).', () => pool.counters.exceptions],
       ['stratum_queue_rejections_total', 'Requests refused with 503 because the listen queue was full.', () => pool.counters.rejected],
       ['stratum_reloads_total', 'Rolling reloads.', () => pool.counters.reloads],
     ];

@@ -58,7 +58,7 @@ export type Question =
 export type WorkerMessage =
   | { type: 'ready'; pid: number }
   | ({ type: 'status' } & WorkerStatus)
-  | { type: 'recycle'; reason: 'max-requests' | 'reload-on-rss' }
+  | { type: 'recycle'; reason: 'max-requests' | 'reload-on-rss' | 'exception' }
   | { type: 'fatal'; message: string; code?: string }
   | { type: 'reply'; seq: number; data: unknown }
   /** Draining: what this worker's front counted, for the master to keep after it exits. */

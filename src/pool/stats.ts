@@ -10,6 +10,8 @@ export interface PoolCounters {
   harakiriKills: number;
   harakiriTimeouts: number;
   recycles: number;
+  /** Exceptions the apps threw (caught as 500s, and uncaught ones, each of which replaced its worker). */
+  exceptions: number;
 }
 
 export interface WorkerRow {

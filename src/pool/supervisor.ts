@@ -82,10 +82,11 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
   #checks: MasterChecks<WorkerRecord>;
   #slots: Array<WorkerRecord | null>;
   #live = new Set<WorkerRecord>();
-  #counters: PoolCounters = { rejected: 0, reloads: 0, respawns: 0, harakiriKills: 0, harakiriTimeouts: 0, recycles: 0 };
+  #counters: PoolCounters = { rejected: 0, reloads: 0, respawns: 0, harakiriKills: 0, harakiriTimeouts: 0, recycles: 0, exceptions: 0 };
   /** Soft harakiri answers and queue refusals of workers that are gone (their own counts went with them). */
   #pastTimeouts = 0;
   #pastRejected = 0;
+  #pastExceptions = 0;
   #crashStreak = new Map<number, { count: number; last: number }>();
   #stopping = false;
   #generation = 0;
@@ -221,6 +222,8 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
         break;
       }
       case 'recycle':
+        // A worker broken by an uncaught exception takes no new request from the master's front.
+        if (msg.reason === 'exception') this.#suspects.add(rec);
         if (rec.state !== 'draining') void this.recycle(rec, msg.reason);
         break;
       case 'reply':
@@ -242,6 +245,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     rec.client.close();
     this.#pastTimeouts += rec.status.harakiriTimeouts;
     this.#pastRejected += rec.status.rejected;
+    this.#pastExceptions += rec.status.exceptions;
     const note = this.#harakiriNote(rec);
     const wasCurrent = this.#slots[rec.id - 1] === rec;
     const expected = rec.exitExpected;
@@ -500,11 +504,13 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
   get counters(): PoolCounters {
     let timeouts = this.#pastTimeouts;
     let rejected = this.#counters.rejected + this.#pastRejected;
+    let exceptions = this.#pastExceptions;
     for (const w of this.#live) {
       timeouts += w.status.harakiriTimeouts;
       rejected += w.status.rejected;
+      exceptions += w.status.exceptions;
     }
-    return { ...this.#counters, rejected, harakiriTimeouts: timeouts };
+    return { ...this.#counters, rejected, harakiriTimeouts: timeouts, exceptions };
   }
 
   stats(): PoolStats {

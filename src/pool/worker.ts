@@ -52,11 +52,26 @@ let draining = false;
 function logError(msg: string, err: unknown): void {
   console.error(JSON.stringify({ level: 50, msg, pid: process.pid, err: String((err as Error)?.stack ?? err) }));
 }
+// An exception thrown where no request's code can catch it (a timer, setImmediate, an event
+// handler) leaves the app in a state nobody knows: as uWSGI and PM2 do, the worker is replaced.
+// The requests it holds without an answer get 500 now (none waits for readTimeout or harakiri);
+// it stops taking work, finishes what has begun within the grace period, and the master starts its
+// replacement first.
+let broken = false;
 process.on('uncaughtException', (err) => {
-  // An app bug must not take the worker's other requests down silently: count and report it;
-  // the master replaces us if we exit.
   exceptions++;
-  logError('uncaught exception in worker', err);
+  logError('uncaught exception in worker: replacing it', err);
+  if (broken) return;
+  broken = true;
+  for (const res of holding) {
+    if (res.headersSent) continue;
+    res.stratumHead = null;
+    res.shouldKeepAlive = false;
+    res.answer(500, ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'], 'Internal Server Error\n');
+    res.stratumAbandon = true;
+  }
+  front?.drain(0);
+  send({ type: 'recycle', reason: 'exception' });
 });
 process.on('unhandledRejection', (err) => {
   exceptions++;
@@ -99,14 +114,19 @@ const served = countRequests(guardedListener(tracing ? tracedListener(tracing.tr
   logError('app threw', err);
 }));
 
+/** The responses this worker owes (for the answers of an uncaught exception). */
+const holding = new Set<HostResponse>();
+
 function countRequests(listener: RequestListener): RequestListener {
   return (req, res) => {
     requests++;
     inflight++;
+    holding.add(res as HostResponse);
     if (config.pool.maxRequests > 0 && requests === config.pool.maxRequests) spent();
     const started = performance.now();
     res.once('close', () => {
       inflight--;
+      holding.delete(res as HostResponse);
       totalMs += performance.now() - started;
       if (draining && inflight === 0 && !front?.busy) void finishDrain();
     });

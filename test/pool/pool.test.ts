@@ -547,6 +547,34 @@ describe('crashing apps', () => {
     expect(t.stdout()).not.toMatch(/stratum ready/);
   });
 
+  it('an exception thrown from a timer in app code: its request gets 500 at once, the worker is replaced', async () => {
+    const s = await serve({ pool: { workers: 1 } });
+    try {
+      const before = s.workers[0]!;
+      const r = await get(s.front!, '/async-throw');
+      expect(r.status, r.body).toBe(500);
+      // At once, not after readTimeout or harakiri (60 s).
+      expect(r.end - r.start).toBeLessThan(2_000);
+      const st = await waitFor('the broken worker replaced', async () => {
+        const x = await stats(s.admin);
+        const w = x.workers[0];
+        return x.workers.length === 1 && w && serving(w) && w.pid !== before ? x : undefined;
+      }, 10_000);
+      expect(st.recycles).toBe(1);
+      expect(st.respawns).toBe(0);
+      // Logged with its stack, once.
+      const stderr = s.stderr().split('\n').filter((l) => l.includes('uncaught exception'));
+      expect(stderr).toHaveLength(1);
+      expect(stderr[0]).toContain('async boom');
+      expect(stderr[0]).toContain('pool-app.ts');
+      const metrics = await (await fetch(`${s.admin}/metrics`)).text();
+      expect(metrics).toMatch(/^stratum_app_exceptions_total 1$/m);
+      expect((await get(s.front!, '/')).status).toBe(200);
+    } finally {
+      await stopClean(s);
+    }
+  });
+
   it('a worker whose request calls process.exit is respawned, with back-off in a crash loop', async () => {
     const s = await serve({ pool: { workers: 1 } });
     try {
