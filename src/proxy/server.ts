@@ -92,6 +92,8 @@ export class FrontProxy {
   /** When each idle connection went idle (absent while a request is on it). */
   #idleSince = new WeakMap<Socket, number>();
   #goneWaiters: Array<() => void> = [];
+  /** Requests pipelined behind the one in flight on each connection. */
+  #pipelined = new WeakMap<Socket, Array<() => void>>();
   /** Connections upgraded to another protocol (WebSocket): a drain leaves them to finish, as nginx does. */
   #upgraded = new WeakSet<Socket>();
   /** Stops the body read of an in-flight request whose framing broke (bad chunk) with a coded error. */
@@ -261,7 +263,41 @@ export class FrontProxy {
     for (const s of this.#sockets) s.destroy();
   }
 
+  /**
+   * A connection's pipelined requests are served one at a time, as nginx does: one connection
+   * cannot fan out over the whole pool. The next waits (and the connection is not read further)
+   * until the response before it is done.
+   */
   #handle(req: IncomingMessage, res: HostResponse, expectContinue: boolean): void {
+    const socket = req.socket;
+    const waiting = this.#pipelined.get(socket);
+    if (waiting !== undefined) {
+      waiting.push(() => this.#serve(req, res, expectContinue));
+      socket.pause();
+      return;
+    }
+    this.#pipelined.set(socket, []);
+    this.#serve(req, res, expectContinue);
+  }
+
+  /** The request before this one on its connection is done: start the next, if one waits. */
+  #next(socket: Socket): void {
+    const waiting = this.#pipelined.get(socket);
+    const next = waiting?.shift();
+    if (next === undefined) {
+      this.#pipelined.delete(socket);
+      return;
+    }
+    if (waiting!.length === 0) socket.resume();
+    if (socket.destroyed) {
+      // The client is gone: what it had pipelined is dropped (Node closes those responses).
+      this.#pipelined.delete(socket);
+      return;
+    }
+    next();
+  }
+
+  #serve(req: IncomingMessage, res: HostResponse, expectContinue: boolean): void {
     const startAt = performance.now();
     const socket = req.socket;
     // A request pipelined behind one we refused: that connection is closing, nothing more on it is served.
@@ -298,6 +334,7 @@ export class FrontProxy {
       this.#inflight--;
       this.#hooks.onResponse?.(ctx);
       if (this.#inflight === 0) for (const w of this.#idleWaiters.splice(0)) w();
+      this.#next(socket);
     });
     this.#hooks.onRequest?.(ctx);
     const problem = framingProblem(req);
