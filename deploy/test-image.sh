@@ -26,7 +26,8 @@
 # over the base (--build-arg NODE_IMAGE=…): an image built that way is for checking, not shipping.
 #
 # Environment: STRATUM_IMAGE_CACHE (default ~/.cache/stratum-image), STRATUM_IMAGE_KEEP=1 keeps the
-# daemon running at the end (prints its DOCKER_HOST), STRATUM_IMAGE_PULL_TIMEOUT (s, default 20).
+# daemon running at the end (prints its DOCKER_HOST), STRATUM_IMAGE_PULL_TIMEOUT (s, default 20),
+# STRATUM_IMAGE_STORAGE=vfs skips overlay2 (to try the fallback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -141,7 +142,10 @@ start_dockerd() {
 say "dockerd ($("$DOCKER" --version))"
 stop_leftover_dockerd
 t=$(date +%s.%N)
-if start_dockerd overlay2; then
+if [ "${STRATUM_IMAGE_STORAGE:-}" = vfs ]; then
+  start_dockerd vfs || { tail -20 "$WORK/dockerd-vfs.log" >&2; die "dockerd did not start with vfs"; }
+  DRIVER=vfs
+elif start_dockerd overlay2; then
   DRIVER=overlay2
 else
   note "overlay2 did not start: $(tail -3 "$WORK/dockerd-overlay2.log" | tr '\n' ' ')"
