@@ -10,6 +10,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT, startStratum, stopAllStratum, type StratumProcess } from '../helpers/stratum.ts';
+import { normalisePath, pathOf } from '../../src/proxy/routes.ts';
 import { RawConn, exchange, fakeUwsgi, header, portOf, recordingUpstream, scriptedUpstream, sleep, writeConfig } from './helpers.ts';
 
 afterAll(stopAllStratum);
@@ -329,9 +330,14 @@ describe('static routes cannot be escaped', () => {
     '/static/./../secret.txt',
   ];
   for (const target of escapes) {
-    it(`refuses ${target} with 403`, async () => {
+    // Routing sees the normalised path (nginx location matching): a target whose dot segments
+    // leave /static never reaches the static route, the pool's app answers it (404); the rest
+    // reach the static upstream, whose own check refuses them.
+    const routed = normalisePath(pathOf(target)).startsWith('/static/') ? 'static' : 'pool';
+    const what = routed === 'static' ? '403 from the static route' : 'routed to the pool: 404';
+    it(`refuses ${target} (${what})`, async () => {
       const r = await exchange(port, `GET ${target} HTTP/1.1\r\n${H}\r\n`);
-      expect(r.status).toBe(403);
+      expect(r.status).toBe(routed === 'static' ? 403 : 404);
       expect(r.raw).not.toContain(SECRET);
     });
   }
