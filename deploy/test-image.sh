@@ -469,6 +469,12 @@ d stop -t 45 stratum-tracing >/dev/null
 [ "$(d inspect -f '{{.State.ExitCode}}' stratum-tracing)" = 0 ] || die "tracing: exit code after docker stop"
 d logs stratum-tracing 2>&1 | grep '"tracing on"' | sed 's/^/    /' | cut -c1-200
 
+# The data root is kept between runs: images a rebuild replaced, and build cache beyond a few
+# gigabytes, go, so that it does not grow with every run.
+d image prune -f >/dev/null
+d builder prune -f --keep-storage 3000000000 >/dev/null
+note "data root after pruning: $(du -sh "$CACHE/docker-$DRIVER" 2>/dev/null | cut -f1)"
+
 # --- figures ----------------------------------------------------------------------------------
 say "figures ($(date -u +%Y-%m-%d), storage $DRIVER, base: $BASE_KIND)"
 for f in "${FIGURES[@]}"; do note "$f"; done
