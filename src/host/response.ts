@@ -20,6 +20,8 @@ export class HostResponse<R extends IncomingMessage = IncomingMessage> extends S
    * instead of failing in its code with ERR_HTTP_HEADERS_SENT.
    */
   stratumAbandon = false;
+  /** Called once when the app ends its response (whatever is still buffered for the client). */
+  stratumEnd: (() => void) | null = null;
   #proxyWrites = false;
 
   override writeHead(statusCode: number, ...rest: unknown[]): this {
@@ -43,7 +45,11 @@ export class HostResponse<R extends IncomingMessage = IncomingMessage> extends S
   override end(...args: unknown[]): this {
     if (this.stratumAbandon && !this.#proxyWrites) return this;
     if (args.length > 0 && typeof args[0] !== 'function') this.stratumBytes += byteLength(args[0]);
-    return (super.end as (...a: unknown[]) => this)(...args);
+    const ended = this.stratumEnd;
+    this.stratumEnd = null;
+    const out = (super.end as (...a: unknown[]) => this)(...args);
+    ended?.();
+    return out;
   }
 
   /** Stratum's own short answer (an error page), written even when the app's writes are dropped. */

@@ -167,6 +167,8 @@ uwsgiServer.on('request', uwsgiRequestListener((req, res) => {
     watch.headSent();
     stamp?.(headers);
   };
+  // harakiri measures the app's time, not the reader's: it stops when the app ends its response.
+  res.stratumEnd = () => watch.done();
   res.once('close', () => watch.done());
   served(req, res);
 }));

@@ -97,6 +97,9 @@ export class AppUpstream implements Upstream {
         watch?.headSent();
         ctx.beforeHead(headers);
       };
+      // harakiri measures the app's time, never the client's: it stops when the app has ended its
+      // response, however slowly the client then reads it.
+      res.stratumEnd = () => watch?.done();
       res.once('finish', () => finish(null));
       // The client went away mid-response: the app sees 'close' on its response.
       ctx.onClientGone = () => finish(null);

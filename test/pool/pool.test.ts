@@ -284,6 +284,37 @@ describe('harakiri', () => {
     }
   });
 
+  it('--harakiri 1: a client reading a large answer slowly is not harakiri: it gets every byte, nothing is killed', async () => {
+    const s = await serve({ pool: { workers: 1 } }, ['--harakiri', '1']);
+    try {
+      const url = new URL('/big?mb=16', s.front!);
+      const got = await new Promise<{ status: number; bytes: number; ms: number }>((resolve, reject) => {
+        const t0 = performance.now();
+        const req = http.get({ host: url.hostname, port: url.port, path: url.pathname + url.search, agent: false }, (res) => {
+          let bytes = 0;
+          // ~4 MiB/s: the 16 MiB answer takes ~4 s to read, well past the 1 s limit.
+          res.on('data', (c: Buffer) => {
+            bytes += c.length;
+            res.pause();
+            setTimeout(() => res.resume(), 16);
+          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes, ms: performance.now() - t0 }));
+          res.on('error', reject);
+        });
+        req.on('error', reject);
+      });
+      expect(got.status).toBe(200);
+      expect(got.bytes).toBe(16 * 1024 * 1024);
+      expect(got.ms).toBeGreaterThan(1_500);
+      const st = await stats(s.admin);
+      expect(st.harakiriKills).toBe(0);
+      expect(st.harakiriTimeouts).toBe(0);
+      expect(st.workers.map((w) => w.pid)).toEqual(s.workers);
+    } finally {
+      await stopClean(s);
+    }
+  });
+
   it('a route\'s harakiri overrides the global one', async () => {
     const s = await serve({
       pool: { workers: 2, harakiri: 30 },
