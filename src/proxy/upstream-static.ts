@@ -38,7 +38,12 @@ export class StaticUpstream implements Upstream {
     }
     const url = req.url ?? '/';
     const q = url.indexOf('?');
-    let rel = (q >= 0 ? url.slice(0, q) : url).slice(ctx.route.path === '/' ? 0 : ctx.route.path.replace(/\/$/, '').length);
+    const raw = q >= 0 ? url.slice(0, q) : url;
+    const prefix = ctx.route.path === '/' ? '' : ctx.route.path.replace(/\/$/, '');
+    // Routes match the normalised path: a raw one that does not start with the prefix ("//static/x",
+    // "/%73tatic/x") cannot be cut at the prefix's length, and is no canonical file name either.
+    if (!raw.startsWith(prefix)) throw new StaticForbidden(raw);
+    let rel = raw.slice(prefix.length);
     try {
       rel = decodeURIComponent(rel);
     } catch {
