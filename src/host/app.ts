@@ -14,7 +14,7 @@ import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { AppKindUnknown, appImportError } from '../errors.ts';
+import { AppKindUnknown, appImportError, rawHttpAnswer, UpgradeUnsupported } from '../errors.ts';
 import { fetchListener, type FetchConnInfo, type FetchHandler } from './fetch.ts';
 
 export type AppKind = 'fastify' | 'listener' | 'fetch';
@@ -106,8 +106,8 @@ function describe(x: unknown): string {
 }
 
 /** An upgrade nobody takes: 501, as for a route whose target cannot upgrade. */
-export function refuseUpgrade(socket: Duplex): void {
-  socket.end('HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nNot Implemented\n');
+export function refuseUpgrade(socket: Duplex, where = 'the app'): void {
+  socket.end(rawHttpAnswer(new UpgradeUnsupported(where)));
 }
 
 /**

@@ -15,6 +15,7 @@
 // (start, limit, descriptor, head-sent flag) and its "METHOD path requestId" for the note.
 
 import { writeSync } from 'node:fs';
+import { HarakiriTimeout, rawHttpAnswer, UpstreamReset } from '../errors.ts';
 import { Worker } from 'node:worker_threads';
 
 const SLOTS = 1024;
@@ -26,12 +27,10 @@ const TICK_MS = 100;
 const BLOCKED_MS = 400;
 
 /** The 504 a request past harakiri gets (nginx answers an upstream timeout the same way). */
-export const HARAKIRI_RESPONSE = 'HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n' +
-  'Content-Length: 16\r\nCache-Control: no-store\r\nConnection: close\r\n\r\nGateway Timeout\n';
+export const HARAKIRI_RESPONSE = rawHttpAnswer(new HarakiriTimeout(0));
 
 /** What a request gets when its worker dies under it (nginx's answer to a vanished upstream). */
-export const BAD_GATEWAY = 'HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n' +
-  'Content-Length: 12\r\nCache-Control: no-store\r\nConnection: close\r\n\r\nBad Gateway\n';
+export const BAD_GATEWAY = rawHttpAnswer(new UpstreamReset('worker', 'the process exited'));
 
 /** What the watchdog leaves for the master before it kills its process (`<runDir>/harakiri-<pid>.json`). */
 export interface HarakiriNote {

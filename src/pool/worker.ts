@@ -12,6 +12,7 @@ import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Registry, collectDefaultMetrics } from 'prom-client';
 import { schema } from '../config/schema.ts';
+import { ClientBadRequest, rawHttpAnswer } from '../errors.ts';
 import { guardedListener, loadApp, type LoadedApp, type RequestListener } from '../host/app.ts';
 import { HostResponse } from '../host/response.ts';
 import { releaseStartupMemory } from '../memory.ts';
@@ -172,8 +173,10 @@ uwsgiServer.on('request', uwsgiRequestListener((req, res) => {
   res.once('close', () => watch.done());
   served(req, res);
 }));
-uwsgiServer.on('clientError', (_err: NodeJS.ErrnoException, socket: net.Socket) => {
-  if (socket.writable && !socket.destroyed) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+uwsgiServer.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
+  // The head the bridge re-expressed did not parse: the packet's vars were refused one by one
+  // before, so this is a bug or a limit of ours; the client gets a coded 400, not a reset.
+  if (socket.writable && !socket.destroyed) socket.end(rawHttpAnswer(new ClientBadRequest(`uwsgi bridge: ${err.code ?? err.message}`)));
   else socket.destroy();
 });
 

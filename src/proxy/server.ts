@@ -17,7 +17,7 @@ import type { Logger } from 'pino';
 import type { StratumConfig } from '../config/schema.ts';
 import { listenAt } from '../listen.ts';
 import { listenOnFd } from '../pool/sockets.ts';
-import { ClientBadRequest, ClientBodyTimeout, ClientHeadersTooLarge, ClientHeaderTimeout, RouteNotFound, StratumError } from '../errors.ts';
+import { ClientBadRequest, ClientBodyTimeout, ClientHeadersTooLarge, ClientHeaderTimeout, RouteNotFound, StratumError, rawHttpAnswer, UpgradeUnsupported } from '../errors.ts';
 import type { RouteTable } from './routes.ts';
 import { HostResponse } from '../host/response.ts';
 import { announcesBody, prepareBody, type ProxyContext, type RequestBody, type UpgradeContext, type Upstream } from './upstream.ts';
@@ -144,14 +144,14 @@ export class FrontProxy {
     if (problem) {
       const e = new ClientBadRequest(problem);
       this.#log.info({ code: e.code, method: req.method, path: req.url }, e.message);
-      socket.end('HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nBad Request\n');
+      socket.end(rawHttpAnswer(e));
       return;
     }
     const upstream = entry?.upstream;
     if (!entry || !upstream?.upgrade) {
-      const status = entry ? '501 Not Implemented' : '404 Not Found';
-      this.#log.info({ method: req.method, path: req.url, route: entry?.label ?? 'none' }, `refused upgrade: ${status}`);
-      socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${status.length - 3}\r\nConnection: close\r\n\r\n${status.slice(4)}\n`);
+      const e = entry ? new UpgradeUnsupported(entry.label) : new RouteNotFound(req.headers.host ?? '', req.url ?? '/');
+      this.#log.info({ code: e.code, method: req.method, path: req.url, route: entry?.label ?? 'none' }, `refused upgrade: ${e.message}`);
+      socket.end(rawHttpAnswer(e));
       return;
     }
     const ctx: UpgradeContext = { req, routeLabel: entry.label, forward: forwardInfo(req, socket, requestIdOf(req)), error: null };
@@ -184,9 +184,7 @@ export class FrontProxy {
     }
     if (!e || !socket.writable) return void socket.destroy();
     this.#log.info({ code: e.code, parserCode: err.code, remote: socket.remoteAddress }, e.message);
-    const status = `${e.statusCode} ${http.STATUS_CODES[e.statusCode]}`;
-    const body = `${http.STATUS_CODES[e.statusCode]}\n`;
-    socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+    socket.end(rawHttpAnswer(e));
     socket.setTimeout(LINGER_MS); // half-closed: the client's FIN ends it, or this does
   }
 

@@ -21,7 +21,7 @@ import { errors, Pool, type Dispatcher } from 'undici';
 import type { StratumConfig } from '../config/schema.ts';
 import {
   ClientBadRequest, ClientClosed, StratumError, UpstreamBadResponse, UpstreamHeadersTooLarge, UpstreamReset, UpstreamTimeout,
-  UpstreamTruncated, UpstreamUnreachable, UNREACHABLE_CODES,
+  UpstreamTruncated, UpstreamUnreachable, UNREACHABLE_CODES, rawHttpAnswer,
 } from '../errors.ts';
 import { httpRequestHeaders, responseHeaders } from './forward.ts';
 import { sendHead, type ProxyContext, type RequestBody, type UpgradeContext, type Upstream } from './upstream.ts';
@@ -99,14 +99,14 @@ export class HttpUpstream implements Upstream {
       headers,
       setHost: false,
     });
-    const fail = (status: number, text: string) => {
-      if (clientSocket.writable) clientSocket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${text.length + 1}\r\nConnection: close\r\n\r\n${text}\n`);
+    const fail = (err: StratumError) => {
+      if (clientSocket.writable) clientSocket.end(rawHttpAnswer(err));
       else clientSocket.destroy();
     };
     upstream.setTimeout(this.#connectTimeoutMs, () => upstream.destroy(new UpstreamTimeout(this.label, 'upgrade', this.#connectTimeoutMs)));
     upstream.once('error', (err: NodeJS.ErrnoException) => {
       ctx.error = err instanceof StratumError ? err : new UpstreamUnreachable(this.label, err.code ?? err.message);
-      fail(ctx.error.statusCode, http.STATUS_CODES[ctx.error.statusCode] ?? 'Bad Gateway');
+      fail(ctx.error);
     });
     upstream.once('response', (res) => {
       // No upgrade: relay the answer and close.
