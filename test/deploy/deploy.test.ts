@@ -597,27 +597,34 @@ describe('container image', () => {
     const probe = execForm(hc.slice(hc.indexOf('CMD') + 3).trim(), 'HEALTHCHECK CMD');
     expect(probe[0]).toBe('node');
     const probeArgs = probe.slice(1).map((a) => (a.startsWith('/') ? inRoot(a) : a));
-    const probeEnv = { PATH: process.env.PATH ?? '', STRATUM_ADMIN: new URL(admin).host, STRATUM_HEALTHCHECK_PID: String(t.proc.pid) };
-    const healthy = spawnSync(process.execPath, probeArgs, { cwd: inRoot(workdir), env: probeEnv, encoding: 'utf8', timeout: 10_000 });
+    const probeEnv = {
+      PATH: process.env.PATH ?? '', STRATUM_ADMIN: new URL(admin).host, STRATUM_HEALTHCHECK_PID: String(t.proc.pid),
+    };
+    const probeOpts = { cwd: inRoot(workdir), env: probeEnv, encoding: 'utf8', timeout: 10_000 } as const;
+    const healthy = spawnSync(process.execPath, probeArgs, probeOpts);
     expect(healthy.status, `${healthy.stdout}${healthy.stderr}`).toBe(0);
 
     // node is PID 1 in the container: it must end on SIGTERM by itself, with 0.
     expect(await t.stop('SIGTERM', 40_000)).toBe(0);
     // And the same probe fails once nothing listens.
-    const down = spawnSync(process.execPath, probeArgs, { cwd: inRoot(workdir), env: probeEnv, encoding: 'utf8', timeout: 10_000 });
+    const down = spawnSync(process.execPath, probeArgs, probeOpts);
     expect(down.status).toBe(1);
     expect(down.stderr).toMatch(/^healthcheck: GET http:\/\/127\.0\.0\.1:\d+\/readyz: /);
   }, 240_000);
 
-  it('the HEALTHCHECK follows the admin listener: --admin flag, then STRATUM_ADMIN, then admin.listen in --config', async () => {
+  it('the HEALTHCHECK follows the admin listener: --admin, STRATUM_ADMIN, admin.listen of the config', async () => {
     const script = join(REPO_ROOT, 'deploy/healthcheck.js');
     const [inFile, inFlag, elsewhere] = [await freePort(), await freePort(), await freePort()];
     const dir = makeTempDir('healthcheck');
     const config = join(dir, 'stratum.yaml');
     writeFileSync(config, `admin:\n  listen: 127.0.0.1:${inFile}\n`);
     const probe = (pid: number, env: Record<string, string> = {}) =>
-      spawnSync(process.execPath, [script], { env: { PATH: process.env.PATH ?? '', STRATUM_HEALTHCHECK_PID: String(pid), ...env }, encoding: 'utf8', timeout: 10_000 });
-    const common = ['--listen', '127.0.0.1:0', '--workers', '1', '--app', 'examples/hello/app.ts'];
+      spawnSync(process.execPath, [script], {
+        env: { PATH: process.env.PATH ?? '', STRATUM_HEALTHCHECK_PID: String(pid), ...env },
+        encoding: 'utf8',
+        timeout: 10_000,
+      });
+    const common = ['--listen', '127.0.0.1:0', '--workers', '1', '--app', join(REPO_ROOT, 'examples/hello/app.ts')];
 
     // Moved by the config file alone: the probe reads the file named by the server's --config.
     const fromFile = await startStratum(['serve', '--config', config, ...common], { env: { STRATUM_ADMIN: '' } });
@@ -640,6 +647,29 @@ describe('container image', () => {
       expect(ok.status, ok.stderr).toBe(0);
     } finally {
       expect(await fromFlag.stop()).toBe(0);
+    }
+
+    // A config module's default export (an object, or a function returning it), found in the
+    // server's working directory when no --config is given; a relative --config resolves there too.
+    const moduleDir = makeTempDir('healthcheck-module');
+    const inDir = { cwd: moduleDir, env: { STRATUM_ADMIN: '' } };
+    writeFileSync(join(moduleDir, 'stratum.config.mjs'),
+      `export default () => ({ admin: { listen: '127.0.0.1:${inFile}' } });\n`);
+    const fromModule = await startStratum(['serve', ...common], inDir);
+    try {
+      expect(fromModule.admin).toBe(`http://127.0.0.1:${inFile}`);
+      const ok = probe(fromModule.proc.pid!);
+      expect(ok.status, ok.stderr).toBe(0);
+    } finally {
+      expect(await fromModule.stop()).toBe(0);
+    }
+    writeFileSync(join(moduleDir, 'other.yaml'), `admin:\n  listen: 127.0.0.1:${inFlag}\n`);
+    const relative = await startStratum(['serve', '--config', 'other.yaml', ...common], inDir);
+    try {
+      const ok = probe(relative.proc.pid!);
+      expect(ok.status, ok.stderr).toBe(0);
+    } finally {
+      expect(await relative.stop()).toBe(0);
     }
 
     // A wildcard listen address is probed on loopback.
