@@ -31,7 +31,9 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   const metrics = config.metrics.enabled ? new Metrics() : null;
   const frontInWorkers = mode === 'serve' && config.topology === 'worker';
   const frontInMaster = mode === 'proxy' || (mode === 'serve' && !frontInWorkers);
-  const observer: Observer | null = frontInMaster ? createObserver(config, log, metrics, tracing?.tracer ?? null) : null;
+  const observer: Observer | null = frontInMaster
+    ? createObserver(config, log, metrics, tracing?.tracer ?? null)
+    : null;
 
   // The worker topology's front listener: bound here, held for the master's whole life, so a
   // respawn or a reload never closes it (no ECONNREFUSED at any moment); every worker accepts on it.
@@ -40,9 +42,13 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   if (frontInWorkers) {
     const a = parseAddress(config.listen, 'listen');
     frontHandle = bindSocket(a);
-    frontUrl = a.kind === 'unix' ? `unix:${a.path}` : `http://${a.host.includes(':') ? `[${a.host}]` : a.host}:${boundPort(frontHandle, a)}`;
+    frontUrl =
+      a.kind === 'unix'
+        ? `unix:${a.path}`
+        : `http://${a.host.includes(':') ? `[${a.host}]` : a.host}:${boundPort(frontHandle, a)}`;
   }
-  const pool = mode === 'proxy' ? null : new (await import('./pool/supervisor.ts')).Supervisor(config, log, frontHandle);
+  const pool =
+    mode === 'proxy' ? null : new (await import('./pool/supervisor.ts')).Supervisor(config, log, frontHandle);
   const admin = new AdminServer(config);
   let ready = false;
   let proxy: FrontProxy | null = null;
@@ -71,16 +77,24 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     if (pool) void pool.reload();
   });
 
-  admin.add({ method: 'GET', path: '/livez', public: true, handler: (_q, res) => sendJson(res, 200, { status: 'ok' }) });
   admin.add({
-    method: 'GET', path: '/readyz', public: true,
+    method: 'GET',
+    path: '/livez',
+    public: true,
+    handler: (_q, res) => sendJson(res, 200, { status: 'ok' }),
+  });
+  admin.add({
+    method: 'GET',
+    path: '/readyz',
+    public: true,
     handler: (_q, res) => {
       const serving = pool ? pool.workers.some((w) => w.state === 'idle' || w.state === 'busy') : true;
       sendJson(res, ready && serving ? 200 : 503, { status: ready && serving ? 'ready' : 'not ready' });
     },
   });
   admin.add({
-    method: 'GET', path: '/metrics',
+    method: 'GET',
+    path: '/metrics',
     handler: async (req, res) => {
       if (!metrics) return sendJson(res, 404, { error: 'metrics are off (metrics.enabled: false)' });
       const { contentType, body } = await metrics.render(req.headers.accept);
@@ -93,29 +107,44 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     upstreamHealth = () => pool.upstreamHealth();
     if (config.routes.some((r) => r.targets[0]!.kind === 'uwsgi')) metrics?.attachUpstreamHealth(upstreamHealth);
   }
-  const parts = frontInWorkers && pool ? async () => (await pool.ask({ what: 'live' })).map((r) => r.data as LivePart) : undefined;
+  const parts =
+    frontInWorkers && pool ? async () => (await pool.ask({ what: 'live' })).map((r) => r.data as LivePart) : undefined;
   live = new LiveFeed({ pool: () => pool?.stats() ?? null, health: () => upstreamHealth(), parts });
   if (observer) observer.listeners.push(liveListener(live.recorder));
   for (const route of dashboardRoutes()) admin.add(route);
   admin.add({ method: 'GET', path: '/live', handler: (req, res) => live.stream(req, res) });
-  admin.add({ method: 'GET', path: '/live/history', handler: (_q, res) => sendJson(res, 200, { ticks: live.history }) });
   admin.add({
-    method: 'GET', path: '/traces',
+    method: 'GET',
+    path: '/live/history',
+    handler: (_q, res) => sendJson(res, 200, { ticks: live.history }),
+  });
+  admin.add({
+    method: 'GET',
+    path: '/traces',
     handler: async (_q, res, url) => {
       const k = url.searchParams.get('kind');
       const kind = k === 'slow' || k === 'failed' ? k : 'latest';
       const limit = Math.min(Number(url.searchParams.get('limit')) || 50, 200);
       let traces = observer?.recent.list(kind, limit) ?? [];
-      if (frontInWorkers && pool) traces = mergeTraces((await pool.ask({ what: 'traces', kind, limit })).flatMap((r) => r.data as RecentTrace[]), kind, limit);
+      if (frontInWorkers && pool)
+        traces = mergeTraces(
+          (await pool.ask({ what: 'traces', kind, limit })).flatMap((r) => r.data as RecentTrace[]),
+          kind,
+          limit,
+        );
       sendJson(res, 200, { traces });
     },
   });
   admin.add({
-    method: 'GET', path: '/traces/', prefix: true,
+    method: 'GET',
+    path: '/traces/',
+    prefix: true,
     handler: async (_q, res, url) => {
       const id = decodeURIComponent(url.pathname.slice('/traces/'.length));
       let t: RecentTrace | undefined = observer?.recent.get(id);
-      if (!t && frontInWorkers && pool) t = (await pool.ask({ what: 'trace', id })).map((r) => r.data as RecentTrace | null).find((x) => x) ?? undefined;
+      if (!t && frontInWorkers && pool)
+        t =
+          (await pool.ask({ what: 'trace', id })).map((r) => r.data as RecentTrace | null).find((x) => x) ?? undefined;
       if (t) sendJson(res, 200, t);
       else sendJson(res, 404, { error: 'no such trace in the recent memory' });
     },
@@ -146,7 +175,8 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     }
     admin.add({ method: 'GET', path: '/stats', handler: (_q, res) => sendJson(res, 200, pool.stats()) });
     admin.add({
-      method: 'POST', path: '/reload',
+      method: 'POST',
+      path: '/reload',
       handler: (_q, res) => {
         void pool.reload();
         sendJson(res, 202, { status: 'reloading' });
@@ -170,7 +200,9 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   try {
     if (frontInMaster) {
       const [{ buildRoutes, upstreamHealth: health }, { PoolUpstream }, { FrontProxy }] = await Promise.all([
-        import('./proxy/targets.ts'), import('./proxy/upstream-pool.ts'), import('./proxy/server.ts'),
+        import('./proxy/targets.ts'),
+        import('./proxy/upstream-pool.ts'),
+        import('./proxy/server.ts'),
       ]);
       const routes = await buildRoutes(config, pool ? new PoolUpstream(pool, config.proxy.readTimeout * 1000) : null);
       upstreamHealth = health(routes);
@@ -189,13 +221,16 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   }
   releaseStartupMemory();
   ready = true;
-  log.info({
-    front: frontUrl,
-    topology: mode === 'serve' ? config.topology : undefined,
-    admin: adminUrl,
-    pool: pool?.publicLabel ?? undefined,
-    workers: pool?.workers.map((w) => w.pid),
-  }, 'stratum ready');
+  log.info(
+    {
+      front: frontUrl,
+      topology: mode === 'serve' ? config.topology : undefined,
+      admin: adminUrl,
+      pool: pool?.publicLabel ?? undefined,
+      workers: pool?.workers.map((w) => w.pid),
+    },
+    'stratum ready',
+  );
   log.flush(); // the line operators and scripts wait for goes out now, not with the next batch
 }
 

@@ -11,7 +11,11 @@ export function listenAt(server: Server, address: string, field: string, backlog
     const done = () => {
       server.off('error', reject);
       const addr = server.address();
-      resolve(typeof addr === 'string' ? `unix:${addr}` : `http://${addr!.family === 'IPv6' ? `[${addr!.address}]` : addr!.address}:${addr!.port}`);
+      resolve(
+        typeof addr === 'string'
+          ? `unix:${addr}`
+          : `http://${addr!.family === 'IPv6' ? `[${addr!.address}]` : addr!.address}:${addr!.port}`,
+      );
     };
     if (a.kind === 'unix') server.listen({ path: a.path, backlog }, done);
     else server.listen({ host: a.host, port: a.port, backlog }, done);

@@ -14,7 +14,8 @@ import type { AdminRoute } from './server.ts';
 
 export const DASHBOARD_DIST = fileURLToPath(new URL('../../dashboard/dist/', import.meta.url));
 
-const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const CSP =
+  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -31,7 +32,11 @@ const NOT_BUILT = `<!doctype html><meta charset="utf-8"><title>Stratum</title>
 The figures it shows are also at <code>/stats</code>, <code>/traces</code>, <code>/live</code> and <code>/metrics</code>.</p>
 `;
 
-interface Asset { body: Buffer; gzip: Buffer | null; type: string }
+interface Asset {
+  body: Buffer;
+  gzip: Buffer | null;
+  type: string;
+}
 
 function send(req: IncomingMessage, res: ServerResponse, status: number, asset: Asset, cache: string): void {
   const gzip = asset.gzip && /\bgzip\b/.test(String(req.headers['accept-encoding'] ?? '')) ? asset.gzip : null;
@@ -50,7 +55,11 @@ function send(req: IncomingMessage, res: ServerResponse, status: number, asset: 
 }
 
 function asset(body: Buffer, type: string): Asset {
-  return { body, type, gzip: body.length > 1024 && !type.startsWith('image/png') && !type.startsWith('font/') ? gzipSync(body) : null };
+  return {
+    body,
+    type,
+    gzip: body.length > 1024 && !type.startsWith('image/png') && !type.startsWith('font/') ? gzipSync(body) : null,
+  };
 }
 
 /** GET / (the page) and GET /assets/<file> (its script and styles), served from `dist`. */
@@ -60,7 +69,9 @@ export function dashboardRoutes(dist = DASHBOARD_DIST): AdminRoute[] {
   const assets = new Map<string, Asset>();
   return [
     {
-      method: 'GET', path: '/', public: true,
+      method: 'GET',
+      path: '/',
+      public: true,
       handler: async (req, res) => {
         const html = await readFile(`${dist}index.html`).catch(() => null);
         if (html) send(req, res, 200, asset(html, TYPES['.html']!), 'no-cache');
@@ -68,7 +79,10 @@ export function dashboardRoutes(dist = DASHBOARD_DIST): AdminRoute[] {
       },
     },
     {
-      method: 'GET', path: '/assets/', prefix: true, public: true,
+      method: 'GET',
+      path: '/assets/',
+      prefix: true,
+      public: true,
       handler: async (req, res, url) => {
         const name = url.pathname.slice('/assets/'.length);
         const type = TYPES[extname(name)];

@@ -39,7 +39,8 @@ interface FastifyLike {
 
 function isFastify(x: unknown): x is FastifyLike {
   return (
-    (typeof x === 'object' || typeof x === 'function') && x !== null &&
+    (typeof x === 'object' || typeof x === 'function') &&
+    x !== null &&
     typeof (x as FastifyLike).ready === 'function' &&
     typeof (x as FastifyLike).routing === 'function' &&
     typeof (x as { register?: unknown }).register === 'function'
@@ -73,20 +74,26 @@ export async function adapt(exported: unknown, where: string): Promise<LoadedApp
     const server = app.server;
     const upgrade: UpgradeHandler | null = server
       ? (req, socket, head) => {
-        if (server.listenerCount('upgrade') > 0) server.emit('upgrade', req, socket, head);
-        else refuseUpgrade(socket);
-      }
+          if (server.listenerCount('upgrade') > 0) server.emit('upgrade', req, socket, head);
+          else refuseUpgrade(socket);
+        }
       : null;
     return { kind: 'fastify', listener: app.routing, upgrade, close: async () => void (await app.close()) };
   }
   if (typeof exported === 'object' && exported !== null && typeof (exported as FetchHandler).fetch === 'function') {
     const handler = exported as FetchHandler & { upgrade?: UpgradeHandler };
     const upgrade = typeof handler.upgrade === 'function' ? handler.upgrade.bind(handler) : null;
-    return { kind: 'fetch', listener: fetchListener((r, info) => handler.fetch(r, info)), upgrade, close: async () => {} };
+    return {
+      kind: 'fetch',
+      listener: fetchListener((r, info) => handler.fetch(r, info)),
+      upgrade,
+      close: async () => {},
+    };
   }
   if (typeof exported === 'function') {
     const fn = exported as (...args: unknown[]) => unknown;
-    if (fn.length >= 2) return { kind: 'listener', listener: fn as RequestListener, upgrade: null, close: async () => {} };
+    if (fn.length >= 2)
+      return { kind: 'listener', listener: fn as RequestListener, upgrade: null, close: async () => {} };
     if (fn.length === 1) {
       const listener = fetchListener(fn as (r: Request, info: FetchConnInfo) => Promise<Response>);
       return { kind: 'fetch', listener, upgrade: null, close: async () => {} };
@@ -124,7 +131,8 @@ export function guardedListener(listener: RequestListener, onError: (err: unknow
   return (req, res) => {
     try {
       const result: unknown = (listener as (q: typeof req, r: typeof res) => unknown)(req, res);
-      if (result && typeof (result as Promise<unknown>).then === 'function') (result as Promise<unknown>).then(undefined, (err: unknown) => failed(res, err));
+      if (result && typeof (result as Promise<unknown>).then === 'function')
+        (result as Promise<unknown>).then(undefined, (err: unknown) => failed(res, err));
     } catch (err) {
       failed(res, err);
     }

@@ -94,7 +94,8 @@ export class Histogram3 {
     const out: HistogramDump = [];
     for (const [a, byB] of this.#series) {
       for (const [b, byC] of byB) {
-        for (const [c, s] of byC) out.push({ l: [a, b, c], counts: Array.from(s.counts), exemplars: s.exemplars, sum: s.sum, count: s.count });
+        for (const [c, s] of byC)
+          out.push({ l: [a, b, c], counts: Array.from(s.counts), exemplars: s.exemplars, sum: s.sum, count: s.count });
       }
     }
     return out;
@@ -122,7 +123,13 @@ export class Histogram3 {
     let s = byC.get(c);
     if (s === undefined) {
       const [na, nb, nc] = this.labelNames;
-      s = { labels: { [na]: a, [nb]: b, [nc]: c }, counts: new Float64Array(this.#bounds.length + 1), exemplars: [], sum: 0, count: 0 };
+      s = {
+        labels: { [na]: a, [nb]: b, [nc]: c },
+        counts: new Float64Array(this.#bounds.length + 1),
+        exemplars: [],
+        sum: 0,
+        count: 0,
+      };
       byC.set(c, s);
     }
     return s;
@@ -138,7 +145,12 @@ export class Histogram3 {
     return this.#collect((le, shared) => ({ labels: { ...le, ...shared } }));
   }
 
-  #collect(labelsOf: (le: Record<string, string | number>, shared: Record<string, string>) => Pick<MetricValue, 'labels' | 'sharedLabels'>): MetricJson {
+  #collect(
+    labelsOf: (
+      le: Record<string, string | number>,
+      shared: Record<string, string>,
+    ) => Pick<MetricValue, 'labels' | 'sharedLabels'>,
+  ): MetricJson {
     const values: MetricValue[] = [];
     const bucket = `${this.name}_bucket`;
     const n = this.#bounds.length;
@@ -148,7 +160,11 @@ export class Histogram3 {
           let cumulative = 0;
           for (let i = 0; i <= n; i++) {
             cumulative += s.counts[i]!;
-            const v: MetricValue = { ...labelsOf({ le: i < n ? this.#bounds[i]! : '+Inf' }, s.labels), value: cumulative, metricName: bucket };
+            const v: MetricValue = {
+              ...labelsOf({ le: i < n ? this.#bounds[i]! : '+Inf' }, s.labels),
+              value: cumulative,
+              metricName: bucket,
+            };
             if (s.exemplars[i]) v.exemplar = s.exemplars[i];
             values.push(v);
           }

@@ -49,7 +49,7 @@ describe('layerTimes', () => {
     expect(layerTimes(ctx(100, {}), 102.5, false)).toEqual({ proxy: 2.5, queue: 0, worker: 0, app: 0, total: 2.5 });
   });
 
-  it('counts a pool request without the worker\'s report (it never answered) as waiting', () => {
+  it("counts a pool request without the worker's report (it never answered) as waiting", () => {
     const l = layerTimes(ctx(100, { dispatchAt: 101, endAt: 131 }), 131.5, false)!;
     expect(l).toEqual({ proxy: 1.5, queue: 30, worker: 0, app: 0, total: 31.5 });
   });
@@ -58,14 +58,18 @@ describe('layerTimes', () => {
     expect(layerTimes(ctx(100, { dispatchAt: 101, headAt: 110, endAt: 111 }, 0), 112, false)).toBeNull();
   });
 
-  it('never goes negative when the worker\'s rounded report exceeds the hop', () => {
-    const l = layerTimes(ctx(100, { dispatchAt: 101, headAt: 111, endAt: 111, worker: { worker: 0.2, app: 9.9 } }), 111, true)!;
+  it("never goes negative when the worker's rounded report exceeds the hop", () => {
+    const l = layerTimes(
+      ctx(100, { dispatchAt: 101, headAt: 111, endAt: 111, worker: { worker: 0.2, app: 9.9 } }),
+      111,
+      true,
+    )!;
     expect(l.queue).toBe(0);
     for (const v of Object.values(l)) expect(v).toBeGreaterThanOrEqual(0);
     expect(sum(l)).toBeCloseTo(l.total, 9);
   });
 
-  it('always partitions the total when the worker\'s interval nests in the hop (property)', () => {
+  it("always partitions the total when the worker's interval nests in the hop (property)", () => {
     const arb = fc.record({
       toDispatch: fc.double({ min: 0, max: 50, noNaN: true }),
       hopToHead: fc.double({ min: 0, max: 5000, noNaN: true }),
@@ -75,23 +79,30 @@ describe('layerTimes', () => {
       appShare: fc.double({ min: 0, max: 1, noNaN: true }),
       atHead: fc.boolean(),
     });
-    fc.assert(fc.property(arb, (a) => {
-      const start = 1000;
-      const dispatchAt = start + a.toDispatch;
-      const headAt = dispatchAt + a.hopToHead;
-      const endAt = headAt + a.headToEnd;
-      // The worker's interval lies inside dispatch → head: worker + app ≤ hopToHead.
-      const worker = a.hopToHead * a.workerShare;
-      const app = (a.hopToHead - worker) * a.appShare;
-      const now = a.atHead ? headAt + a.endToNow : endAt + a.endToNow;
-      const l = layerTimes(ctx(start, { dispatchAt, headAt, endAt: a.atHead ? 0 : endAt, worker: { worker, app } }), now, a.atHead)!;
-      expect(l.total).toBeCloseTo(now - start, 6);
-      expect(Math.abs(sum(l) - l.total)).toBeLessThan(1e-6);
-      for (const v of [l.proxy, l.queue, l.worker, l.app]) expect(v).toBeGreaterThanOrEqual(-1e-9);
-      expect(l.worker).toBe(worker);
-      if (a.atHead) expect(l.app).toBeCloseTo(app, 6);
-      else expect(l.app).toBeCloseTo(app + a.headToEnd, 6);
-    }), { numRuns: 500 });
+    fc.assert(
+      fc.property(arb, (a) => {
+        const start = 1000;
+        const dispatchAt = start + a.toDispatch;
+        const headAt = dispatchAt + a.hopToHead;
+        const endAt = headAt + a.headToEnd;
+        // The worker's interval lies inside dispatch → head: worker + app ≤ hopToHead.
+        const worker = a.hopToHead * a.workerShare;
+        const app = (a.hopToHead - worker) * a.appShare;
+        const now = a.atHead ? headAt + a.endToNow : endAt + a.endToNow;
+        const l = layerTimes(
+          ctx(start, { dispatchAt, headAt, endAt: a.atHead ? 0 : endAt, worker: { worker, app } }),
+          now,
+          a.atHead,
+        )!;
+        expect(l.total).toBeCloseTo(now - start, 6);
+        expect(Math.abs(sum(l) - l.total)).toBeLessThan(1e-6);
+        for (const v of [l.proxy, l.queue, l.worker, l.app]) expect(v).toBeGreaterThanOrEqual(-1e-9);
+        expect(l.worker).toBe(worker);
+        if (a.atHead) expect(l.app).toBeCloseTo(app, 6);
+        else expect(l.app).toBeCloseTo(app + a.headToEnd, 6);
+      }),
+      { numRuns: 500 },
+    );
   });
 });
 
@@ -104,8 +115,16 @@ describe('serverTiming', () => {
   });
 
   it('rounds each value on its own, so the printed layers add up to the printed total within 5 µs', () => {
-    const l = layerTimes(ctx(100.0004, { dispatchAt: 101.00049, headAt: 161.12345, worker: { worker: 0.4444, app: 55.5555 } }), 161.77777, true)!;
-    const printed = Object.fromEntries(serverTiming(l).split(', ').map((m) => [m.split(';')[0], Number(m.split('dur=')[1])]));
+    const l = layerTimes(
+      ctx(100.0004, { dispatchAt: 101.00049, headAt: 161.12345, worker: { worker: 0.4444, app: 55.5555 } }),
+      161.77777,
+      true,
+    )!;
+    const printed = Object.fromEntries(
+      serverTiming(l)
+        .split(', ')
+        .map((m) => [m.split(';')[0], Number(m.split('dur=')[1])]),
+    );
     const layers = printed.proxy! + printed.queue! + printed.worker! + printed.app!;
     expect(Math.abs(layers - printed.total!)).toBeLessThanOrEqual(0.005);
   });

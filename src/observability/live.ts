@@ -13,7 +13,13 @@ import type { PoolStats } from '../pool/stats.ts';
 const LAYER_NAMES = ['proxy', 'queue', 'worker', 'app'] as const;
 const RESERVOIR = 2000;
 
-export interface Quantiles { p50: number; p95: number; p99: number; mean: number; count: number }
+export interface Quantiles {
+  p50: number;
+  p95: number;
+  p99: number;
+  mean: number;
+  count: number;
+}
 
 export interface LiveTick {
   /** Epoch ms at the end of the second. */
@@ -29,7 +35,11 @@ export interface LiveTick {
   pool: PoolStats | null;
 }
 
-interface ReservoirJson { values: number[]; seen: number; sum: number }
+interface ReservoirJson {
+  values: number[];
+  seen: number;
+  sum: number;
+}
 
 class Reservoir implements ReservoirJson {
   values: number[] = [];
@@ -78,7 +88,12 @@ function r(ms: number): number {
   return Math.round(ms * 1000) / 1000;
 }
 
-interface Group { count: number; errors: number; lat: Reservoir; kind?: string }
+interface Group {
+  count: number;
+  errors: number;
+  lat: Reservoir;
+  kind?: string;
+}
 
 /** One process's second, as plain data (JSON-safe, for IPC). */
 export interface LivePart {
@@ -97,7 +112,14 @@ export class LiveRecorder {
   #routes = new Map<string, Group>();
   #upstreams = new Map<string, Group>();
 
-  record(o: { route: string; status: number; totalMs: number; layers: LayerTimes | null; pool: boolean; upstream: { target: string; kind: string; ms: number } | null }): void {
+  record(o: {
+    route: string;
+    status: number;
+    totalMs: number;
+    layers: LayerTimes | null;
+    pool: boolean;
+    upstream: { target: string; kind: string; ms: number } | null;
+  }): void {
     this.#total.add(o.totalMs);
     const cls = o.status >= 500 ? '5xx' : o.status >= 400 ? '4xx' : o.status >= 300 ? '3xx' : '2xx';
     this.#status[cls]++;
@@ -116,7 +138,11 @@ export class LiveRecorder {
   /** The second so far, and start a new one. */
   take(): LivePart {
     const part: LivePart = {
-      layers: this.#layers, total: this.#total, status: this.#status, routes: [...this.#routes], upstreams: [...this.#upstreams],
+      layers: this.#layers,
+      total: this.#total,
+      status: this.#status,
+      routes: [...this.#routes],
+      upstreams: [...this.#upstreams],
     };
     this.#layers = LAYER_NAMES.map(() => new Reservoir());
     this.#total = new Reservoir();
@@ -186,10 +212,19 @@ export class LiveFeed {
       layers: Object.fromEntries(LAYER_NAMES.map((n, i) => [n, layers[i]!.quantiles()])) as LiveTick['layers'],
       total,
       routes: [...routes].map(([route, g]) => ({ route, rate: g.count, errors: g.errors, p95: g.lat.quantiles().p95 })),
-      upstreams: [...upstreams].map(([target, g]) => ({ target, kind: g.kind ?? '', rate: g.count, errors: g.errors, p95: g.lat.quantiles().p95, up: health.get(target) ?? true })),
+      upstreams: [...upstreams].map(([target, g]) => ({
+        target,
+        kind: g.kind ?? '',
+        rate: g.count,
+        errors: g.errors,
+        p95: g.lat.quantiles().p95,
+        up: health.get(target) ?? true,
+      })),
       pool: this.#pool(),
     };
-    for (const h of health.keys()) if (!upstreams.has(h)) tick.upstreams.push({ target: h, kind: 'uwsgi', rate: 0, errors: 0, p95: 0, up: health.get(h)! });
+    for (const h of health.keys())
+      if (!upstreams.has(h))
+        tick.upstreams.push({ target: h, kind: 'uwsgi', rate: 0, errors: 0, p95: 0, up: health.get(h)! });
     this.history.push(tick);
     if (this.history.length > this.historySize) this.history.shift();
     const data = `event: tick\ndata: ${JSON.stringify(tick)}\n\n`;
@@ -198,7 +233,12 @@ export class LiveFeed {
 
   /** An SSE stream: the history first (one `history` event), then a `tick` every second. */
   stream(req: IncomingMessage, res: ServerResponse): void {
-    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+    res.writeHead(200, {
+      'content-type': 'text/event-stream',
+      'cache-control': 'no-store',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
+    });
     res.write(`retry: 2000\nevent: history\ndata: ${JSON.stringify(this.history)}\n\n`);
     this.#clients.add(res);
     req.socket.setTimeout(0);
@@ -229,7 +269,9 @@ function group(map: Map<string, Group>, key: string, ms: number, error: boolean)
 }
 
 /** The observer's listener that feeds a recorder (src/observability/observer.ts). */
-export function liveListener(rec: LiveRecorder): (ctx: ProxyContext, layers: LayerTimes | null, totalMs: number) => void {
+export function liveListener(
+  rec: LiveRecorder,
+): (ctx: ProxyContext, layers: LayerTimes | null, totalMs: number) => void {
   return (ctx, layers, totalMs) => {
     const t = ctx.timings;
     rec.record({
@@ -238,9 +280,14 @@ export function liveListener(rec: LiveRecorder): (ctx: ProxyContext, layers: Lay
       totalMs,
       layers,
       pool: ctx.workerPid > 0,
-      upstream: t.dispatchAt && ctx.upstreamLabel
-        ? { target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel, kind: ctx.upstreamKind, ms: (t.endAt || performance.now()) - t.dispatchAt }
-        : null,
+      upstream:
+        t.dispatchAt && ctx.upstreamLabel
+          ? {
+              target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel,
+              kind: ctx.upstreamKind,
+              ms: (t.endAt || performance.now()) - t.dispatchAt,
+            }
+          : null,
     });
   };
 }

@@ -88,12 +88,15 @@ export function createLogger(level: LogLevel): Logger {
   const timer = setInterval(() => dest.flush(), 250);
   timer.unref();
   process.once('exit', () => dest.flushSync());
-  const log = pino({
-    level,
-    base: { pid: process.pid },
-    timestamp: pino.stdTimeFunctions.isoTime,
-    formatters: { level: (label) => ({ level: label }) },
-  }, dest);
+  const log = pino(
+    {
+      level,
+      base: { pid: process.pid },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    dest,
+  );
   // pino's flush() asks its destination to flush: the ready line goes out at once.
   (log as unknown as { flush(): void }).flush = () => dest.flush();
   return log;

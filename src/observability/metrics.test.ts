@@ -31,7 +31,16 @@ const typeLines = (text: string) => lines(text).filter((l) => l.startsWith('# TY
 
 describe('statusClass', () => {
   it('groups by hundreds, anything outside 100..599 as other', () => {
-    expect([100, 200, 204, 301, 404, 499, 500, 599].map(statusClass)).toEqual(['1xx', '2xx', '2xx', '3xx', '4xx', '4xx', '5xx', '5xx']);
+    expect([100, 200, 204, 301, 404, 499, 500, 599].map(statusClass)).toEqual([
+      '1xx',
+      '2xx',
+      '2xx',
+      '3xx',
+      '4xx',
+      '4xx',
+      '5xx',
+      '5xx',
+    ]);
     expect([0, 99, 600, 999].map(statusClass)).toEqual(['other', 'other', 'other', 'other']);
   });
 });
@@ -45,13 +54,21 @@ describe('Metrics.render', () => {
       const { contentType, body } = await m.render(accept);
       expect(contentType).toBe('text/plain; version=0.0.4; charset=utf-8');
       for (const layer of LAYERS) {
-        expect(body).toContain(`stratum_layer_duration_seconds_count{layer="${layer}",route="/",status_class="2xx"} 1\n`);
-        expect(body).toContain(`stratum_layer_duration_seconds_count{layer="${layer}",route="/",status_class="5xx"} 1\n`);
+        expect(body).toContain(
+          `stratum_layer_duration_seconds_count{layer="${layer}",route="/",status_class="2xx"} 1\n`,
+        );
+        expect(body).toContain(
+          `stratum_layer_duration_seconds_count{layer="${layer}",route="/",status_class="5xx"} 1\n`,
+        );
       }
       expect(body).toContain('# TYPE stratum_requests_total counter\n');
       expect(body).toContain('stratum_requests_total{route="/",status_class="2xx"} 1\n');
-      expect(body).toContain('http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="503",http_route="/"} 1\n');
-      expect(body).toContain('http_client_request_duration_seconds_count{server_address="pool",stratum_upstream_kind="pool",http_response_status_code="200"} 1\n');
+      expect(body).toContain(
+        'http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="503",http_route="/"} 1\n',
+      );
+      expect(body).toContain(
+        'http_client_request_duration_seconds_count{server_address="pool",stratum_upstream_kind="pool",http_response_status_code="200"} 1\n',
+      );
       // No exemplars and no EOF marker in this format.
       expect(body).not.toContain('trace_id');
       expect(body).not.toContain('# EOF');
@@ -68,11 +85,21 @@ describe('Metrics.render', () => {
     expect(body.endsWith('\n# EOF\n')).toBe(true);
     expect(body.match(/^# EOF$/gm)).toHaveLength(1);
     for (const layer of LAYERS) {
-      const bucket = lines(body).find((l) => l.startsWith('stratum_layer_duration_seconds_bucket{') && l.includes(`layer="${layer}"`) && l.includes('#'));
-      expect(bucket, `${layer} bucket with an exemplar`).toMatch(new RegExp(` # \\{trace_id="${TRACE}"\\} [0-9.e-]+ \\d+(\\.\\d+)?$`));
+      const bucket = lines(body).find(
+        (l) =>
+          l.startsWith('stratum_layer_duration_seconds_bucket{') && l.includes(`layer="${layer}"`) && l.includes('#'),
+      );
+      expect(bucket, `${layer} bucket with an exemplar`).toMatch(
+        new RegExp(` # \\{trace_id="${TRACE}"\\} [0-9.e-]+ \\d+(\\.\\d+)?$`),
+      );
     }
     // The exemplar sits on the bucket the value fell in: app 0.051 s → le 0.1.
-    expect(body).toMatch(new RegExp(`^stratum_layer_duration_seconds_bucket\\{le="0.1",layer="app",route="/",status_class="2xx"\\} 1 # \\{trace_id="${TRACE}"\\} 0.051 `, 'm'));
+    expect(body).toMatch(
+      new RegExp(
+        `^stratum_layer_duration_seconds_bucket\\{le="0.1",layer="app",route="/",status_class="2xx"\\} 1 # \\{trace_id="${TRACE}"\\} 0.051 `,
+        'm',
+      ),
+    );
     expect(body).toMatch(/^http_server_request_duration_seconds_bucket\{[^}]*\} 1 # \{trace_id="/m);
   });
 
@@ -85,13 +112,20 @@ describe('Metrics.render', () => {
 
   it('names counters the OpenMetrics way (family without _total, samples with one) for own and merged metrics', async () => {
     const m = new Metrics();
-    m.setWorkerSource(async () => [{ process: await workerJson('1'), requests: null }, { process: await workerJson('2'), requests: null }], false);
+    m.setWorkerSource(
+      async () => [
+        { process: await workerJson('1'), requests: null },
+        { process: await workerJson('2'), requests: null },
+      ],
+      false,
+    );
     m.observe(pooled());
     const { body } = await m.render(OPENMETRICS_ACCEPT);
     expect(body).toContain('# TYPE stratum_requests counter\n');
     expect(body).toContain('stratum_requests_total{route="/",status_class="2xx"} 1\n');
     expect(body).toContain('# TYPE process_cpu_user_seconds counter\n');
-    for (const w of ['master', '1', '2']) expect(body).toMatch(new RegExp(`^process_cpu_user_seconds_total\\{worker="${w}"\\} `, 'm'));
+    for (const w of ['master', '1', '2'])
+      expect(body).toMatch(new RegExp(`^process_cpu_user_seconds_total\\{worker="${w}"\\} `, 'm'));
     expect(body).not.toMatch(/_total_total/);
     for (const t of typeLines(body)) if (t.endsWith(' counter')) expect(t, t).not.toMatch(/_total counter$/);
   });
@@ -122,20 +156,34 @@ describe('Metrics.render', () => {
     expect(b.body.endsWith('# EOF\n')).toBe(true);
   });
 
-  it('merges the workers\' process metrics with the master\'s in one scrape, one family each', async () => {
+  it("merges the workers' process metrics with the master's in one scrape, one family each", async () => {
     const m = new Metrics();
-    m.setWorkerSource(async () => [{ process: await workerJson('1'), requests: null }, { process: await workerJson('2'), requests: null }], false);
+    m.setWorkerSource(
+      async () => [
+        { process: await workerJson('1'), requests: null },
+        { process: await workerJson('2'), requests: null },
+      ],
+      false,
+    );
     const { body } = await m.render(undefined);
     const types = typeLines(body);
     expect(new Set(types).size, 'each family once').toBe(types.length);
-    for (const w of ['master', '1', '2']) expect(body).toMatch(new RegExp(`^nodejs_heap_size_used_bytes\\{worker="${w}"\\} `, 'm'));
+    for (const w of ['master', '1', '2'])
+      expect(body).toMatch(new RegExp(`^nodejs_heap_size_used_bytes\\{worker="${w}"\\} `, 'm'));
     // prom-client's *_total gauges (rejected by promtool) are left out.
     expect(body).not.toMatch(/^nodejs_active_(handles|requests|resources)_total/m);
   });
 
   it('observes only the proxy layer for requests that did not reach a worker', async () => {
     const m = new Metrics();
-    m.observe(pooled({ layers: null, totalSeconds: 0.01, upstream: { kind: 'http', target: '127.0.0.1:9', seconds: 0.008 }, method: 'BREW' }));
+    m.observe(
+      pooled({
+        layers: null,
+        totalSeconds: 0.01,
+        upstream: { kind: 'http', target: '127.0.0.1:9', seconds: 0.008 },
+        method: 'BREW',
+      }),
+    );
     const { body } = await m.render(undefined);
     expect(body).toContain('stratum_layer_duration_seconds_count{layer="proxy",route="/",status_class="2xx"} 1\n');
     expect(body).toMatch(/^stratum_layer_duration_seconds_sum\{layer="proxy",route="\/",status_class="2xx"\} 0\.002/m);

@@ -24,7 +24,9 @@ export interface PoolView {
 export const LAYERS = ['proxy', 'queue', 'worker', 'app'] as const;
 export type Layer = (typeof LAYERS)[number];
 
-const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const LATENCY_BUCKETS = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+];
 const OPENMETRICS = Registry.OPENMETRICS_CONTENT_TYPE;
 const PROMETHEUS = Registry.PROMETHEUS_CONTENT_TYPE;
 
@@ -41,7 +43,11 @@ export interface RequestObservation {
 
 // prom-client's default gauges that end in _total: `promtool check metrics` rejects the names,
 // and each repeats the sum of a labelled gauge it also exports (nodejs_active_handles{type}).
-const MISNAMED = new Set(['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']);
+const MISNAMED = new Set([
+  'nodejs_active_handles_total',
+  'nodejs_active_requests_total',
+  'nodejs_active_resources_total',
+]);
 
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH']);
 
@@ -78,7 +84,7 @@ export class Metrics {
 
   readonly layerDuration = new Histogram3({
     name: 'stratum_layer_duration_seconds',
-    help: 'Time a request spent in each layer: proxy (front proxy\'s own), queue (waiting for a worker, plus the hop), worker (uwsgi protocol work), app (the application handler).',
+    help: "Time a request spent in each layer: proxy (front proxy's own), queue (waiting for a worker, plus the hop), worker (uwsgi protocol work), app (the application handler).",
     labelNames: ['layer', 'route', 'status_class'] as const,
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],
@@ -97,8 +103,15 @@ export class Metrics {
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],
   });
-  readonly requests = this.#counter('stratum_requests_total', 'Requests answered by the front proxy.', ['route', 'status_class']);
-  readonly upstreamErrors = this.#counter('stratum_upstream_errors_total', 'Upstream failures seen by the proxy, by target and error code.', ['target', 'code']);
+  readonly requests = this.#counter('stratum_requests_total', 'Requests answered by the front proxy.', [
+    'route',
+    'status_class',
+  ]);
+  readonly upstreamErrors = this.#counter(
+    'stratum_upstream_errors_total',
+    'Upstream failures seen by the proxy, by target and error code.',
+    ['target', 'code'],
+  );
 
   /** Request metrics of workers that have exited, kept so the sums never go down. */
   #retired: RequestMetricsDump[] = [];
@@ -110,7 +123,8 @@ export class Metrics {
 
   /** This process's request metrics, for the master (worker topology). */
   async dump(): Promise<RequestMetricsDump> {
-    const values = async (c: client.Counter) => (await c.get()).values.map((v) => ({ labels: v.labels as Record<string, string | number>, value: v.value }));
+    const values = async (c: client.Counter) =>
+      (await c.get()).values.map((v) => ({ labels: v.labels as Record<string, string | number>, value: v.value }));
     return {
       layer: this.layerDuration.dump(),
       server: this.serverDuration.dump(),
@@ -151,7 +165,10 @@ export class Metrics {
   attachPool(pool: PoolView): void {
     const states: WorkerState[] = ['starting', 'idle', 'busy', 'draining'];
     new client.Gauge({
-      name: 'stratum_workers', help: 'Worker processes by state.', labelNames: ['state'] as const, registers: [this.registry],
+      name: 'stratum_workers',
+      help: 'Worker processes by state.',
+      labelNames: ['state'] as const,
+      registers: [this.registry],
       collect() {
         const counts = Object.fromEntries(states.map((s) => [s, 0])) as Record<WorkerState, number>;
         for (const w of pool.workers) counts[w.state]++;
@@ -159,29 +176,55 @@ export class Metrics {
       },
     });
     new client.Gauge({
-      name: 'stratum_inflight_requests', help: 'Requests in flight on the workers.', registers: [this.registry],
+      name: 'stratum_inflight_requests',
+      help: 'Requests in flight on the workers.',
+      registers: [this.registry],
       collect() {
         this.set(pool.workers.reduce((n, w) => n + Math.max(w.inflight, w.status.inflight), 0));
       },
     });
     new client.Gauge({
-      name: 'stratum_queue_length', help: 'Requests waiting for a free worker (the listen queue).', registers: [this.registry],
+      name: 'stratum_queue_length',
+      help: 'Requests waiting for a free worker (the listen queue).',
+      registers: [this.registry],
       collect() {
         this.set(pool.queueLength);
       },
     });
     const counters: Array<[string, string, () => number]> = [
       ['stratum_worker_respawns_total', 'Workers replaced after dying.', () => pool.counters.respawns],
-      ['stratum_harakiri_kills_total', 'Workers killed by harakiri (their event loop was blocked past the limit).', () => pool.counters.harakiriKills],
-      ['stratum_harakiri_timeouts_total', 'Requests answered 504 at harakiri while their worker stayed healthy (slow, not blocked).', () => pool.counters.harakiriTimeouts],
-      ['stratum_worker_recycles_total', 'Workers recycled gracefully (max-requests, reload-on-rss, reload).', () => pool.counters.recycles],
-      ['stratum_app_exceptions_total', 'Exceptions thrown by the app: answered 500, or uncaught (the worker was replaced).', () => pool.counters.exceptions],
-      ['stratum_queue_rejections_total', 'Requests refused with 503 because the listen queue was full.', () => pool.counters.rejected],
+      [
+        'stratum_harakiri_kills_total',
+        'Workers killed by harakiri (their event loop was blocked past the limit).',
+        () => pool.counters.harakiriKills,
+      ],
+      [
+        'stratum_harakiri_timeouts_total',
+        'Requests answered 504 at harakiri while their worker stayed healthy (slow, not blocked).',
+        () => pool.counters.harakiriTimeouts,
+      ],
+      [
+        'stratum_worker_recycles_total',
+        'Workers recycled gracefully (max-requests, reload-on-rss, reload).',
+        () => pool.counters.recycles,
+      ],
+      [
+        'stratum_app_exceptions_total',
+        'Exceptions thrown by the app: answered 500, or uncaught (the worker was replaced).',
+        () => pool.counters.exceptions,
+      ],
+      [
+        'stratum_queue_rejections_total',
+        'Requests refused with 503 because the listen queue was full.',
+        () => pool.counters.rejected,
+      ],
       ['stratum_reloads_total', 'Rolling reloads.', () => pool.counters.reloads],
     ];
     for (const [name, help, read] of counters) {
       const c = new client.Counter({
-        name, help, registers: [this.registry],
+        name,
+        help,
+        registers: [this.registry],
         collect() {
           const v = read();
           const cur = (this as unknown as { hashMap: Record<string, { value: number }> }).hashMap['']?.value ?? 0;
@@ -194,7 +237,10 @@ export class Metrics {
 
   attachUpstreamHealth(read: () => Array<{ target: string; up: boolean }>): void {
     new client.Gauge({
-      name: 'stratum_upstream_up', help: 'Passive health of each external uwsgi server (1 up, 0 taken out after failures).', labelNames: ['target'] as const, registers: [this.registry],
+      name: 'stratum_upstream_up',
+      help: 'Passive health of each external uwsgi server (1 up, 0 taken out after failures).',
+      labelNames: ['target'] as const,
+      registers: [this.registry],
       collect() {
         this.reset();
         for (const h of read()) this.set({ target: h.target }, h.up ? 1 : 0);
@@ -222,7 +268,13 @@ export class Metrics {
     } else {
       this.layerDuration.observe('proxy', route, sc, o.totalSeconds - (o.upstream?.seconds ?? 0), trace);
     }
-    this.serverDuration.observe(KNOWN_METHODS.has(o.method) ? o.method : '_OTHER', status, route, o.totalSeconds, trace);
+    this.serverDuration.observe(
+      KNOWN_METHODS.has(o.method) ? o.method : '_OTHER',
+      status,
+      route,
+      o.totalSeconds,
+      trace,
+    );
     if (o.upstream) this.clientDuration.observe(o.upstream.target, o.upstream.kind, status, o.upstream.seconds, trace);
     this.requests.inc({ route, status_class: sc });
   }
@@ -255,9 +307,15 @@ export class Metrics {
       // family name only for metrics it owns, not for an aggregated registry's: without this,
       // `process_cpu_user_seconds_total_total` samples under a `..._total` family.
       // (prom-client's typings say MetricType is a numeric enum; at run time it is the string.)
-      if (openMetrics) perProcess[i] = perProcess[i]!.map((m) => ((m.type as unknown) === 'counter' ? { ...m, name: m.name.replace(/_total$/, '') } : m));
+      if (openMetrics)
+        perProcess[i] = perProcess[i]!.map((m) =>
+          (m.type as unknown) === 'counter' ? { ...m, name: m.name.replace(/_total$/, '') } : m,
+        );
     }
-    const merged = (AggregatorRegistry.aggregate as unknown as (m: MetricJson[][], t: string) => Registry)(perProcess, type);
+    const merged = (AggregatorRegistry.aggregate as unknown as (m: MetricJson[][], t: string) => Registry)(
+      perProcess,
+      type,
+    );
     const rest = await merged.metrics();
     if (openMetrics) {
       return { contentType: OPENMETRICS, body: own.replace(/# EOF\n$/, '') + rest };

@@ -22,7 +22,12 @@ export interface Observer extends ProxyHooks {
 const spansKey = Symbol('stratum.spans');
 type Traced = ProxyContext & { [spansKey]?: ProxySpans };
 
-export function createObserver(config: StratumConfig, log: Logger, metrics: Metrics | null, tracer: Tracer | null): Observer {
+export function createObserver(
+  config: StratumConfig,
+  log: Logger,
+  metrics: Metrics | null,
+  tracer: Tracer | null,
+): Observer {
   const recent = new RecentTraces();
   const listeners: Observer['listeners'] = [];
   const writeLine = config.log.access ? infoLineWriter(log) : null;
@@ -69,12 +74,31 @@ export function createObserver(config: StratumConfig, log: Logger, metrics: Metr
         route: ctx.routeLabel,
         method: ctx.req.method ?? 'GET',
         status,
-        layers: isPool && layers ? { proxy: layers.proxy / 1000, queue: layers.queue / 1000, worker: layers.worker / 1000, app: layers.app / 1000 } : null,
+        layers:
+          isPool && layers
+            ? {
+                proxy: layers.proxy / 1000,
+                queue: layers.queue / 1000,
+                worker: layers.worker / 1000,
+                app: layers.app / 1000,
+              }
+            : null,
         totalSeconds: totalMs / 1000,
-        upstream: t.dispatchAt && ctx.upstreamLabel ? { kind: ctx.upstreamKind, target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel, seconds: upstreamMs / 1000 } : null,
+        upstream:
+          t.dispatchAt && ctx.upstreamLabel
+            ? {
+                kind: ctx.upstreamKind,
+                target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel,
+                seconds: upstreamMs / 1000,
+              }
+            : null,
         traceId,
       });
-      if (ctx.error && ctx.error.statusCode >= 500 && ctx.upstreamLabel) metrics?.upstreamErrors.inc({ target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel, code: ctx.error.code });
+      if (ctx.error && ctx.error.statusCode >= 500 && ctx.upstreamLabel)
+        metrics?.upstreamErrors.inc({
+          target: ctx.upstreamKind === 'pool' ? 'pool' : ctx.upstreamLabel,
+          code: ctx.error.code,
+        });
       recent.add({
         id: traceId ?? ctx.forward.requestId,
         traceId,
@@ -101,7 +125,8 @@ export function createObserver(config: StratumConfig, log: Logger, metrics: Metr
         line += `,"requestId":${JSON.stringify(ctx.forward.requestId)}`;
         if (traceId) line += `,"traceId":"${traceId}"`;
         line += `,"ms":${round(totalMs)}`;
-        if (layers) line += `,"layers":{"proxy":${round(layers.proxy)},"queue":${round(layers.queue)},"worker":${round(layers.worker)},"app":${round(layers.app)}}`;
+        if (layers)
+          line += `,"layers":{"proxy":${round(layers.proxy)},"queue":${round(layers.queue)},"worker":${round(layers.worker)},"app":${round(layers.app)}}`;
         if (t.dispatchAt) {
           line += `,"upstreamMs":{"connect":${t.connectAt ? round(t.connectAt - t.dispatchAt) : null},"header":${t.headAt ? round(t.headAt - t.dispatchAt) : null},"response":${round(upstreamMs)}}`;
         }

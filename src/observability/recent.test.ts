@@ -67,7 +67,8 @@ describe('RecentTraces', () => {
 
   it('stays bounded in its index over a long run', () => {
     const r = new RecentTraces(5, 100);
-    for (let i = 0; i < 5000; i++) r.add(trace({ id: `x${i}`, at: i, durationMs: (i * 7919) % 1000, status: i % 13 === 0 ? 503 : 200 }));
+    for (let i = 0; i < 5000; i++)
+      r.add(trace({ id: `x${i}`, at: i, durationMs: (i * 7919) % 1000, status: i % 13 === 0 ? 503 : 200 }));
     const kept = new Set([...r.list('latest', 100), ...r.list('slow', 100), ...r.list('failed', 100)].map((t) => t.id));
     expect(kept.size).toBeLessThanOrEqual(15);
     for (let i = 0; i < 5000; i++) expect(r.get(`x${i}`) !== undefined).toBe(kept.has(`x${i}`));
@@ -98,11 +99,19 @@ describe('waterfall', () => {
   });
 
   it('is one span for a request that never left the proxy', () => {
-    expect(waterfall({ proxy: 2, queue: 0, worker: 0, app: 0, total: 2 }, 0, { master: 10, worker: 0 }, '', 'GET /x')).toHaveLength(1);
+    expect(
+      waterfall({ proxy: 2, queue: 0, worker: 0, app: 0, total: 2 }, 0, { master: 10, worker: 0 }, '', 'GET /x'),
+    ).toHaveLength(1);
   });
 
   it('has no worker spans for a foreign upstream', () => {
-    const spans = waterfall({ proxy: 1, queue: 9, worker: 0, app: 0, total: 10 }, 1, { master: 10, worker: 0 }, '127.0.0.1:3031', 'GET /');
+    const spans = waterfall(
+      { proxy: 1, queue: 9, worker: 0, app: 0, total: 10 },
+      1,
+      { master: 10, worker: 0 },
+      '127.0.0.1:3031',
+      'GET /',
+    );
     expect(spans.map((s) => s.layer)).toEqual(['proxy', 'queue']);
   });
 });

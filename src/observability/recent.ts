@@ -113,18 +113,45 @@ export class RecentTraces {
 function withSpans(t: RecentEntry): RecentTrace {
   const { dispatchMs = 0, upstreamMs = 0, ...rest } = t;
   const l = t.layers ?? { proxy: t.durationMs - upstreamMs, queue: upstreamMs, worker: 0, app: 0, total: t.durationMs };
-  return { ...rest, spans: waterfall(l, dispatchMs, { master: process.pid, worker: t.workerPid }, t.upstream, `${t.method} ${t.route}`) };
+  return {
+    ...rest,
+    spans: waterfall(l, dispatchMs, { master: process.pid, worker: t.workerPid }, t.upstream, `${t.method} ${t.route}`),
+  };
 }
 
 /** The waterfall of one request from its layer times; `dispatch` = ms from arrival to dispatch. */
-export function waterfall(l: LayerTimes, dispatch: number, pids: { master: number; worker: number }, upstreamLabel: string, name: string): TraceSpan[] {
+export function waterfall(
+  l: LayerTimes,
+  dispatch: number,
+  pids: { master: number; worker: number },
+  upstreamLabel: string,
+  name: string,
+): TraceSpan[] {
   const spans: TraceSpan[] = [{ name, layer: 'proxy', start: 0, duration: l.total, pid: pids.master }];
   const upstream = l.queue + l.worker + l.app;
   if (upstream <= 0 && !pids.worker) return spans;
-  spans.push({ name: `upstream ${upstreamLabel}`, layer: 'queue', start: dispatch, duration: upstream, pid: pids.master });
+  spans.push({
+    name: `upstream ${upstreamLabel}`,
+    layer: 'queue',
+    start: dispatch,
+    duration: upstream,
+    pid: pids.master,
+  });
   if (pids.worker && (l.worker > 0 || l.app > 0)) {
-    spans.push({ name: 'uwsgi request', layer: 'worker', start: dispatch + l.queue, duration: l.worker + l.app, pid: pids.worker });
-    spans.push({ name: 'app handler', layer: 'app', start: dispatch + l.queue + l.worker, duration: l.app, pid: pids.worker });
+    spans.push({
+      name: 'uwsgi request',
+      layer: 'worker',
+      start: dispatch + l.queue,
+      duration: l.worker + l.app,
+      pid: pids.worker,
+    });
+    spans.push({
+      name: 'app handler',
+      layer: 'app',
+      start: dispatch + l.queue + l.worker,
+      duration: l.app,
+      pid: pids.worker,
+    });
   }
   return spans;
 }

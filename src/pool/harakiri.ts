@@ -125,8 +125,15 @@ export class HarakiriKeeper {
       this.#thread = new Worker(WATCHDOG, {
         eval: true,
         workerData: {
-          sab, info, slots: SLOTS, fields: FIELDS, infoBytes: INFO_BYTES, notePath: harakiriNotePath(runDir, process.pid),
-          blockedMs: BLOCKED_MS, tickMs: TICK_MS, response: HARAKIRI_RESPONSE,
+          sab,
+          info,
+          slots: SLOTS,
+          fields: FIELDS,
+          infoBytes: INFO_BYTES,
+          notePath: harakiriNotePath(runDir, process.pid),
+          blockedMs: BLOCKED_MS,
+          tickMs: TICK_MS,
+          response: HARAKIRI_RESPONSE,
         },
         // The watchdog needs no heap to speak of.
         resourceLimits: { maxOldGenerationSizeMb: 8, maxYoungGenerationSizeMb: 1 },

@@ -66,8 +66,7 @@ export type WorkerMessage =
 
 export type MasterMessage =
   /** Finish and exit: kept client connections idle for idleMs are closed (0: at once, as on stop). */
-  | { type: 'drain'; graceMs: number; idleMs: number }
-  | ({ type: 'ask'; seq: number } & Question);
+  { type: 'drain'; graceMs: number; idleMs: number } | ({ type: 'ask'; seq: number } & Question);
 
 export const WORKER_ENV = 'STRATUM_WORKER';
 

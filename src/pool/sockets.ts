@@ -20,7 +20,13 @@ export interface BoundSocket {
   getsockname?(out: Record<string, unknown>): number;
 }
 
-type CreateHandle = (address: string, port: number, addressType: number, fd?: number, flags?: number) => BoundSocket | number;
+type CreateHandle = (
+  address: string,
+  port: number,
+  addressType: number,
+  fd?: number,
+  flags?: number,
+) => BoundSocket | number;
 
 function where(a: Address): string {
   return a.kind === 'unix' ? a.path : `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
@@ -87,6 +93,12 @@ export function listenOnFd(server: net.Server, fd: number, backlog: number): Pro
       server.off('error', reject);
       resolve();
     });
-    (server as unknown as { _listen2(a: null, p: null, t: null, backlog: number, fd: number): void })._listen2(null, null, null, backlog, fd);
+    (server as unknown as { _listen2(a: null, p: null, t: null, backlog: number, fd: number): void })._listen2(
+      null,
+      null,
+      null,
+      backlog,
+      fd,
+    );
   });
 }

@@ -15,8 +15,18 @@ export interface PoolCounters {
 }
 
 export interface WorkerRow {
-  id: number; pid: number; state: WorkerState; requests: number; inflight: number; exceptions: number;
-  harakiri: number; rss: number; avgMs: number; startedAt: string; respawns: number; generation: number;
+  id: number;
+  pid: number;
+  state: WorkerState;
+  requests: number;
+  inflight: number;
+  exceptions: number;
+  harakiri: number;
+  rss: number;
+  avgMs: number;
+  startedAt: string;
+  respawns: number;
+  generation: number;
 }
 
 export interface PoolStats extends PoolCounters {
@@ -29,17 +39,31 @@ export interface PoolStats extends PoolCounters {
 
 /** What stats() reads of a worker record. */
 export interface WorkerFacts {
-  id: number; pid: number; state: WorkerState; generation: number; startedAt: number; respawns: number;
-  inflight: number; status: { requests: number; inflight: number; exceptions: number; rss: number; totalMs: number };
+  id: number;
+  pid: number;
+  state: WorkerState;
+  generation: number;
+  startedAt: number;
+  respawns: number;
+  inflight: number;
+  status: { requests: number; inflight: number; exceptions: number; rss: number; totalMs: number };
   harakiri: number;
 }
 
 export function workerRow(w: WorkerFacts): WorkerRow {
   const s = w.status;
   return {
-    id: w.id, pid: w.pid, state: w.state, requests: s.requests, inflight: Math.max(w.inflight, s.inflight),
-    exceptions: s.exceptions, harakiri: w.harakiri, rss: s.rss,
+    id: w.id,
+    pid: w.pid,
+    state: w.state,
+    requests: s.requests,
+    inflight: Math.max(w.inflight, s.inflight),
+    exceptions: s.exceptions,
+    harakiri: w.harakiri,
+    rss: s.rss,
     avgMs: s.requests > 0 ? Math.round((s.totalMs / s.requests) * 100) / 100 : 0,
-    startedAt: new Date(w.startedAt).toISOString(), respawns: w.respawns, generation: w.generation,
+    startedAt: new Date(w.startedAt).toISOString(),
+    respawns: w.respawns,
+    generation: w.generation,
   };
 }

@@ -20,7 +20,13 @@ import { MasterChecks, type CheckedPool } from './checks.ts';
 import { Dispatcher, type Ticket } from './dispatch.ts';
 import { harakiriNotePath, type HarakiriNote } from './harakiri.ts';
 import {
-  serializeConfig, WORKER_ENV, type MasterMessage, type Question, type WorkerMessage, type WorkerSpec, type WorkerStatus,
+  serializeConfig,
+  WORKER_ENV,
+  type MasterMessage,
+  type Question,
+  type WorkerMessage,
+  type WorkerSpec,
+  type WorkerStatus,
 } from './ipc.ts';
 import { bindSocket, removeStaleSocket, socketLabel, type BoundSocket } from './sockets.ts';
 import { workerRow, type PoolCounters, type PoolStats, type WorkerState } from './stats.ts';
@@ -55,7 +61,9 @@ const PUBLIC_FD = 4;
 const FRONT_FD = 5;
 // The worker runs the same build as the master: worker.ts beside supervisor.ts (sources), or
 // worker.js beside supervisor.js (the production build in dist/).
-const WORKER_MAIN = fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? './worker.ts' : './worker.js', import.meta.url));
+const WORKER_MAIN = fileURLToPath(
+  new URL(import.meta.url.endsWith('.ts') ? './worker.ts' : './worker.js', import.meta.url),
+);
 
 /**
  * The master's Node options, plus a cap on the workers' young generation unless one is given.
@@ -69,7 +77,17 @@ function workerExecArgv(): string[] {
 }
 
 const NO_STATUS: WorkerStatus = {
-  requests: 0, inflight: 0, exceptions: 0, rss: 0, totalMs: 0, heapUsed: 0, eventLoopP99Ms: 0, harakiriTimeouts: 0, queued: 0, rejected: 0, upstreams: [],
+  requests: 0,
+  inflight: 0,
+  exceptions: 0,
+  rss: 0,
+  totalMs: 0,
+  heapUsed: 0,
+  eventLoopP99Ms: 0,
+  harakiriTimeouts: 0,
+  queued: 0,
+  rejected: 0,
+  upstreams: [],
 };
 
 export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedPool<WorkerRecord> {
@@ -82,7 +100,15 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
   #checks: MasterChecks<WorkerRecord>;
   #slots: Array<WorkerRecord | null>;
   #live = new Set<WorkerRecord>();
-  #counters: PoolCounters = { rejected: 0, reloads: 0, respawns: 0, harakiriKills: 0, harakiriTimeouts: 0, recycles: 0, exceptions: 0 };
+  #counters: PoolCounters = {
+    rejected: 0,
+    reloads: 0,
+    respawns: 0,
+    harakiriKills: 0,
+    harakiriTimeouts: 0,
+    recycles: 0,
+    exceptions: 0,
+  };
   /** Soft harakiri answers and queue refusals of workers that are gone (their own counts went with them). */
   #pastTimeouts = 0;
   #pastRejected = 0;
@@ -109,12 +135,18 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     this.#front = front;
     this.runDir = mkdtempSync(path.join(os.tmpdir(), 'stratum-'));
     const socket = config.pool.socket;
-    this.publicAddress = socket === null ? { kind: 'unix', path: path.join(this.runDir, 'pool.sock') } : parseAddress(socket, 'pool.socket');
+    this.publicAddress =
+      socket === null
+        ? { kind: 'unix', path: path.join(this.runDir, 'pool.sock') }
+        : parseAddress(socket, 'pool.socket');
     // Slots up to the most workers the pool may run; with cheaper, only `min` start.
     const max = config.pool.cheaper.enabled ? (config.pool.cheaper.max ?? config.pool.workers) : config.pool.workers;
     this.#slots = new Array<WorkerRecord | null>(max).fill(null);
     this.#checks = new MasterChecks(this, config.pool);
-    this.dispatcher = new Dispatcher<WorkerRecord>({ pick: () => this.#pick(), take: (rec) => this.#take(rec) }, config.pool.listen);
+    this.dispatcher = new Dispatcher<WorkerRecord>(
+      { pick: () => this.#pick(), take: (rec) => this.#take(rec) },
+      config.pool.listen,
+    );
     this.dispatcher.onRejected = () => {
       this.#counters.rejected++;
       this.emit('rejected');
@@ -167,18 +199,33 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
       config: serializeConfig(this.config),
     };
     const worker = cluster.fork({ [WORKER_ENV]: JSON.stringify(spec), ...acceptEnv() });
-    const client = new UwsgiClient({ kind: 'unix', path: spec.privatePath }, {
-      negotiate: true,
-      connectTimeoutMs: this.config.proxy.connectTimeout * 1000,
-      readTimeoutMs: this.config.proxy.readTimeout * 1000,
-      maxIdle: this.config.pool.maxInflight,
-    });
+    const client = new UwsgiClient(
+      { kind: 'unix', path: spec.privatePath },
+      {
+        negotiate: true,
+        connectTimeoutMs: this.config.proxy.connectTimeout * 1000,
+        readTimeoutMs: this.config.proxy.readTimeout * 1000,
+        maxIdle: this.config.pool.maxInflight,
+      },
+    );
     let markReady!: () => void;
     let markFailed!: (err: Error) => void;
     const rec: WorkerRecord = {
-      id, pid: worker.process.pid ?? 0, generation, state: 'starting', worker, client, inflight: 0,
-      status: { ...NO_STATUS }, statusAt: Date.now(), harakiri: 0, startedAt: Date.now(), respawns,
-      exitExpected: false, recycling: false, onIdle: null,
+      id,
+      pid: worker.process.pid ?? 0,
+      generation,
+      state: 'starting',
+      worker,
+      client,
+      inflight: 0,
+      status: { ...NO_STATUS },
+      statusAt: Date.now(),
+      harakiri: 0,
+      startedAt: Date.now(),
+      respawns,
+      exitExpected: false,
+      recycling: false,
+      onIdle: null,
       ready: new Promise<void>((res, rej) => {
         markReady = res;
         markFailed = rej;
@@ -190,7 +237,9 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     worker.on('message', (msg: WorkerMessage) => this.#onMessage(rec, msg, markReady, markFailed));
     // An IPC send to a worker that is exiting fails with EPIPE, emitted here: the exit handler
     // does what is needed; without a listener the error would take the master down.
-    worker.on('error', (err: NodeJS.ErrnoException) => this.log.debug({ worker: id, code: err.code }, 'worker channel error'));
+    worker.on('error', (err: NodeJS.ErrnoException) =>
+      this.log.debug({ worker: id, code: err.code }, 'worker channel error'),
+    );
     worker.on('exit', (code, signal) => {
       markFailed(new PoolUnavailable());
       this.#onExit(rec, code, signal);
@@ -217,7 +266,8 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
         const { type: _t, ...status } = msg;
         rec.status = status;
         rec.statusAt = Date.now();
-        if (rec.state !== 'draining' && rec.state !== 'starting') rec.state = rec.inflight + msg.inflight > 0 ? 'busy' : 'idle';
+        if (rec.state !== 'draining' && rec.state !== 'starting')
+          rec.state = rec.inflight + msg.inflight > 0 ? 'busy' : 'idle';
         this.#checks.onStatus(rec);
         break;
       }
@@ -233,7 +283,10 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
         this.emit('worker-final', rec, msg.data);
         break;
       case 'fatal':
-        this.log.error({ worker: rec.id, workerPid: rec.pid, code: msg.code }, `worker failed to start: ${msg.message}`);
+        this.log.error(
+          { worker: rec.id, workerPid: rec.pid, code: msg.code },
+          `worker failed to start: ${msg.message}`,
+        );
         markFailed(Object.assign(new Error(msg.message), { code: msg.code }));
         this.emit('worker-fatal', rec, msg);
         break;
@@ -265,7 +318,8 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     streak.last = Date.now();
     this.#crashStreak.set(rec.id, streak);
     const delay = streak.count <= 1 ? 0 : Math.min(100 * 2 ** (streak.count - 2), 10_000);
-    if (delay > 0) this.log.error({ worker: rec.id, crashes: streak.count, delayMs: delay }, 'worker crash loop: backing off');
+    if (delay > 0)
+      this.log.error({ worker: rec.id, crashes: streak.count, delayMs: delay }, 'worker crash loop: backing off');
     this.#counters.respawns++;
     const respawn = () => {
       if (this.#stopping || this.#slots[rec.id - 1]) return;
@@ -293,7 +347,10 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     this.#suspects.add(rec);
     rec.harakiri++;
     this.#counters.harakiriKills++;
-    this.log.error({ worker: rec.id, workerPid: rec.pid, requests, harakiri: this.config.pool.harakiri, why }, 'harakiri: request ran past its limit, worker killed');
+    this.log.error(
+      { worker: rec.id, workerPid: rec.pid, requests, harakiri: this.config.pool.harakiri, why },
+      'harakiri: request ran past its limit, worker killed',
+    );
     this.emit('harakiri', rec, { requests });
   }
 
@@ -322,7 +379,10 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
         rec.recycling = false;
         this.#checks.forgive(rec);
         if (!next.worker.isDead()) next.worker.process.kill('SIGKILL');
-        this.log.error({ worker: rec.id, workerPid: rec.pid, reason }, 'replacement worker failed to start: keeping the old one');
+        this.log.error(
+          { worker: rec.id, workerPid: rec.pid, reason },
+          'replacement worker failed to start: keeping the old one',
+        );
         return false;
       },
     );
@@ -359,9 +419,13 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     // On stop, idle kept client connections close at once (as nginx's do on quit); on a recycle they
     // get a second of quiet first, so a client about to reuse one is not cut mid-send.
     const idleMs = this.#stopping ? 0 : 1000;
-    rec.worker.send({ type: 'drain', graceMs: this.config.pool.gracefulTimeout * 1000, idleMs } satisfies MasterMessage, undefined, (err) => {
-      if (err) kill();
-    });
+    rec.worker.send(
+      { type: 'drain', graceMs: this.config.pool.gracefulTimeout * 1000, idleMs } satisfies MasterMessage,
+      undefined,
+      (err) => {
+        if (err) kill();
+      },
+    );
   }
 
   /** Rolling reload: replace workers one by one with freshly loaded code; none fails a request. */
@@ -387,7 +451,10 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
   addWorker(): void {
     const free = this.#slots.findIndex((w) => w === null);
     if (free < 0) return;
-    this.log.info({ workers: this.workers.filter((w) => w.state !== 'draining').length + 1 }, 'cheaper: load is up, adding a worker');
+    this.log.info(
+      { workers: this.workers.filter((w) => w.state !== 'draining').length + 1 },
+      'cheaper: load is up, adding a worker',
+    );
     this.#spawn(free + 1, 0);
   }
 
@@ -450,7 +517,13 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     let best: WorkerRecord | null = null;
     const cap = this.config.pool.maxInflight;
     for (const rec of this.#live) {
-      if ((rec.state !== 'idle' && rec.state !== 'busy') || rec.inflight >= cap || this.#suspects.has(rec) || this.#checks.spent(rec)) continue;
+      if (
+        (rec.state !== 'idle' && rec.state !== 'busy') ||
+        rec.inflight >= cap ||
+        this.#suspects.has(rec) ||
+        this.#checks.spent(rec)
+      )
+        continue;
       if (!best || rec.inflight < best.inflight) best = rec;
     }
     return best;
@@ -467,31 +540,35 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
   /** Ask every serving worker; answers that do not come within 1 s are left out. */
   async ask(question: Question): Promise<Array<{ pid: number; data: unknown }>> {
     const live = this.workers.filter((w) => w.state !== 'starting' && !w.worker.isDead());
-    const replies = live.map((rec) => new Promise<{ pid: number; data: unknown } | null>((resolve) => {
-      const seq = ++this.#seq;
-      const timer = setTimeout(() => {
-        this.#replies.delete(seq);
-        resolve(null);
-      }, 1000);
-      this.#replies.set(seq, (data) => {
-        clearTimeout(timer);
-        this.#replies.delete(seq);
-        resolve(data === null ? null : { pid: rec.pid, data });
-      });
-      rec.worker.send({ type: 'ask', seq, ...question } satisfies MasterMessage, undefined, (err) => {
-        if (!err) return;
-        clearTimeout(timer);
-        this.#replies.delete(seq);
-        resolve(null);
-      });
-    }));
+    const replies = live.map(
+      (rec) =>
+        new Promise<{ pid: number; data: unknown } | null>((resolve) => {
+          const seq = ++this.#seq;
+          const timer = setTimeout(() => {
+            this.#replies.delete(seq);
+            resolve(null);
+          }, 1000);
+          this.#replies.set(seq, (data) => {
+            clearTimeout(timer);
+            this.#replies.delete(seq);
+            resolve(data === null ? null : { pid: rec.pid, data });
+          });
+          rec.worker.send({ type: 'ask', seq, ...question } satisfies MasterMessage, undefined, (err) => {
+            if (!err) return;
+            clearTimeout(timer);
+            this.#replies.delete(seq);
+            resolve(null);
+          });
+        }),
+    );
     return (await Promise.all(replies)).filter((r): r is { pid: number; data: unknown } => r !== null);
   }
 
   /** External uwsgi servers' health as the workers' fronts see it: down in any worker is down. */
   upstreamHealth(): Array<{ target: string; up: boolean }> {
     const up = new Map<string, boolean>();
-    for (const w of this.#live) for (const h of w.status.upstreams) up.set(h.target, (up.get(h.target) ?? true) && h.up);
+    for (const w of this.#live)
+      for (const h of w.status.upstreams) up.set(h.target, (up.get(h.target) ?? true) && h.up);
     return [...up].map(([target, isUp]) => ({ target, up: isUp }));
   }
 
@@ -529,11 +606,14 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     this.#stopping = true;
     for (const t of this.#timers) clearInterval(t);
     this.dispatcher.close();
-    const exits = this.workers.map((rec) => new Promise<void>((resolve) => {
-      if (rec.worker.isDead()) return resolve();
-      rec.worker.once('exit', () => resolve());
-      this.#drain(rec);
-    }));
+    const exits = this.workers.map(
+      (rec) =>
+        new Promise<void>((resolve) => {
+          if (rec.worker.isDead()) return resolve();
+          rec.worker.once('exit', () => resolve());
+          this.#drain(rec);
+        }),
+    );
     await Promise.all(exits);
     try {
       rmSync(this.runDir, { recursive: true, force: true });

@@ -68,7 +68,11 @@ process.on('uncaughtException', (err) => {
     if (res.headersSent) continue;
     res.stratumHead = null;
     res.shouldKeepAlive = false;
-    res.answer(500, ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'], 'Internal Server Error\n');
+    res.answer(
+      500,
+      ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'],
+      'Internal Server Error\n',
+    );
     res.stratumAbandon = true;
   }
   front?.drain(0);
@@ -110,10 +114,12 @@ loop.enable();
 const harakiri = new HarakiriKeeper(config.pool.harakiri * 1000, spec.runDir);
 
 /** The app, guarded (a throw answers 500) and counted: what both the front and the uwsgi bridge call. */
-const served = countRequests(guardedListener(tracing ? tracedListener(tracing.tracer, app.listener, spec.id) : app.listener, (err) => {
-  exceptions++;
-  logError('app threw', err);
-}));
+const served = countRequests(
+  guardedListener(tracing ? tracedListener(tracing.tracer, app.listener, spec.id) : app.listener, (err) => {
+    exceptions++;
+    logError('app threw', err);
+  }),
+);
 
 /** The responses this worker owes (for the answers of an uncaught exception). */
 const holding = new Set<HostResponse>();
@@ -148,35 +154,48 @@ const uwsgiServer = http.createServer({
 /** Connections on the private socket: the master's own front, trusted to set a route's harakiri. */
 const privateBridges = new WeakSet<object>();
 
-uwsgiServer.on('request', uwsgiRequestListener((req, res) => {
-  const meta = requestMeta(req);
-  const limit = meta && meta.harakiriMs >= 0 && privateBridges.has(req.socket) ? meta.harakiriMs : harakiri.defaultMs;
-  const bridge = req.socket as unknown as { socket: net.Socket };
-  const watch = harakiri.watch(limit, socketFd(bridge.socket), `${req.method} ${req.url} ${String(req.headers['x-request-id'] ?? '')}`, () => {
-    // Slow, with the loop alive: 504 now (Connection: close), the app's late writes dropped.
-    watch.done();
-    const out = res as HostResponse;
-    if (!out.headersSent) {
-      out.stratumHead = null;
-      out.shouldKeepAlive = false;
-      out.answer(504, ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'], 'Gateway Timeout\n');
-    } else out.destroy();
-    out.stratumAbandon = true;
-  });
-  const stamp = res.stratumHead;
-  res.stratumHead = (headers) => {
-    watch.headSent();
-    stamp?.(headers);
-  };
-  // harakiri measures the app's time, not the reader's: it stops when the app ends its response.
-  res.stratumEnd = () => watch.done();
-  res.once('close', () => watch.done());
-  served(req, res);
-}));
+uwsgiServer.on(
+  'request',
+  uwsgiRequestListener((req, res) => {
+    const meta = requestMeta(req);
+    const limit = meta && meta.harakiriMs >= 0 && privateBridges.has(req.socket) ? meta.harakiriMs : harakiri.defaultMs;
+    const bridge = req.socket as unknown as { socket: net.Socket };
+    const watch = harakiri.watch(
+      limit,
+      socketFd(bridge.socket),
+      `${req.method} ${req.url} ${String(req.headers['x-request-id'] ?? '')}`,
+      () => {
+        // Slow, with the loop alive: 504 now (Connection: close), the app's late writes dropped.
+        watch.done();
+        const out = res as HostResponse;
+        if (!out.headersSent) {
+          out.stratumHead = null;
+          out.shouldKeepAlive = false;
+          out.answer(
+            504,
+            ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'],
+            'Gateway Timeout\n',
+          );
+        } else out.destroy();
+        out.stratumAbandon = true;
+      },
+    );
+    const stamp = res.stratumHead;
+    res.stratumHead = (headers) => {
+      watch.headSent();
+      stamp?.(headers);
+    };
+    // harakiri measures the app's time, not the reader's: it stops when the app ends its response.
+    res.stratumEnd = () => watch.done();
+    res.once('close', () => watch.done());
+    served(req, res);
+  }),
+);
 uwsgiServer.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
   // The head the bridge re-expressed did not parse: the packet's vars were refused one by one
   // before, so this is a bug or a limit of ours; the client gets a coded 400, not a reset.
-  if (socket.writable && !socket.destroyed) socket.end(rawHttpAnswer(new ClientBadRequest(`uwsgi bridge: ${err.code ?? err.message}`)));
+  if (socket.writable && !socket.destroyed)
+    socket.end(rawHttpAnswer(new ClientBadRequest(`uwsgi bridge: ${err.code ?? err.message}`)));
   else socket.destroy();
 });
 
@@ -184,7 +203,16 @@ const uwsgiOptions = {
   maxVarsSize: config.pool.bufferSize,
   readTimeoutMs: config.pool.socketTimeout * 1000,
   onProtocolError(err: { code: string; message: string }, socket: net.Socket) {
-    console.error(JSON.stringify({ level: 40, msg: 'malformed uwsgi packet', code: err.code, detail: err.message, pid: process.pid, remote: socket.remoteAddress ?? 'unix' }));
+    console.error(
+      JSON.stringify({
+        level: 40,
+        msg: 'malformed uwsgi packet',
+        code: err.code,
+        detail: err.message,
+        pid: process.pid,
+        remote: socket.remoteAddress ?? 'unix',
+      }),
+    );
   },
 };
 
@@ -215,7 +243,9 @@ let appUpstream: { dispatch: { queueLength: number; rejected: number } } | null 
 let upstreamHealth: () => Array<{ target: string; up: boolean }> = () => [];
 if (workerTopology) {
   const [{ FrontProxy }, { buildRoutes, upstreamHealth: healthOf }, { AppUpstream }] = await Promise.all([
-    import('../proxy/server.ts'), import('../proxy/targets.ts'), import('../proxy/upstream-app.ts'),
+    import('../proxy/server.ts'),
+    import('../proxy/targets.ts'),
+    import('../proxy/upstream-app.ts'),
   ]);
   const log = createLogger(config.log.level);
   const pool = new AppUpstream(served, app.upgrade, {
@@ -240,9 +270,18 @@ send({ type: 'ready', pid: process.pid });
 const statusTimer = setInterval(() => {
   const mem = process.memoryUsage();
   send({
-    type: 'status', requests, inflight, exceptions, rss: mem.rss, heapUsed: mem.heapUsed, totalMs,
-    eventLoopP99Ms: loop.percentile(99) / 1e6, harakiriTimeouts: harakiri.timeouts,
-    queued: appUpstream?.dispatch.queueLength ?? 0, rejected: appUpstream?.dispatch.rejected ?? 0, upstreams: upstreamHealth(),
+    type: 'status',
+    requests,
+    inflight,
+    exceptions,
+    rss: mem.rss,
+    heapUsed: mem.heapUsed,
+    totalMs,
+    eventLoopP99Ms: loop.percentile(99) / 1e6,
+    harakiriTimeouts: harakiri.timeouts,
+    queued: appUpstream?.dispatch.queueLength ?? 0,
+    rejected: appUpstream?.dispatch.rejected ?? 0,
+    upstreams: upstreamHealth(),
   });
   loop.reset();
 }, spec.statusIntervalMs);
@@ -291,7 +330,10 @@ async function answer(q: Question): Promise<unknown> {
 process.on('message', (msg: MasterMessage) => {
   if (msg?.type === 'ask') {
     const { type: _t, seq, ...q } = msg;
-    void answer(q as Question).then((data) => send({ type: 'reply', seq, data }), () => send({ type: 'reply', seq, data: null }));
+    void answer(q as Question).then(
+      (data) => send({ type: 'reply', seq, data }),
+      () => send({ type: 'reply', seq, data: null }),
+    );
     return;
   }
   if (msg?.type !== 'drain' || draining) return;

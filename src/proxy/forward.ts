@@ -7,8 +7,15 @@ import type { IncomingMessage } from 'node:http';
 import type { UwsgiVars } from '../uwsgi/codec.ts';
 
 const HOP_BY_HOP = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
-  'proxy-authenticate', 'proxy-authorization',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'proxy-authenticate',
+  'proxy-authorization',
 ]);
 
 export interface ForwardInfo {
@@ -26,14 +33,26 @@ export interface ForwardInfo {
 function connectionTokens(req: IncomingMessage): Set<string> | null {
   const c = req.headers.connection;
   if (!c) return null;
-  return new Set(c.toLowerCase().split(',').map((t) => t.trim()).filter(Boolean));
+  return new Set(
+    c
+      .toLowerCase()
+      .split(',')
+      .map((t) => t.trim())
+      .filter(Boolean),
+  );
 }
 
 function isDropped(lower: string, extra: Set<string> | null, replaceTrace: boolean): boolean {
-  return HOP_BY_HOP.has(lower) || (extra !== null && extra.has(lower)) ||
+  return (
+    HOP_BY_HOP.has(lower) ||
+    (extra !== null && extra.has(lower)) ||
     (replaceTrace && (lower === 'traceparent' || lower === 'tracestate')) ||
-    lower === 'x-forwarded-for' || lower === 'x-forwarded-proto' || lower === 'x-forwarded-host' || lower === 'x-request-id' ||
-    lower === 'content-length';
+    lower === 'x-forwarded-for' ||
+    lower === 'x-forwarded-proto' ||
+    lower === 'x-forwarded-host' ||
+    lower === 'x-request-id' ||
+    lower === 'content-length'
+  );
 }
 
 function forwardedFor(req: IncomingMessage, client: string): string {
@@ -72,16 +91,26 @@ export function uwsgiVars(req: IncomingMessage, f: ForwardInfo, extra: string[] 
   const colon = host.lastIndexOf(':');
   const serverName = colon > 0 && !host.endsWith(']') ? host.slice(0, colon) : host;
   const vars: UwsgiVars = [
-    'REQUEST_METHOD', req.method ?? 'GET',
-    'REQUEST_URI', url,
-    'PATH_INFO', decodePathBytes(rawPath),
-    'QUERY_STRING', q >= 0 ? url.slice(q + 1) : '',
-    'SERVER_PROTOCOL', `HTTP/${req.httpVersion}`,
-    'REQUEST_SCHEME', f.scheme,
-    'REMOTE_ADDR', f.clientAddress,
-    'REMOTE_PORT', String(f.clientPort),
-    'SERVER_NAME', serverName,
-    'SERVER_PORT', String(f.serverPort),
+    'REQUEST_METHOD',
+    req.method ?? 'GET',
+    'REQUEST_URI',
+    url,
+    'PATH_INFO',
+    decodePathBytes(rawPath),
+    'QUERY_STRING',
+    q >= 0 ? url.slice(q + 1) : '',
+    'SERVER_PROTOCOL',
+    `HTTP/${req.httpVersion}`,
+    'REQUEST_SCHEME',
+    f.scheme,
+    'REMOTE_ADDR',
+    f.clientAddress,
+    'REMOTE_PORT',
+    String(f.clientPort),
+    'SERVER_NAME',
+    serverName,
+    'SERVER_PORT',
+    String(f.serverPort),
   ];
   if (f.scheme === 'https') vars.push('HTTPS', 'on');
   if (f.contentLength >= 0) vars.push('CONTENT_LENGTH', String(f.contentLength));

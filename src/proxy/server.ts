@@ -17,10 +17,26 @@ import type { Logger } from 'pino';
 import type { StratumConfig } from '../config/schema.ts';
 import { listenAt } from '../listen.ts';
 import { listenOnFd } from '../pool/sockets.ts';
-import { ClientBadRequest, ClientBodyTimeout, ClientHeadersTooLarge, ClientHeaderTimeout, RouteNotFound, StratumError, rawHttpAnswer, UpgradeUnsupported } from '../errors.ts';
+import {
+  ClientBadRequest,
+  ClientBodyTimeout,
+  ClientHeadersTooLarge,
+  ClientHeaderTimeout,
+  RouteNotFound,
+  StratumError,
+  rawHttpAnswer,
+  UpgradeUnsupported,
+} from '../errors.ts';
 import type { RouteTable } from './routes.ts';
 import { HostResponse } from '../host/response.ts';
-import { announcesBody, prepareBody, type ProxyContext, type RequestBody, type UpgradeContext, type Upstream } from './upstream.ts';
+import {
+  announcesBody,
+  prepareBody,
+  type ProxyContext,
+  type RequestBody,
+  type UpgradeContext,
+  type Upstream,
+} from './upstream.ts';
 
 // getBuiltinModule rather than an ES import, which would load Node's bundled undici (src/pool/worker.ts).
 const http = process.getBuiltinModule('node:http');
@@ -74,7 +90,8 @@ function framingProblem(req: IncomingMessage): string | null {
   // RFC 9112 §3.2: more than one Host is a 400 (the route and the upstream could read different ones).
   if (hosts > 1) return 'more than one Host header';
   // RFC 9112 §6.1: HTTP/1.0 has no chunked framing; Node would ignore the header, an upstream might not.
-  if (req.httpVersionMinor === 0 && req.headers['transfer-encoding'] !== undefined) return 'Transfer-Encoding in an HTTP/1.0 request';
+  if (req.httpVersionMinor === 0 && req.headers['transfer-encoding'] !== undefined)
+    return 'Transfer-Encoding in an HTTP/1.0 request';
   return null;
 }
 
@@ -150,11 +167,19 @@ export class FrontProxy {
     const upstream = entry?.upstream;
     if (!entry || !upstream?.upgrade) {
       const e = entry ? new UpgradeUnsupported(entry.label) : new RouteNotFound(req.headers.host ?? '', req.url ?? '/');
-      this.#log.info({ code: e.code, method: req.method, path: req.url, route: entry?.label ?? 'none' }, `refused upgrade: ${e.message}`);
+      this.#log.info(
+        { code: e.code, method: req.method, path: req.url, route: entry?.label ?? 'none' },
+        `refused upgrade: ${e.message}`,
+      );
       socket.end(rawHttpAnswer(e));
       return;
     }
-    const ctx: UpgradeContext = { req, routeLabel: entry.label, forward: forwardInfo(req, socket, requestIdOf(req)), error: null };
+    const ctx: UpgradeContext = {
+      req,
+      routeLabel: entry.label,
+      forward: forwardInfo(req, socket, requestIdOf(req)),
+      error: null,
+    };
     this.#upgraded.add(socket);
     upstream.upgrade(ctx, socket, head);
   }
@@ -201,14 +226,16 @@ export class FrontProxy {
     return listenOnFd(this.server, fd, 2048);
   }
 
-
   /**
    * Stop accepting new connections; the ones open go on. (http.Server.close() would also close
    * every idle kept connection at once, racing a client that is just sending on one.)
    */
   stopAccepting(): void {
     const s = this.server as unknown as { _handle: unknown };
-    if (s._handle) (Object.getPrototypeOf(Object.getPrototypeOf(this.server)) as { close(this: unknown): void }).close.call(this.server);
+    if (s._handle)
+      (Object.getPrototypeOf(Object.getPrototypeOf(this.server)) as { close(this: unknown): void }).close.call(
+        this.server,
+      );
   }
 
   /**
@@ -227,7 +254,13 @@ export class FrontProxy {
       const now = Date.now();
       for (const socket of this.#sockets) {
         const since = this.#idleSince.get(socket);
-        if (since !== undefined && now - since >= idleMs && !(socket as HttpSocket)._httpMessage && !this.#upgraded.has(socket)) socket.end();
+        if (
+          since !== undefined &&
+          now - since >= idleMs &&
+          !(socket as HttpSocket)._httpMessage &&
+          !this.#upgraded.has(socket)
+        )
+          socket.end();
       }
     };
     sweep();
@@ -306,7 +339,8 @@ export class FrontProxy {
     const requestId = requestIdOf(req);
     const entry = this.#routes.match(req.headers.host, req.url ?? '/');
     const ctx: ProxyContext = {
-      req, res,
+      req,
+      res,
       route: entry?.route ?? (null as never),
       routeLabel: entry?.label ?? 'none',
       forward: forwardInfo(req, socket, requestId),
@@ -344,8 +378,10 @@ export class FrontProxy {
     // No body announced (most requests): straight to the upstream, no body promise to wait on.
     if (!announcesBody(req)) return this.#dispatch(ctx, entry.upstream, null);
     const abort = this.#watchBody(ctx);
-    prepareBody(req, limit, { buffer: this.config.proxy.requestBuffering, signal: abort?.signal })
-      .then((b) => this.#dispatch(ctx, entry.upstream, b), (err: unknown) => this.#fail(ctx, err, null));
+    prepareBody(req, limit, { buffer: this.config.proxy.requestBuffering, signal: abort?.signal }).then(
+      (b) => this.#dispatch(ctx, entry.upstream, b),
+      (err: unknown) => this.#fail(ctx, err, null),
+    );
   }
 
   #dispatch(ctx: ProxyContext, upstream: Upstream, body: RequestBody | null): void {
@@ -391,7 +427,10 @@ export class FrontProxy {
       // Streaming to an upstream (requestBuffering off): cut the connection; the upstream sees
       // a truncated body and the request ends there.
       ctx.error ??= err;
-      this.#log.info({ code: err.code, method: req.method, path: req.url, requestId: ctx.forward.requestId, route: ctx.routeLabel }, err.message);
+      this.#log.info(
+        { code: err.code, method: req.method, path: req.url, requestId: ctx.forward.requestId, route: ctx.routeLabel },
+        err.message,
+      );
       socket.destroy();
     });
     res.on('timeout', () => {
@@ -405,7 +444,10 @@ export class FrontProxy {
 
   #fail(ctx: ProxyContext, err: unknown, body: RequestBody | null): void {
     const { req, res } = ctx;
-    const e = err instanceof StratumError ? err : new StratumError('STRATUM_ERR_INTERNAL', String((err as Error)?.message ?? err), 500);
+    const e =
+      err instanceof StratumError
+        ? err
+        : new StratumError('STRATUM_ERR_INTERNAL', String((err as Error)?.message ?? err), 500);
     if (ctx.error && (res.headersSent || res.destroyed)) {
       // Already failed and answered (or cut): the first cause is the one on record.
       res.destroy();
@@ -413,13 +455,31 @@ export class FrontProxy {
     }
     ctx.error = e;
     const level = e.statusCode >= 500 ? 'warn' : 'info';
-    this.#log[level]({ code: e.code, method: req.method, path: req.url, requestId: ctx.forward.requestId, route: ctx.routeLabel, upstream: ctx.upstreamLabel, workerPid: ctx.workerPid || undefined }, e.message);
+    this.#log[level](
+      {
+        code: e.code,
+        method: req.method,
+        path: req.url,
+        requestId: ctx.forward.requestId,
+        route: ctx.routeLabel,
+        upstream: ctx.upstreamLabel,
+        workerPid: ctx.workerPid || undefined,
+      },
+      e.message,
+    );
     if (res.headersSent || res.destroyed) {
       res.destroy();
       return;
     }
     const text = `${http.STATUS_CODES[e.statusCode] ?? 'Error'}\n`;
-    const headers: string[] = ['content-type', 'text/plain; charset=utf-8', 'content-length', String(Buffer.byteLength(text)), 'cache-control', 'no-store'];
+    const headers: string[] = [
+      'content-type',
+      'text/plain; charset=utf-8',
+      'content-length',
+      String(Buffer.byteLength(text)),
+      'cache-control',
+      'no-store',
+    ];
     if (e.statusCode === 503) headers.push('retry-after', '1');
     // A body we did not read (413, 408, or failure before streaming it) cannot stay on a kept
     // connection, nor can a request whose framing we refused.

@@ -9,13 +9,21 @@ const pool = { kind: 'pool', label: 'pool' } as Upstream;
 
 describe('buildRoutes', () => {
   it('builds a serve config whose only route is an HTTP upstream', async () => {
-    const config = loadConfig({ mode: 'serve', env: {}, flags: { app: 'examples/hello/app.ts', route: ['/=http://127.0.0.1:9'] } });
+    const config = loadConfig({
+      mode: 'serve',
+      env: {},
+      flags: { app: 'examples/hello/app.ts', route: ['/=http://127.0.0.1:9'] },
+    });
     const table = await buildRoutes(config, pool);
     expect(table.match('example.com', '/x')?.upstream.kind).toBe('http');
   });
 
   it('builds a serve config with a static route and no pool route', async () => {
-    const config = loadConfig({ mode: 'serve', env: {}, flags: { app: 'examples/hello/app.ts', route: ['/=static:/tmp'] } });
+    const config = loadConfig({
+      mode: 'serve',
+      env: {},
+      flags: { app: 'examples/hello/app.ts', route: ['/=static:/tmp'] },
+    });
     expect((await buildRoutes(config, pool)).match(undefined, '/')?.upstream.kind).toBe('static');
   });
 

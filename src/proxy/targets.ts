@@ -26,7 +26,10 @@ export async function buildRoutes(config: StratumConfig, pool: Upstream | null):
         upstream = pool;
         break;
       case 'uwsgi':
-        upstream = new uwsgi!.ExternalUwsgiUpstream(route.targets.map((x) => (x as { address: typeof t.address }).address), config);
+        upstream = new uwsgi!.ExternalUwsgiUpstream(
+          route.targets.map((x) => (x as { address: typeof t.address }).address),
+          config,
+        );
         break;
       case 'http':
         upstream = new http!.HttpUpstream(t.url, config);
@@ -44,6 +47,8 @@ export async function buildRoutes(config: StratumConfig, pool: Upstream | null):
 export function upstreamHealth(routes: RouteTable<Upstream>): () => Array<{ target: string; up: boolean }> {
   const external = routes.entries
     .map((e) => e.upstream)
-    .filter((u): u is Upstream & { health(): Array<{ target: string; up: boolean }> } => u.kind === 'uwsgi' && 'health' in u);
+    .filter(
+      (u): u is Upstream & { health(): Array<{ target: string; up: boolean }> } => u.kind === 'uwsgi' && 'health' in u,
+    );
   return () => external.flatMap((u) => u.health());
 }

@@ -44,10 +44,13 @@ export class AppUpstream implements Upstream {
     this.#upgrade = upgrade;
     this.#opts = opts;
     this.label = opts.label;
-    this.dispatch = new Dispatcher<AppUpstream>({
-      pick: () => (this.inflight < opts.maxInflight ? this : null),
-      take: () => void this.inflight++,
-    }, opts.queueLimit);
+    this.dispatch = new Dispatcher<AppUpstream>(
+      {
+        pick: () => (this.inflight < opts.maxInflight ? this : null),
+        take: () => void this.inflight++,
+      },
+      opts.queueLimit,
+    );
   }
 
   handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
@@ -84,13 +87,14 @@ export class AppUpstream implements Upstream {
         else resolve();
       };
       const info = `${req.method ?? 'GET'} ${req.url ?? '/'} ${ctx.forward.requestId}`;
-      const watch = this.#opts.harakiri?.watch(ctx.harakiriMs, socketFd(req.socket), info, () => {
-        // Slow, with the event loop alive: answer 504 now (the proxy writes it) and let the app's
-        // late writes fall on the floor; the worker is healthy and keeps serving.
-        res.stratumHead = null;
-        res.stratumAbandon = true;
-        finish(new HarakiriTimeout(ctx.harakiriMs / 1000));
-      }) ?? null;
+      const watch =
+        this.#opts.harakiri?.watch(ctx.harakiriMs, socketFd(req.socket), info, () => {
+          // Slow, with the event loop alive: answer 504 now (the proxy writes it) and let the app's
+          // late writes fall on the floor; the worker is healthy and keeps serving.
+          res.stratumHead = null;
+          res.stratumAbandon = true;
+          finish(new HarakiriTimeout(ctx.harakiriMs / 1000));
+        }) ?? null;
       res.stratumHead = (headers) => {
         const now = (t.headAt = performance.now());
         t.worker = { worker: appAt - slotAt, app: now - appAt };
@@ -149,7 +153,8 @@ function bufferedRequest(req: IncomingMessage, body: RequestBody): IncomingMessa
   const raw: string[] = [];
   for (let i = 0; i < req.rawHeaders.length; i += 2) {
     const lower = req.rawHeaders[i]!.toLowerCase();
-    if (lower !== 'transfer-encoding' && lower !== 'content-length') raw.push(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
+    if (lower !== 'transfer-encoding' && lower !== 'content-length')
+      raw.push(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
   }
   r.rawHeaders = raw;
   r.headers = { ...req.headers };

@@ -20,8 +20,17 @@ import { PassThrough, type Duplex } from 'node:stream';
 import { errors, Pool, type Dispatcher } from 'undici';
 import type { StratumConfig } from '../config/schema.ts';
 import {
-  ClientBadRequest, ClientClosed, StratumError, UpstreamBadResponse, UpstreamHeadersTooLarge, UpstreamReset, UpstreamTimeout,
-  UpstreamTruncated, UpstreamUnreachable, UNREACHABLE_CODES, rawHttpAnswer,
+  ClientBadRequest,
+  ClientClosed,
+  StratumError,
+  UpstreamBadResponse,
+  UpstreamHeadersTooLarge,
+  UpstreamReset,
+  UpstreamTimeout,
+  UpstreamTruncated,
+  UpstreamUnreachable,
+  UNREACHABLE_CODES,
+  rawHttpAnswer,
 } from '../errors.ts';
 import { httpRequestHeaders, responseHeaders } from './forward.ts';
 import { sendHead, type ProxyContext, type RequestBody, type UpgradeContext, type Upstream } from './upstream.ts';
@@ -60,7 +69,11 @@ export class HttpUpstream implements Upstream {
     return new Promise<void>((resolve, reject) => {
       const { req } = ctx;
       const exchange = new Exchange(ctx, this.label, this.#connectTimeoutMs, resolve, reject);
-      let headers = httpRequestHeaders(req, ctx.forward, ctx.traceparent === null ? undefined : ['traceparent', ctx.traceparent]);
+      let headers = httpRequestHeaders(
+        req,
+        ctx.forward,
+        ctx.traceparent === null ? undefined : ['traceparent', ctx.traceparent],
+      );
       // We answered the client's 100-continue ourselves and send the body anyway; undici refuses
       // an Expect header outright.
       if (req.headers.expect !== undefined) headers = withoutExpect(headers);
@@ -70,14 +83,17 @@ export class HttpUpstream implements Upstream {
       // before our answer reaches it: give undici a pipe of its own instead.
       if (b === req) b = req.pipe(new PassThrough());
       ctx.onClientGone = () => exchange.clientClosed(); // the proxy's own close listener calls it
-      this.#pool.dispatch({
-        method: req.method ?? 'GET',
-        path: this.#base + (req.url ?? '/'),
-        headers,
-        body: b,
-        headersTimeout: ctx.readTimeoutMs,
-        bodyTimeout: ctx.readTimeoutMs,
-      }, exchange);
+      this.#pool.dispatch(
+        {
+          method: req.method ?? 'GET',
+          path: this.#base + (req.url ?? '/'),
+          headers,
+          body: b,
+          headersTimeout: ctx.readTimeoutMs,
+          bodyTimeout: ctx.readTimeoutMs,
+        },
+        exchange,
+      );
     });
   }
 
@@ -103,7 +119,9 @@ export class HttpUpstream implements Upstream {
       if (clientSocket.writable) clientSocket.end(rawHttpAnswer(err));
       else clientSocket.destroy();
     };
-    upstream.setTimeout(this.#connectTimeoutMs, () => upstream.destroy(new UpstreamTimeout(this.label, 'upgrade', this.#connectTimeoutMs)));
+    upstream.setTimeout(this.#connectTimeoutMs, () =>
+      upstream.destroy(new UpstreamTimeout(this.label, 'upgrade', this.#connectTimeoutMs)),
+    );
     upstream.once('error', (err: NodeJS.ErrnoException) => {
       ctx.error = err instanceof StratumError ? err : new UpstreamUnreachable(this.label, err.code ?? err.message);
       fail(ctx.error);
@@ -163,7 +181,13 @@ class Exchange implements Dispatcher.DispatchHandler {
   #lengthKnown = false;
   #resume: (() => void) | null = null;
 
-  constructor(ctx: ProxyContext, label: string, connectTimeoutMs: number, resolve: () => void, reject: (err: StratumError) => void) {
+  constructor(
+    ctx: ProxyContext,
+    label: string,
+    connectTimeoutMs: number,
+    resolve: () => void,
+    reject: (err: StratumError) => void,
+  ) {
     this.#ctx = ctx;
     this.#label = label;
     this.#connectTimeoutMs = connectTimeoutMs;
@@ -179,7 +203,12 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#ctx.timings.connectAt = performance.now();
   }
 
-  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
+  onResponseStart(
+    controller: Dispatcher.DispatchController,
+    statusCode: number,
+    headers: IncomingHttpHeaders,
+    statusMessage?: string,
+  ): void {
     // 1xx interim answers (103 Early Hints) are not relayed, as node:http's client did not either.
     if (statusCode < 200 || this.#settled) return;
     const ctx = this.#ctx;
@@ -240,7 +269,11 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   #truncated(): StratumError {
-    return new UpstreamTruncated(this.#ctx.timings.headAt ? `${this.#lengthKnown ? 'Content-Length' : 'chunked'} body ended early` : 'closed before the response head');
+    return new UpstreamTruncated(
+      this.#ctx.timings.headAt
+        ? `${this.#lengthKnown ? 'Content-Length' : 'chunked'} body ended early`
+        : 'closed before the response head',
+    );
   }
 
   /** undici's error, as the coded error for it. */
@@ -275,16 +308,18 @@ class Exchange implements Dispatcher.DispatchHandler {
         return new ClientBadRequest(err.message);
     }
     // Nothing was sent: the connection was never made.
-    if (!ctx.timings.connectAt && UNREACHABLE_CODES.has(err.code ?? '')) return new UpstreamUnreachable(this.#label, code);
+    if (!ctx.timings.connectAt && UNREACHABLE_CODES.has(err.code ?? ''))
+      return new UpstreamUnreachable(this.#label, code);
     // llhttp refused the response (garbage status line, bad header, bad framing) — undici's
     // parser errors carry no code, only the parser's reason. "Invalid EOF state" is the clean
     // close inside a chunked body sent with Connection: close.
     if (err instanceof errors.HTTPParserError) {
-      return /EOF state/.test(err.message) ? this.#truncated() : new UpstreamBadResponse(err.message.replace(/^Response does not match the HTTP\/1\.1 protocol /, ''));
+      return /EOF state/.test(err.message)
+        ? this.#truncated()
+        : new UpstreamBadResponse(err.message.replace(/^Response does not match the HTTP\/1\.1 protocol /, ''));
     }
     // ECONNRESET and the rest. (An RST ending a body delimited by the close itself counts as its
     // end in undici, as in browsers: such a body has no length to be short of.)
     return new UpstreamReset(this.#label, `${code}${where}`);
   }
 }
-

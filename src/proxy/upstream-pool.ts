@@ -53,13 +53,17 @@ export class PoolUpstream implements Upstream {
       ctx.upstreamLabel = `worker ${slot.id}`;
       try {
         // The worker keeps harakiri; a route's own limit travels with the request.
-        await uwsgiExchange(slot.client, ctx, body, { joinRepeated: false, extraVars: [HARAKIRI_VAR, String(ctx.harakiriMs)] });
+        await uwsgiExchange(slot.client, ctx, body, {
+          joinRepeated: false,
+          extraVars: [HARAKIRI_VAR, String(ctx.harakiriMs)],
+        });
         return;
       } catch (err) {
         const code = (err as StratumError).code;
         // A worker that refuses or drops connections may have died (kill -9, OOM) before the
         // master saw it exit: keep new requests off it until it is known to be alive.
-        if (code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' || code === 'STRATUM_ERR_UPSTREAM_RESET') this.#pool.suspect(slot);
+        if (code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' || code === 'STRATUM_ERR_UPSTREAM_RESET')
+          this.#pool.suspect(slot);
         // A request that never reached a worker (refused before anything was sent) goes to
         // another one; one that did reach it fails with it, as uWSGI's would.
         const neverSent = code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' && !ctx.res.headersSent;

@@ -9,11 +9,25 @@ import { RouteNotFound, StaticForbidden } from '../errors.ts';
 import { sendHead, type ProxyContext, type Upstream } from './upstream.ts';
 
 const TYPES: Record<string, string> = {
-  '.html': 'text/html; charset=utf-8', '.htm': 'text/html; charset=utf-8', '.css': 'text/css; charset=utf-8',
-  '.js': 'text/javascript; charset=utf-8', '.mjs': 'text/javascript; charset=utf-8', '.json': 'application/json',
-  '.txt': 'text/plain; charset=utf-8', '.svg': 'image/svg+xml', '.png': 'image/png', '.jpg': 'image/jpeg',
-  '.jpeg': 'image/jpeg', '.gif': 'image/gif', '.webp': 'image/webp', '.ico': 'image/x-icon', '.wasm': 'application/wasm',
-  '.woff2': 'font/woff2', '.pdf': 'application/pdf', '.xml': 'application/xml', '.map': 'application/json',
+  '.html': 'text/html; charset=utf-8',
+  '.htm': 'text/html; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.json': 'application/json',
+  '.txt': 'text/plain; charset=utf-8',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.jpg': 'image/jpeg',
+  '.jpeg': 'image/jpeg',
+  '.gif': 'image/gif',
+  '.webp': 'image/webp',
+  '.ico': 'image/x-icon',
+  '.wasm': 'application/wasm',
+  '.woff2': 'font/woff2',
+  '.pdf': 'application/pdf',
+  '.xml': 'application/xml',
+  '.map': 'application/json',
 };
 
 export class StaticUpstream implements Upstream {
@@ -51,7 +65,8 @@ export class StaticUpstream implements Upstream {
     }
     // One decoding pass only: a "%" still there afterwards is a double-encoding attempt.
     const segments = rel.split('/');
-    if (rel.includes('\0') || rel.includes('\\') || segments.some((s) => s === '..' || s === '.' || s.includes('%'))) throw new StaticForbidden(rel);
+    if (rel.includes('\0') || rel.includes('\\') || segments.some((s) => s === '..' || s === '.' || s.includes('%')))
+      throw new StaticForbidden(rel);
     let file = path.join(this.#root, rel);
     let stat = await fsp.stat(file).catch(() => null);
     if (stat?.isDirectory()) {
@@ -64,11 +79,21 @@ export class StaticUpstream implements Upstream {
     if (real !== root && !real.startsWith(root + path.sep)) throw new StaticForbidden(rel);
     const etag = `W/"${stat.size.toString(16)}-${Math.floor(stat.mtimeMs).toString(16)}"`;
     const lastModified = stat.mtime.toUTCString();
-    const headers = ['content-type', TYPES[path.extname(file).toLowerCase()] ?? 'application/octet-stream', 'etag', etag, 'last-modified', lastModified];
+    const headers = [
+      'content-type',
+      TYPES[path.extname(file).toLowerCase()] ?? 'application/octet-stream',
+      'etag',
+      etag,
+      'last-modified',
+      lastModified,
+    ];
     const inm = req.headers['if-none-match'];
     const ims = req.headers['if-modified-since'];
     ctx.timings.headAt = performance.now();
-    if ((inm && inm.split(',').some((t) => t.trim() === etag)) || (!inm && ims && Date.parse(ims) >= Math.floor(stat.mtimeMs / 1000) * 1000)) {
+    if (
+      (inm && inm.split(',').some((t) => t.trim() === etag)) ||
+      (!inm && ims && Date.parse(ims) >= Math.floor(stat.mtimeMs / 1000) * 1000)
+    ) {
       sendHead(ctx, 304, 'Not Modified', headers);
       res.end();
       ctx.timings.endAt = performance.now();

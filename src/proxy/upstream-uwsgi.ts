@@ -14,7 +14,12 @@ import { sendHead, type ProxyContext, type RequestBody, type Upstream } from './
  * Run one request over a UwsgiClient and stream the answer to the client. `extraVars` go after
  * the request's own (flat pairs: our pool's per-route harakiri).
  */
-export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: RequestBody | null, opts: { joinRepeated: boolean; extraVars?: string[] }): Promise<void> {
+export function uwsgiExchange(
+  client: UwsgiClient,
+  ctx: ProxyContext,
+  body: RequestBody | null,
+  opts: { joinRepeated: boolean; extraVars?: string[] },
+): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const extra = opts.extraVars ?? [];
     if (ctx.traceparent !== null) extra.push('HTTP_TRACEPARENT', ctx.traceparent);
@@ -31,46 +36,51 @@ export function uwsgiExchange(client: UwsgiClient, ctx: ProxyContext, body: Requ
     // head in one string write; head + body buffer + end would be a three-part writev.
     let whole = -1;
     let ended = false;
-    const exchange = client.request(vars, body ? body.open() : null, {
-      onConnect() {
-        ctx.timings.connectAt = performance.now();
-      },
-      onHead(head: ResponseHead) {
-        ctx.timings.headAt = performance.now();
-        const headers = responseHeaders(head.rawHeaders, KEEPALIVE_HEADER);
-        for (let i = 0; i < headers.length; i += 2) {
-          if (headers[i]!.length === TIMING_HEADER.length && headers[i]!.toLowerCase() === TIMING_HEADER) {
-            ctx.timings.worker = parseTiming(headers[i + 1]!);
-            headers.splice(i, 2);
-            break;
+    const exchange = client.request(
+      vars,
+      body ? body.open() : null,
+      {
+        onConnect() {
+          ctx.timings.connectAt = performance.now();
+        },
+        onHead(head: ResponseHead) {
+          ctx.timings.headAt = performance.now();
+          const headers = responseHeaders(head.rawHeaders, KEEPALIVE_HEADER);
+          for (let i = 0; i < headers.length; i += 2) {
+            if (headers[i]!.length === TIMING_HEADER.length && headers[i]!.toLowerCase() === TIMING_HEADER) {
+              ctx.timings.worker = parseTiming(headers[i + 1]!);
+              headers.splice(i, 2);
+              break;
+            }
           }
-        }
-        if (res.destroyed) return;
-        whole = head.framing === 'length' && head.contentLength <= 16384 ? head.contentLength : -1;
-        sendHead(ctx, head.statusCode, head.statusMessage, headers);
+          if (res.destroyed) return;
+          whole = head.framing === 'length' && head.contentLength <= 16384 ? head.contentLength : -1;
+          sendHead(ctx, head.statusCode, head.statusMessage, headers);
+        },
+        onBody(chunk) {
+          if (chunk.length === whole && ctx.bytesOut === 0) {
+            ctx.bytesOut = chunk.length;
+            ended = true;
+            res.end(chunk.toString('latin1'), 'latin1');
+            return true;
+          }
+          ctx.bytesOut += chunk.length;
+          if (res.write(chunk)) return true;
+          res.once('drain', onDrain);
+          return false;
+        },
+        onComplete() {
+          settle();
+          if (!ended) res.end();
+          resolve();
+        },
+        onError(err) {
+          settle();
+          reject(err);
+        },
       },
-      onBody(chunk) {
-        if (chunk.length === whole && ctx.bytesOut === 0) {
-          ctx.bytesOut = chunk.length;
-          ended = true;
-          res.end(chunk.toString('latin1'), 'latin1');
-          return true;
-        }
-        ctx.bytesOut += chunk.length;
-        if (res.write(chunk)) return true;
-        res.once('drain', onDrain);
-        return false;
-      },
-      onComplete() {
-        settle();
-        if (!ended) res.end();
-        resolve();
-      },
-      onError(err) {
-        settle();
-        reject(err);
-      },
-    }, { isHead: ctx.req.method === 'HEAD', readTimeoutMs: ctx.readTimeoutMs });
+      { isHead: ctx.req.method === 'HEAD', readTimeoutMs: ctx.readTimeoutMs },
+    );
     // The client went away first: drop the upstream connection (the proxy calls this on close).
     ctx.onClientGone = () => {
       if (settled) return;
@@ -121,7 +131,9 @@ export class ExternalUwsgiUpstream implements Upstream {
         connectTimeoutMs: config.proxy.connectTimeout * 1000,
         readTimeoutMs: config.proxy.readTimeout * 1000,
       }),
-      inflight: 0, failures: 0, downUntil: 0,
+      inflight: 0,
+      failures: 0,
+      downUntil: 0,
     }));
     this.label = this.#servers.map((s) => s.client.label).join(',');
   }

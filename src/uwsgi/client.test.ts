@@ -54,7 +54,10 @@ const clients: UwsgiClient[] = [];
 
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'stratum-uwsgi-client-'));
-  httpServer = http.createServer({ ServerResponse: HostResponse as unknown as typeof http.ServerResponse }, uwsgiRequestListener(echoListener));
+  httpServer = http.createServer(
+    { ServerResponse: HostResponse as unknown as typeof http.ServerResponse },
+    uwsgiRequestListener(echoListener),
+  );
   stratum = await listen('stratum', (sock) => {
     serveUwsgiConnection(sock, httpServer, { maxVarsSize: 65535, onProtocolError() {} });
   });

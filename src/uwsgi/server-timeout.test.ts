@@ -20,12 +20,19 @@ const errors: string[] = [];
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'stratum-uwsgi-timeout-'));
   sockPath = path.join(dir, 'uwsgi.sock');
-  const httpServer = http.createServer({ ServerResponse: HostResponse as unknown as typeof http.ServerResponse }, uwsgiRequestListener((req, res) => {
-    if (req.url === '/slow') setTimeout(() => res.end('slow done'), TIMEOUT_MS * 3);
-    else req.resume().on('end', () => res.end('ok'));
-  }));
+  const httpServer = http.createServer(
+    { ServerResponse: HostResponse as unknown as typeof http.ServerResponse },
+    uwsgiRequestListener((req, res) => {
+      if (req.url === '/slow') setTimeout(() => res.end('slow done'), TIMEOUT_MS * 3);
+      else req.resume().on('end', () => res.end('ok'));
+    }),
+  );
   uwsgiServer = net.createServer((sock) => {
-    serveUwsgiConnection(sock, httpServer, { maxVarsSize: 65535, readTimeoutMs: TIMEOUT_MS, onProtocolError: (e: StratumError) => void errors.push(e.code) });
+    serveUwsgiConnection(sock, httpServer, {
+      maxVarsSize: 65535,
+      readTimeoutMs: TIMEOUT_MS,
+      onProtocolError: (e: StratumError) => void errors.push(e.code),
+    });
   });
   await new Promise<void>((r) => uwsgiServer.listen(sockPath, r));
 });
@@ -45,7 +52,17 @@ function exchange(write: (s: net.Socket) => void): Promise<{ text: string; ms: n
   });
 }
 
-const vars = (uri: string, extra: string[] = []) => ['REQUEST_METHOD', 'POST', 'REQUEST_URI', uri, 'PATH_INFO', uri, 'HTTP_HOST', 'x', ...extra];
+const vars = (uri: string, extra: string[] = []) => [
+  'REQUEST_METHOD',
+  'POST',
+  'REQUEST_URI',
+  uri,
+  'PATH_INFO',
+  uri,
+  'HTTP_HOST',
+  'x',
+  ...extra,
+];
 
 describe('uwsgi socket timeout', () => {
   it('answers 408 and closes when a client stalls inside the vars block', async () => {

@@ -56,7 +56,10 @@ const protocolErrors: string[] = [];
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'stratum-uwsgi-server-'));
   sockPath = path.join(dir, 'uwsgi.sock');
-  httpServer = http.createServer({ ServerResponse: HostResponse as unknown as typeof http.ServerResponse }, uwsgiRequestListener(echoListener));
+  httpServer = http.createServer(
+    { ServerResponse: HostResponse as unknown as typeof http.ServerResponse },
+    uwsgiRequestListener(echoListener),
+  );
   uwsgiServer = net.createServer((sock) => {
     serveUwsgiConnection(sock, httpServer, {
       maxVarsSize: 65535,
@@ -77,16 +80,26 @@ afterAll(async () => {
 function baseVars(uri: string, extra: UwsgiVars = []): UwsgiVars {
   const q = uri.indexOf('?');
   return [
-    'REQUEST_METHOD', 'GET',
-    'REQUEST_URI', uri,
-    'PATH_INFO', q >= 0 ? uri.slice(0, q) : uri,
-    'QUERY_STRING', q >= 0 ? uri.slice(q + 1) : '',
-    'SERVER_PROTOCOL', 'HTTP/1.1',
-    'REMOTE_ADDR', '10.1.2.3',
-    'REMOTE_PORT', '42310',
-    'SERVER_NAME', 'example.test',
-    'SERVER_PORT', '80',
-    'HTTP_HOST', 'example.test',
+    'REQUEST_METHOD',
+    'GET',
+    'REQUEST_URI',
+    uri,
+    'PATH_INFO',
+    q >= 0 ? uri.slice(0, q) : uri,
+    'QUERY_STRING',
+    q >= 0 ? uri.slice(q + 1) : '',
+    'SERVER_PROTOCOL',
+    'HTTP/1.1',
+    'REMOTE_ADDR',
+    '10.1.2.3',
+    'REMOTE_PORT',
+    '42310',
+    'SERVER_NAME',
+    'example.test',
+    'SERVER_PORT',
+    '80',
+    'HTTP_HOST',
+    'example.test',
     ...extra,
   ];
 }
@@ -122,7 +135,11 @@ function exchangeUntilClose(data: Buffer | Buffer[], timeoutMs = 5000): Promise<
     const chunks: Buffer[] = [];
     const timer = setTimeout(() => {
       sock.destroy();
-      reject(new Error(`connection not closed after ${timeoutMs} ms; got ${Buffer.concat(chunks).toString('latin1').slice(0, 200)}`));
+      reject(
+        new Error(
+          `connection not closed after ${timeoutMs} ms; got ${Buffer.concat(chunks).toString('latin1').slice(0, 200)}`,
+        ),
+      );
     }, timeoutMs);
     sock.on('data', (c) => chunks.push(c));
     sock.on('error', () => {}); // a reset after the response counts as a close
@@ -209,19 +226,26 @@ describe('uwsgi server bridge (plain uwsgi peer, as nginx)', () => {
   });
 
   it('passes repeated HTTP_X_MULTI vars to the app as two headers', async () => {
-    const raw = await exchangeUntilClose(encodePacket(baseVars('/multi', ['HTTP_X_MULTI', 'one', 'HTTP_X_MULTI', 'two'])));
+    const raw = await exchangeUntilClose(
+      encodePacket(baseVars('/multi', ['HTTP_X_MULTI', 'one', 'HTTP_X_MULTI', 'two'])),
+    );
     const echo = JSON.parse(parseRaw(raw).body.toString()) as Echo;
     const multi: string[] = [];
-    for (let i = 0; i < echo.rawHeaders.length; i += 2) if (echo.rawHeaders[i]!.toLowerCase() === 'x-multi') multi.push(echo.rawHeaders[i + 1]!);
+    for (let i = 0; i < echo.rawHeaders.length; i += 2)
+      if (echo.rawHeaders[i]!.toLowerCase() === 'x-multi') multi.push(echo.rawHeaders[i + 1]!);
     expect(multi).toEqual(['one', 'two']);
   });
 
   it('does not treat the body as chunked because of an HTTP_TRANSFER_ENCODING var', async () => {
     const vars = baseVars('/te', [
-      'REQUEST_METHOD', 'POST',
-      'CONTENT_LENGTH', '5',
-      'CONTENT_TYPE', 'text/plain',
-      'HTTP_TRANSFER_ENCODING', 'chunked',
+      'REQUEST_METHOD',
+      'POST',
+      'CONTENT_LENGTH',
+      '5',
+      'CONTENT_TYPE',
+      'text/plain',
+      'HTTP_TRANSFER_ENCODING',
+      'chunked',
     ]);
     vars.splice(0, 2); // the extra REQUEST_METHOD above replaces GET
     const raw = await exchangeUntilClose([encodePacket(vars), Buffer.from('hello')]);
@@ -237,7 +261,12 @@ describe('uwsgi server bridge (plain uwsgi peer, as nginx)', () => {
   it('delivers a 1 MB body intact', async () => {
     const body = Buffer.alloc(1024 * 1024);
     for (let i = 0; i < body.length; i++) body[i] = (i * 31 + 7) & 0xff;
-    const vars = baseVars('/upload', ['CONTENT_LENGTH', String(body.length), 'CONTENT_TYPE', 'application/octet-stream']);
+    const vars = baseVars('/upload', [
+      'CONTENT_LENGTH',
+      String(body.length),
+      'CONTENT_TYPE',
+      'application/octet-stream',
+    ]);
     vars[1] = 'POST';
     // Written in uneven pieces to exercise partial body chunks.
     const pkt = encodePacket(vars);
@@ -314,7 +343,13 @@ describe('uwsgi server bridge (negotiated keep-alive, our own proxy)', () => {
       // A third, POST with a body, pipelined right behind a GET.
       const post = baseVars('/third', [KEEPALIVE_VAR, '1', 'CONTENT_LENGTH', '3']);
       post[1] = 'POST';
-      sock.write(Buffer.concat([encodePacket(baseVars('/pipelined', [KEEPALIVE_VAR, '1'])), encodePacket(post), Buffer.from('xyz')]));
+      sock.write(
+        Buffer.concat([
+          encodePacket(baseVars('/pipelined', [KEEPALIVE_VAR, '1'])),
+          encodePacket(post),
+          Buffer.from('xyz'),
+        ]),
+      );
       const c = await readFramed(sock, state);
       const d = await readFramed(sock, state);
       expect((JSON.parse(c.body) as Echo).url).toBe('/pipelined');

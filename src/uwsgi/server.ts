@@ -52,8 +52,15 @@ export interface UwsgiServerOptions {
 // HTTP_TRANSFER_ENCODING although it already de-chunked the body, HTTP_CONTENT_* duplicate the
 // CGI vars, Expect was already answered by the front.
 const SKIPPED_HEADERS = new Set([
-  'HTTP_CONTENT_LENGTH', 'HTTP_CONTENT_TYPE', 'HTTP_TRANSFER_ENCODING', 'HTTP_CONNECTION',
-  'HTTP_KEEP_ALIVE', 'HTTP_EXPECT', 'HTTP_UPGRADE', 'HTTP_TE', 'HTTP_PROXY_CONNECTION',
+  'HTTP_CONTENT_LENGTH',
+  'HTTP_CONTENT_TYPE',
+  'HTTP_TRANSFER_ENCODING',
+  'HTTP_CONNECTION',
+  'HTTP_KEEP_ALIVE',
+  'HTTP_EXPECT',
+  'HTTP_UPGRADE',
+  'HTTP_TE',
+  'HTTP_PROXY_CONNECTION',
 ]);
 const HEADER_NAME = /^[A-Z0-9_-]+$/;
 const METHOD = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
@@ -92,7 +99,10 @@ export function uwsgiRequestListener(
         const receivedAt = meta.receivedAt;
         const appAt = performance.now();
         res.stratumHead = (headers) => {
-          headers.push(TIMING_HEADER, `worker=${(appAt - receivedAt).toFixed(3)},app=${(performance.now() - appAt).toFixed(3)}`);
+          headers.push(
+            TIMING_HEADER,
+            `worker=${(appAt - receivedAt).toFixed(3)},app=${(performance.now() - appAt).toFixed(3)}`,
+          );
         };
       }
     }
@@ -156,12 +166,24 @@ export class UwsgiBridge extends Duplex {
   }
 
   // Node's http.Server calls these on sockets; a bridge has no timers or options of its own.
-  setTimeout(): this { return this; }
-  setNoDelay(): this { return this; }
-  setKeepAlive(): this { return this; }
-  ref(): this { return this; }
-  unref(): this { return this; }
-  address(): ReturnType<Socket['address']> { return this.socket.address(); }
+  setTimeout(): this {
+    return this;
+  }
+  setNoDelay(): this {
+    return this;
+  }
+  setKeepAlive(): this {
+    return this;
+  }
+  ref(): this {
+    return this;
+  }
+  unref(): this {
+    return this;
+  }
+  address(): ReturnType<Socket['address']> {
+    return this.socket.address();
+  }
 
   override _read(): void {
     if (this.socket.isPaused()) this.socket.resume();
@@ -233,7 +255,9 @@ export class UwsgiBridge extends Duplex {
     if (this.#bodyLeft === 0 && this.metas.length === 0 && this.#packets === 0 && this.socket.writable) {
       const body = `${err.code}\n`;
       this.#answered = true;
-      this.socket.end(`HTTP/1.1 ${err.statusCode} ${STATUS_CODES[err.statusCode] ?? 'Bad Request'}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+      this.socket.end(
+        `HTTP/1.1 ${err.statusCode} ${STATUS_CODES[err.statusCode] ?? 'Bad Request'}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+      );
     } else {
       this.socket.destroy();
     }
@@ -270,25 +294,51 @@ export class UwsgiBridge extends Duplex {
         continue;
       }
       switch (key) {
-        case 'REQUEST_METHOD': method = value; break;
-        case 'REQUEST_URI': uri = value; break;
-        case 'PATH_INFO': pathInfo = value; break;
-        case 'QUERY_STRING': query = value; break;
-        case 'CONTENT_TYPE': contentType = value; break;
+        case 'REQUEST_METHOD':
+          method = value;
+          break;
+        case 'REQUEST_URI':
+          uri = value;
+          break;
+        case 'PATH_INFO':
+          pathInfo = value;
+          break;
+        case 'QUERY_STRING':
+          query = value;
+          break;
+        case 'CONTENT_TYPE':
+          contentType = value;
+          break;
         case 'CONTENT_LENGTH':
           if (value !== '') {
             if (!/^[0-9]{1,15}$/.test(value)) throw new UwsgiBadContentLength(value);
             contentLength = Number(value);
           }
           break;
-        case 'REMOTE_ADDR': remoteAddress = value; break;
-        case 'REMOTE_PORT': remotePort = Number(value) || 0; break;
-        case 'SERVER_NAME': serverName = value; break;
-        case 'SERVER_PORT': serverPort = value; break;
-        case 'REQUEST_SCHEME': if (value === 'https') scheme = 'https'; break;
-        case 'HTTPS': if (value === 'on' || value === '1') scheme = 'https'; break;
-        case KEEPALIVE_VAR: keepAlive = first ? value === '1' : this.#keepAlive; break;
-        case HARAKIRI_VAR: if (/^[0-9]{1,9}$/.test(value)) harakiriMs = Number(value); break;
+        case 'REMOTE_ADDR':
+          remoteAddress = value;
+          break;
+        case 'REMOTE_PORT':
+          remotePort = Number(value) || 0;
+          break;
+        case 'SERVER_NAME':
+          serverName = value;
+          break;
+        case 'SERVER_PORT':
+          serverPort = value;
+          break;
+        case 'REQUEST_SCHEME':
+          if (value === 'https') scheme = 'https';
+          break;
+        case 'HTTPS':
+          if (value === 'on' || value === '1') scheme = 'https';
+          break;
+        case KEEPALIVE_VAR:
+          keepAlive = first ? value === '1' : this.#keepAlive;
+          break;
+        case HARAKIRI_VAR:
+          if (/^[0-9]{1,9}$/.test(value)) harakiriMs = Number(value);
+          break;
       }
     }
     if (first) this.#keepAlive = keepAlive;
@@ -298,14 +348,16 @@ export class UwsgiBridge extends Duplex {
     if (uri[0] !== '/' && uri !== '*' && !/^[a-z][a-z0-9+.-]*:\/\//i.test(uri)) uri = `/${uri}`;
     if (host === undefined) {
       // No HTTP_HOST: the Host line is built from SERVER_NAME/SERVER_PORT, which must not split it.
-      if (BAD_VALUE.test(serverName) || BAD_VALUE.test(serverPort)) throw new UwsgiBadVar(0, 'CR, LF or NUL inside SERVER_NAME or SERVER_PORT');
+      if (BAD_VALUE.test(serverName) || BAD_VALUE.test(serverPort))
+        throw new UwsgiBadVar(0, 'CR, LF or NUL inside SERVER_NAME or SERVER_PORT');
       headers += `host: ${serverName || 'localhost'}${serverPort ? `:${serverPort}` : ''}\r\n`;
     }
     if (contentType !== undefined) {
       if (BAD_VALUE.test(contentType)) throw new UwsgiBadVar(0, 'CR, LF or NUL inside CONTENT_TYPE');
       headers += `content-type: ${contentType}\r\n`;
     }
-    if (contentLength > 0 || method === 'POST' || method === 'PUT' || method === 'PATCH') headers += `content-length: ${contentLength}\r\n`;
+    if (contentLength > 0 || method === 'POST' || method === 'PUT' || method === 'PATCH')
+      headers += `content-length: ${contentLength}\r\n`;
     if (!this.#keepAlive) headers += 'connection: close\r\n';
     this.remoteAddress = remoteAddress;
     this.remotePort = remotePort;
@@ -327,7 +379,8 @@ function headerName(key: string): string | null {
   let name = headerNames.get(key);
   if (name !== undefined) return name;
   if (SKIPPED_HEADERS.has(key)) name = null;
-  else if (!HEADER_NAME.test(key)) throw new UwsgiBadVar(0, `invalid header var name ${JSON.stringify(key.slice(0, 40))}`);
+  else if (!HEADER_NAME.test(key))
+    throw new UwsgiBadVar(0, `invalid header var name ${JSON.stringify(key.slice(0, 40))}`);
   else name = key.slice(5).replaceAll('_', '-').toLowerCase();
   if (headerNames.size < 1000) headerNames.set(key, name);
   return name;

@@ -17,12 +17,18 @@ function serveArgs(kind: AppKind, extra: string[] = []): string[] {
   const dir = makeTempDir(`serve-${kind}`);
   return [
     'serve',
-    '--listen', '127.0.0.1:0',
-    '--admin', '127.0.0.1:0',
-    '--socket', join(dir, 'pool.sock'),
-    '--socket-mode', '0666',
-    '--workers', '2',
-    '--app', fixture(kind),
+    '--listen',
+    '127.0.0.1:0',
+    '--admin',
+    '127.0.0.1:0',
+    '--socket',
+    join(dir, 'pool.sock'),
+    '--socket-mode',
+    '0666',
+    '--workers',
+    '2',
+    '--app',
+    fixture(kind),
     ...extra,
   ];
 }
@@ -120,7 +126,7 @@ describe('stratum serve, proxy targets besides the pool', () => {
     expect(res.body.length).toBeLessThan(512);
   });
 
-  it('an upstream that never answers gives 504 after the route\'s readTimeout', async () => {
+  it("an upstream that never answers gives 504 after the route's readTimeout", async () => {
     const started = Date.now();
     const res = await rawRequest(stratum.front!, { path: '/hang/x', timeoutMs: 15_000 });
     const elapsed = Date.now() - started;
@@ -135,7 +141,13 @@ describe('stratum serve, proxy targets besides the pool', () => {
     expect(res.body.toString()).toBe('hello static\n');
   });
 
-  for (const target of ['/static/../secret.txt', '/static/%2e%2e/secret.txt', '/static/..%2fsecret.txt', '/static/%2E%2E%2Fsecret.txt', '/static/../../secret.txt']) {
+  for (const target of [
+    '/static/../secret.txt',
+    '/static/%2e%2e/secret.txt',
+    '/static/..%2fsecret.txt',
+    '/static/%2E%2E%2Fsecret.txt',
+    '/static/../../secret.txt',
+  ]) {
     it(`a static route refuses traversal: ${target}`, async () => {
       const res = await rawRequest(stratum.front!, { path: target });
       expect(res.body.toString()).not.toContain(SECRET);

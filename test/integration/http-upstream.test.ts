@@ -11,7 +11,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT, startStratum, type StratumProcess } from '../helpers/stratum.ts';
 import { writeConfig } from '../hardening/helpers.ts';
 
-interface Seen { url: string; headers: http.IncomingHttpHeaders; bytes: number; sha256: string; socket: Socket }
+interface Seen {
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  bytes: number;
+  sha256: string;
+  socket: Socket;
+}
 
 describe('HTTP upstream (undici Pool)', () => {
   let upstream: http.Server;
@@ -43,7 +49,9 @@ describe('HTTP upstream (undici Pool)', () => {
     upstream.on('connection', (s: Socket) => connections.push(s));
     await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
     const port = (upstream.address() as AddressInfo).port;
-    const { file } = writeConfig('http-upstream', `
+    const { file } = writeConfig(
+      'http-upstream',
+      `
 listen: 127.0.0.1:0
 admin: { listen: 127.0.0.1:0 }
 app: { module: ${join(REPO_ROOT, 'test/hardening/fixtures/app.ts')} }
@@ -52,7 +60,8 @@ proxy: { requestBuffering: false }
 routes:
   - { path: /up/, target: "http://127.0.0.1:${port}" }
   - { path: /, target: pool }
-`);
+`,
+    );
     stratum = await startStratum(['serve', '--config', file]);
   });
 
@@ -62,14 +71,21 @@ routes:
     await new Promise((r) => upstream?.close(r));
   });
 
-  function request(path: string, opts: { method?: string; headers?: Record<string, string>; body?: Buffer } = {}): Promise<{ status: number; body: string }> {
+  function request(
+    path: string,
+    opts: { method?: string; headers?: Record<string, string>; body?: Buffer } = {},
+  ): Promise<{ status: number; body: string }> {
     return new Promise((resolve, reject) => {
-      const req = http.request(`${stratum.front}${path}`, { method: opts.method ?? 'GET', headers: opts.headers, agent: false }, (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (body += c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      });
+      const req = http.request(
+        `${stratum.front}${path}`,
+        { method: opts.method ?? 'GET', headers: opts.headers, agent: false },
+        (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (body += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        },
+      );
       req.on('error', reject);
       if (opts.headers?.expect) req.once('continue', () => req.end(opts.body));
       else req.end(opts.body);
@@ -84,9 +100,13 @@ routes:
     expect(new Set(last.map((s) => s.socket)).size).toBe(1);
   });
 
-  it('a client\'s Expect: 100-continue is answered by the proxy; the body reaches the upstream whole, without Expect', async () => {
+  it("a client's Expect: 100-continue is answered by the proxy; the body reaches the upstream whole, without Expect", async () => {
     const body = Buffer.from('continue with this body');
-    const r = await request('/up/expect', { method: 'POST', headers: { expect: '100-continue', 'content-length': String(body.length) }, body });
+    const r = await request('/up/expect', {
+      method: 'POST',
+      headers: { expect: '100-continue', 'content-length': String(body.length) },
+      body,
+    });
     expect(r.status).toBe(200);
     const got = seen.find((s) => s.url === '/up/expect')!;
     expect(got.bytes).toBe(body.length);

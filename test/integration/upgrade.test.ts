@@ -8,7 +8,12 @@ import { startStratum, type StratumProcess } from '../helpers/stratum.ts';
 
 const FIXTURE = new URL('../fixtures/apps/fastify.ts', import.meta.url).pathname;
 
-function rawExchange(base: string, request: string, send: string | null, until: (got: string) => boolean): Promise<string> {
+function rawExchange(
+  base: string,
+  request: string,
+  send: string | null,
+  until: (got: string) => boolean,
+): Promise<string> {
   const { hostname, port } = new URL(base);
   return new Promise((resolve, reject) => {
     let got = '';
@@ -49,8 +54,21 @@ describe('Upgrade requests', () => {
     });
     await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
     const port = (upstream.address() as AddressInfo).port;
-    s = await startStratum(['serve', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--workers', '1', '--app', FIXTURE,
-      '--route', `/ws=http://127.0.0.1:${port}`, '--route', '/=pool']);
+    s = await startStratum([
+      'serve',
+      '--listen',
+      '127.0.0.1:0',
+      '--admin',
+      '127.0.0.1:0',
+      '--workers',
+      '1',
+      '--app',
+      FIXTURE,
+      '--route',
+      `/ws=http://127.0.0.1:${port}`,
+      '--route',
+      '/=pool',
+    ]);
   });
   afterAll(async () => {
     await s?.stop();
@@ -58,7 +76,12 @@ describe('Upgrade requests', () => {
   });
 
   it('splices a WebSocket upgrade to an HTTP upstream and carries bytes both ways', async () => {
-    const got = await rawExchange(s.front!, 'GET /ws/chat HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n', 'ping-42', (g) => g.endsWith('ping-42'));
+    const got = await rawExchange(
+      s.front!,
+      'GET /ws/chat HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n',
+      'ping-42',
+      (g) => g.endsWith('ping-42'),
+    );
     expect(got.startsWith('HTTP/1.1 101')).toBe(true);
     expect(got.endsWith('ping-42')).toBe(true);
     expect(seenUpgradeHeaders?.upgrade).toBe('websocket');
@@ -66,7 +89,12 @@ describe('Upgrade requests', () => {
   });
 
   it('refuses an upgrade on a pool route with 501', async () => {
-    const got = await rawExchange(s.front!, 'GET / HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n', null, (g) => g.includes('\r\n\r\n'));
+    const got = await rawExchange(
+      s.front!,
+      'GET / HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n',
+      null,
+      (g) => g.includes('\r\n\r\n'),
+    );
     expect(got.startsWith('HTTP/1.1 501')).toBe(true);
   });
 });

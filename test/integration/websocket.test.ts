@@ -48,7 +48,8 @@ function connect(url: string): Promise<Client> {
       else queue.push(got);
     });
     const closed = new Promise<{ code: number; reason: string }>((res) =>
-      ws.once('close', (code, reason) => res({ code, reason: reason.toString('utf8') })));
+      ws.once('close', (code, reason) => res({ code, reason: reason.toString('utf8') })),
+    );
     const timer = setTimeout(() => {
       ws.terminate();
       reject(new Error(`${url}: not open within ${TIMEOUT_MS} ms`));
@@ -58,11 +59,15 @@ function connect(url: string): Promise<Client> {
       resolve({
         ws,
         closed: bounded(closed, 'close'),
-        next: () => bounded(new Promise<Received>((res) => {
-          const got = queue.shift();
-          if (got) res(got);
-          else waiting.push(res);
-        }), 'message'),
+        next: () =>
+          bounded(
+            new Promise<Received>((res) => {
+              const got = queue.shift();
+              if (got) res(got);
+              else waiting.push(res);
+            }),
+            'message',
+          ),
       });
     });
     ws.once('error', (err) => {
@@ -121,8 +126,19 @@ for (const kind of KINDS) {
       const config = join(makeTempDir('ws'), 'stratum.yaml');
       const t = SHORT_TIMEOUTS_S;
       writeFileSync(config, `proxy:\n  keepAliveTimeout: ${t}\n  clientHeaderTimeout: ${t}\n`);
-      s = await startStratum(['serve', '--config', config, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0',
-        '--workers', '2', '--app', fixture(kind)]);
+      s = await startStratum([
+        'serve',
+        '--config',
+        config,
+        '--listen',
+        '127.0.0.1:0',
+        '--admin',
+        '127.0.0.1:0',
+        '--workers',
+        '2',
+        '--app',
+        fixture(kind),
+      ]);
     });
     afterAll(async () => {
       if (s) expect(await s.stop(), `exit code after SIGTERM\n${s.stderr()}`).toBe(0);
@@ -210,7 +226,10 @@ for (const kind of KINDS) {
     it("keeps an idle connection open past the front's keep-alive and header timeouts", async () => {
       const c = await connect(wsUrl(s.front!, tag()));
       let closedEarly = false;
-      void c.closed.then(() => (closedEarly = true), () => {});
+      void c.closed.then(
+        () => (closedEarly = true),
+        () => {},
+      );
       await new Promise((r) => setTimeout(r, SHORT_TIMEOUTS_S * 2500));
       expect(closedEarly).toBe(false);
       c.ws.send('still here');
@@ -231,7 +250,11 @@ for (const kind of KINDS) {
       const started = Date.now();
       while (!seen() && Date.now() - started < TIMEOUT_MS) await new Promise((r) => setTimeout(r, 20));
       expect(seen(), 'the app printed the close it saw').toEqual({
-        wsFixture: 'closed', kind, tag: t, code: 4001, reason: 'client says bye',
+        wsFixture: 'closed',
+        kind,
+        tag: t,
+        code: 4001,
+        reason: 'client says bye',
       });
     });
 

@@ -30,7 +30,10 @@ describe('cheaper: adaptive worker count', () => {
   it('starts at min, adds workers while all are busy, retires them after an idle spell', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'stratum-cheaper-'));
     const config = path.join(dir, 'stratum.yaml');
-    writeFileSync(config, `app: { module: ${FIXTURE} }\npool: { workers: 3, maxInflight: 2, cheaper: { enabled: true, min: 1, max: 3 } }\nlog: { access: false }\n`);
+    writeFileSync(
+      config,
+      `app: { module: ${FIXTURE} }\npool: { workers: 3, maxInflight: 2, cheaper: { enabled: true, min: 1, max: 3 } }\nlog: { access: false }\n`,
+    );
     s = await startStratum(['serve', '--config', config, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0']);
     expect((await stats(s)).workers).toHaveLength(1);
 

@@ -27,12 +27,27 @@ async function runToExit(args: string[]): Promise<{ code: number | null; stderr:
 }
 
 describe('an address already taken', () => {
-  for (const [what, flag] of [['the pool socket', '--socket'], ['the front listener', '--listen']] as const) {
+  for (const [what, flag] of [
+    ['the pool socket', '--socket'],
+    ['the front listener', '--listen'],
+  ] as const) {
     it(`refuses to start when ${what} is taken: exit 2, one line naming the address`, async () => {
       const held = await takenPort();
       try {
         const address = `127.0.0.1:${held.port}`;
-        const args = ['serve', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--workers', '1', '--app', FIXTURE, flag, address];
+        const args = [
+          'serve',
+          '--listen',
+          '127.0.0.1:0',
+          '--admin',
+          '127.0.0.1:0',
+          '--workers',
+          '1',
+          '--app',
+          FIXTURE,
+          flag,
+          address,
+        ];
         const r = await runToExit(args);
         expect(r.code, r.stderr + r.stdout).toBe(2);
         const lines = r.stderr.trimEnd().split('\n');
@@ -50,24 +65,36 @@ describe('an address already taken', () => {
 
 describe('a rolling reload', () => {
   it('never closes the front listener: a new connection every 10 ms during SIGHUP always gets an answer', async () => {
-    const s = await startStratum(['serve', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--workers', '2', '--app', FIXTURE]);
+    const s = await startStratum([
+      'serve',
+      '--listen',
+      '127.0.0.1:0',
+      '--admin',
+      '127.0.0.1:0',
+      '--workers',
+      '2',
+      '--app',
+      FIXTURE,
+    ]);
     try {
       const url = new URL(s.front!);
       const results: Array<{ status: number; error?: string }> = [];
       let stop = false;
       const probe = async () => {
         while (!stop && results.length < 2_000) {
-          results.push(await new Promise((resolve) => {
-            // A fresh connection each time (no agent): a closed listener would show as ECONNREFUSED.
-            const req = net.connect({ host: url.hostname, port: Number(url.port) }, () => {
-              req.write('GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
-            });
-            let data = '';
-            req.setTimeout(10_000, () => req.destroy(new Error('timeout')));
-            req.on('data', (c: Buffer) => (data += c.toString()));
-            req.on('error', (err) => resolve({ status: 0, error: err.message }));
-            req.on('close', () => resolve({ status: Number(/^HTTP\/1\.1 (\d{3})/.exec(data)?.[1] ?? 0) }));
-          }));
+          results.push(
+            await new Promise((resolve) => {
+              // A fresh connection each time (no agent): a closed listener would show as ECONNREFUSED.
+              const req = net.connect({ host: url.hostname, port: Number(url.port) }, () => {
+                req.write('GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+              });
+              let data = '';
+              req.setTimeout(10_000, () => req.destroy(new Error('timeout')));
+              req.on('data', (c: Buffer) => (data += c.toString()));
+              req.on('error', (err) => resolve({ status: 0, error: err.message }));
+              req.on('close', () => resolve({ status: Number(/^HTTP\/1\.1 (\d{3})/.exec(data)?.[1] ?? 0) }));
+            }),
+          );
           await new Promise((r) => setTimeout(r, 10));
         }
       };
@@ -77,7 +104,9 @@ describe('a rolling reload', () => {
       // Until every worker has been replaced.
       const deadline = Date.now() + 20_000;
       for (;;) {
-        const st = (await (await fetch(`${s.admin}/stats`)).json()) as { workers: Array<{ pid: number; state: string }> };
+        const st = (await (await fetch(`${s.admin}/stats`)).json()) as {
+          workers: Array<{ pid: number; state: string }>;
+        };
         const fresh = st.workers.filter((w) => !s.workers.includes(w.pid) && w.state !== 'starting');
         if (fresh.length === 2 && st.workers.length === 2) break;
         if (Date.now() > deadline) throw new Error(`reload did not finish: ${JSON.stringify(st)}`);
@@ -87,7 +116,10 @@ describe('a rolling reload', () => {
       stop = true;
       await probing;
       expect(results.length).toBeGreaterThan(20);
-      expect(results.filter((r) => r.status !== 200), JSON.stringify(results.filter((r) => r.status !== 200).slice(0, 5))).toEqual([]);
+      expect(
+        results.filter((r) => r.status !== 200),
+        JSON.stringify(results.filter((r) => r.status !== 200).slice(0, 5)),
+      ).toEqual([]);
     } finally {
       expect(await s.stop()).toBe(0);
     }

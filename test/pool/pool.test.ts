@@ -32,7 +32,11 @@ interface Result {
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** One GET; never rejects: a failure is a Result with status 0. */
-function get(base: string, path: string, opts: { agent?: http.Agent | false; timeoutMs?: number; method?: string } = {}): Promise<Result> {
+function get(
+  base: string,
+  path: string,
+  opts: { agent?: http.Agent | false; timeoutMs?: number; method?: string } = {},
+): Promise<Result> {
   const url = new URL(path, base);
   const start = performance.now();
   return new Promise((resolve) => {
@@ -44,7 +48,13 @@ function get(base: string, path: string, opts: { agent?: http.Agent | false; tim
       } catch {}
       resolve({ ...r, start, end: performance.now(), pid });
     };
-    const req = http.request({ host: url.hostname, port: url.port, path: url.pathname + url.search, method: opts.method ?? 'GET', agent: opts.agent ?? false });
+    const req = http.request({
+      host: url.hostname,
+      port: url.port,
+      path: url.pathname + url.search,
+      method: opts.method ?? 'GET',
+      agent: opts.agent ?? false,
+    });
     const timeoutMs = opts.timeoutMs ?? 15_000;
     req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
     req.on('error', (err) => done({ status: 0, body: '', headers: {}, error: err.message }));
@@ -94,15 +104,38 @@ async function runLoad(o: LoadOptions): Promise<Result[]> {
 }
 
 const failed = (rs: Result[]) => rs.filter((r) => r.status !== 200);
-const summary = (rs: Result[]) => JSON.stringify(failed(rs).slice(0, 10).map((r) => ({ status: r.status, error: r.error, body: r.body.slice(0, 100) })));
+const summary = (rs: Result[]) =>
+  JSON.stringify(
+    failed(rs)
+      .slice(0, 10)
+      .map((r) => ({ status: r.status, error: r.error, body: r.body.slice(0, 100) })),
+  );
 
 interface WorkerStats {
-  id: number; pid: number; state: string; requests: number; inflight: number; exceptions: number;
-  harakiri: number; rss: number; avgMs: number; startedAt: string; respawns: number; generation: number;
+  id: number;
+  pid: number;
+  state: string;
+  requests: number;
+  inflight: number;
+  exceptions: number;
+  harakiri: number;
+  rss: number;
+  avgMs: number;
+  startedAt: string;
+  respawns: number;
+  generation: number;
 }
 interface PoolStats {
-  workers: WorkerStats[]; queue: number; queueLimit: number; rejected: number; reloads: number;
-  respawns: number; harakiriKills: number; harakiriTimeouts: number; recycles: number; socket: string | null;
+  workers: WorkerStats[];
+  queue: number;
+  queueLimit: number;
+  rejected: number;
+  reloads: number;
+  respawns: number;
+  harakiriKills: number;
+  harakiriTimeouts: number;
+  recycles: number;
+  socket: string | null;
 }
 
 async function stats(admin: string): Promise<PoolStats> {
@@ -112,7 +145,12 @@ async function stats(admin: string): Promise<PoolStats> {
 }
 
 /** Polls `probe` until it returns a value (not undefined); throws after `timeoutMs`. */
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs: number, intervalMs = 20): Promise<T> {
+async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined>,
+  timeoutMs: number,
+  intervalMs = 20,
+): Promise<T> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     const v = await probe().catch(() => undefined);
@@ -133,10 +171,25 @@ function writeConfig(dir: string, config: Record<string, unknown>): string {
 }
 
 /** `stratum serve` of `app` (the fixture by default) on OS-picked ports, configured by `config`. */
-async function serve(config: Record<string, unknown>, flags: string[] = [], app = FIXTURE): Promise<StratumProcess & { dir: string }> {
+async function serve(
+  config: Record<string, unknown>,
+  flags: string[] = [],
+  app = FIXTURE,
+): Promise<StratumProcess & { dir: string }> {
   const dir = makeTempDir('pool');
   const file = writeConfig(dir, config);
-  const s = await startStratum(['serve', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--app', app, '--config', file, ...flags]);
+  const s = await startStratum([
+    'serve',
+    '--listen',
+    '127.0.0.1:0',
+    '--admin',
+    '127.0.0.1:0',
+    '--app',
+    app,
+    '--config',
+    file,
+    ...flags,
+  ]);
   return Object.assign(s, { dir });
 }
 
@@ -154,7 +207,10 @@ function copyFixture(): { dir: string; app: string } {
 async function stopClean(s: StratumProcess): Promise<void> {
   const code = await s.stop();
   const tail = s.stdoutLines.slice(-15).join('\n');
-  expect(code, `exit code after SIGTERM\n--- stderr ---\n${s.stderr().slice(-3000)}\n--- stdout tail ---\n${tail}`).toBe(0);
+  expect(
+    code,
+    `exit code after SIGTERM\n--- stderr ---\n${s.stderr().slice(-3000)}\n--- stdout tail ---\n${tail}`,
+  ).toBe(0);
 }
 
 function exitCode(proc: StratumProcess['proc']): Promise<number | null> {
@@ -183,7 +239,10 @@ describe('a worker killed with SIGKILL under load', () => {
         return { at: performance.now(), id: victim.id, pid: victim.pid, inflight: victim.inflight };
       };
       const results = await runLoad({
-        base: s.front!, path: '/slow?ms=50', total: 400, concurrency: 20,
+        base: s.front!,
+        path: '/slow?ms=50',
+        total: 400,
+        concurrency: 20,
         onResult: (_r, all) => {
           if (all.length === 120 && !kill) kill = doKill();
         },
@@ -192,10 +251,14 @@ describe('a worker killed with SIGKILL under load', () => {
       const k = await kill!;
 
       // The replacement: a new pid in the victim's slot, serving.
-      const fresh = await waitFor('a replacement worker', async () => {
-        const w = (await stats(s.admin)).workers.find((x) => x.id === k.id);
-        return w && w.pid !== k.pid && serving(w) ? w : undefined;
-      }, 5_000);
+      const fresh = await waitFor(
+        'a replacement worker',
+        async () => {
+          const w = (await stats(s.admin)).workers.find((x) => x.id === k.id);
+          return w && w.pid !== k.pid && serving(w) ? w : undefined;
+        },
+        5_000,
+      );
       // ...and answering: a load response or a probe (4 at once reach every worker: least in flight).
       let servedAt = Math.min(...results.filter((r) => r.pid === fresh.pid).map((r) => r.end));
       for (let i = 0; i < 5 && !Number.isFinite(servedAt); i++) {
@@ -210,7 +273,9 @@ describe('a worker killed with SIGKILL under load', () => {
       // moment before the kill), and none sent after the first one failed. Through the master's
       // front each gets a 502; in the worker topology the client's connection was on the victim
       // itself, and is reset.
-      expect(bad.length, `failures (victim had ${k.inflight} in flight): ${summary(results)}`).toBeGreaterThanOrEqual(1);
+      expect(bad.length, `failures (victim had ${k.inflight} in flight): ${summary(results)}`).toBeGreaterThanOrEqual(
+        1,
+      );
       expect(bad.length).toBeLessThanOrEqual(MAX_INFLIGHT);
       const firstFailure = Math.min(...bad.map((r) => r.end));
       for (const r of bad) {
@@ -223,7 +288,9 @@ describe('a worker killed with SIGKILL under load', () => {
 
       const after = await stats(s.admin);
       expect(after.respawns).toBe(1);
-      expect(after.workers.map((w) => w.pid).sort()).toEqual(before.workers.map((w) => (w.pid === k.pid ? fresh.pid : w.pid)).sort());
+      expect(after.workers.map((w) => w.pid).sort()).toEqual(
+        before.workers.map((w) => (w.pid === k.pid ? fresh.pid : w.pid)).sort(),
+      );
     } finally {
       await stopClean(s);
     }
@@ -244,10 +311,16 @@ describe('harakiri', () => {
       expect(elapsed).toBeGreaterThanOrEqual(950);
       expect(elapsed).toBeLessThanOrEqual(2_000);
 
-      const st = await waitFor('the killed worker replaced', async () => {
-        const x = await stats(s.admin);
-        return x.workers.length === 2 && x.workers.every(serving) && x.workers.some((w) => !s.workers.includes(w.pid)) ? x : undefined;
-      }, 5_000);
+      const st = await waitFor(
+        'the killed worker replaced',
+        async () => {
+          const x = await stats(s.admin);
+          return x.workers.length === 2 && x.workers.every(serving) && x.workers.some((w) => !s.workers.includes(w.pid))
+            ? x
+            : undefined;
+        },
+        5_000,
+      );
       expect(st.harakiriKills).toBe(1);
       expect(st.respawns).toBe(1);
       expect(st.workers.filter((w) => s.workers.includes(w.pid))).toHaveLength(1);
@@ -271,10 +344,14 @@ describe('harakiri', () => {
       expect(slow.end - slow.start).toBeLessThanOrEqual(1_600);
       // A request beside it, on whichever worker, is not touched (1.5 s > 1 s: it too times out).
       expect(other.status).toBe(504);
-      const st = await waitFor('the timeouts reported', async () => {
-        const x = await stats(s.admin);
-        return x.harakiriTimeouts === 2 ? x : undefined;
-      }, 3_000);
+      const st = await waitFor(
+        'the timeouts reported',
+        async () => {
+          const x = await stats(s.admin);
+          return x.harakiriTimeouts === 2 ? x : undefined;
+        },
+        3_000,
+      );
       expect(st.harakiriKills).toBe(0);
       expect(st.respawns).toBe(0);
       expect(st.workers.map((w) => w.pid).sort()).toEqual([...s.workers].sort());
@@ -290,17 +367,20 @@ describe('harakiri', () => {
       const url = new URL('/big?mb=16', s.front!);
       const got = await new Promise<{ status: number; bytes: number; ms: number }>((resolve, reject) => {
         const t0 = performance.now();
-        const req = http.get({ host: url.hostname, port: url.port, path: url.pathname + url.search, agent: false }, (res) => {
-          let bytes = 0;
-          // ~4 MiB/s: the 16 MiB answer takes ~4 s to read, well past the 1 s limit.
-          res.on('data', (c: Buffer) => {
-            bytes += c.length;
-            res.pause();
-            setTimeout(() => res.resume(), 16);
-          });
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes, ms: performance.now() - t0 }));
-          res.on('error', reject);
-        });
+        const req = http.get(
+          { host: url.hostname, port: url.port, path: url.pathname + url.search, agent: false },
+          (res) => {
+            let bytes = 0;
+            // ~4 MiB/s: the 16 MiB answer takes ~4 s to read, well past the 1 s limit.
+            res.on('data', (c: Buffer) => {
+              bytes += c.length;
+              res.pause();
+              setTimeout(() => res.resume(), 16);
+            });
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes, ms: performance.now() - t0 }));
+            res.on('error', reject);
+          },
+        );
         req.on('error', reject);
       });
       expect(got.status).toBe(200);
@@ -315,7 +395,7 @@ describe('harakiri', () => {
     }
   });
 
-  it('a route\'s harakiri overrides the global one', async () => {
+  it("a route's harakiri overrides the global one", async () => {
     const s = await serve({
       pool: { workers: 2, harakiri: 30 },
       routes: [
@@ -330,10 +410,14 @@ describe('harakiri', () => {
       // Under the global 30 s, 1.5 s is fine.
       expect(unlimited.status, unlimited.body).toBe(200);
       expect(unlimited.end - unlimited.start).toBeGreaterThanOrEqual(1_400);
-      const st = await waitFor('the timeout reported', async () => {
-        const x = await stats(s.admin);
-        return x.harakiriTimeouts === 1 ? x : undefined;
-      }, 3_000);
+      const st = await waitFor(
+        'the timeout reported',
+        async () => {
+          const x = await stats(s.admin);
+          return x.harakiriTimeouts === 1 ? x : undefined;
+        },
+        3_000,
+      );
       expect(st.harakiriKills).toBe(0);
     } finally {
       await stopClean(s);
@@ -351,10 +435,14 @@ describe('max-requests', () => {
       expect(results).toHaveLength(1_000);
       expect(failed(results).length, summary(results)).toBe(0);
       // A recycle counts once its replacement is up: let the last ones finish.
-      const st = await waitFor('the pool to settle', async () => {
-        const x = await stats(s.admin);
-        return x.workers.length === 2 && x.workers.every(serving) ? x : undefined;
-      }, 10_000);
+      const st = await waitFor(
+        'the pool to settle',
+        async () => {
+          const x = await stats(s.admin);
+          return x.workers.length === 2 && x.workers.every(serving) ? x : undefined;
+        },
+        10_000,
+      );
       expect(st.recycles).toBeGreaterThanOrEqual(TOPOLOGY === 'master' ? 19 : 16);
       expect(st.respawns).toBe(0);
       // Every worker process served at most 50 requests — in the worker topology, plus at most one
@@ -382,15 +470,31 @@ describe('rolling reload', () => {
       expect(old.size).toBe(2);
 
       let hupAt = 0;
-      const load = runLoad({ base: s.front!, path: (i) => (i % 2 ? '/version' : '/slow?ms=10'), total: 20_000, concurrency: 8, durationMs: 10_000 });
+      const load = runLoad({
+        base: s.front!,
+        path: (i) => (i % 2 ? '/version' : '/slow?ms=10'),
+        total: 20_000,
+        concurrency: 8,
+        durationMs: 10_000,
+      });
       await sleep(2_000);
-      writeFileSync(app, readFileSync(app, 'utf8').replace("export const VERSION = 'v1'", "export const VERSION = 'v2'"));
+      writeFileSync(
+        app,
+        readFileSync(app, 'utf8').replace("export const VERSION = 'v1'", "export const VERSION = 'v2'"),
+      );
       s.proc.kill('SIGHUP');
       hupAt = performance.now();
-      const reloaded = await waitFor('every worker replaced', async () => {
-        const st = await stats(s.admin);
-        return st.workers.length === 2 && st.workers.every((w) => serving(w) && !old.has(w.pid) && w.generation === 1) ? st : undefined;
-      }, 7_000, 50);
+      const reloaded = await waitFor(
+        'every worker replaced',
+        async () => {
+          const st = await stats(s.admin);
+          return st.workers.length === 2 && st.workers.every((w) => serving(w) && !old.has(w.pid) && w.generation === 1)
+            ? st
+            : undefined;
+        },
+        7_000,
+        50,
+      );
       const results = await load;
 
       expect(failed(results).length, summary(results)).toBe(0);
@@ -417,13 +521,21 @@ describe('rolling reload', () => {
       const old = new Set((await stats(s.admin)).workers.map((w) => w.pid));
       const load = runLoad({ base: s.front!, path: '/slow?ms=10', total: 5_000, concurrency: 4, durationMs: 4_000 });
       await sleep(500);
-      writeFileSync(app, readFileSync(app, 'utf8').replace("export const VERSION = 'v1'", "export const VERSION = 'v3'"));
+      writeFileSync(
+        app,
+        readFileSync(app, 'utf8').replace("export const VERSION = 'v1'", "export const VERSION = 'v3'"),
+      );
       const r = await get(s.admin, '/reload', { method: 'POST' });
       expect(r.status).toBe(202);
-      const reloaded = await waitFor('every worker replaced', async () => {
-        const st = await stats(s.admin);
-        return st.workers.length === 2 && st.workers.every((w) => serving(w) && !old.has(w.pid)) ? st : undefined;
-      }, 7_000, 50);
+      const reloaded = await waitFor(
+        'every worker replaced',
+        async () => {
+          const st = await stats(s.admin);
+          return st.workers.length === 2 && st.workers.every((w) => serving(w) && !old.has(w.pid)) ? st : undefined;
+        },
+        7_000,
+        50,
+      );
       const results = await load;
       expect(failed(results).length, summary(results)).toBe(0);
       expect(reloaded.reloads).toBe(1);
@@ -440,10 +552,14 @@ describe('SIGTERM', () => {
   it('lets slow requests in flight finish with 200, then exits 0', async () => {
     const s = await serve({ pool: { workers: 2 } });
     const slow = Array.from({ length: 5 }, () => get(s.front!, '/slow?ms=1500'));
-    await waitFor('5 requests in flight', async () => {
-      const st = await stats(s.admin);
-      return st.workers.reduce((n, w) => n + w.inflight, 0) === 5 ? true : undefined;
-    }, 3_000);
+    await waitFor(
+      '5 requests in flight',
+      async () => {
+        const st = await stats(s.admin);
+        return st.workers.reduce((n, w) => n + w.inflight, 0) === 5 ? true : undefined;
+      },
+      3_000,
+    );
     const termAt = performance.now();
     s.proc.kill('SIGTERM');
     const code = exitCode(s.proc);
@@ -463,10 +579,15 @@ describe('a full listen queue', () => {
     const s = await serve({ pool: { workers: 1, maxInflight: 1, listen: 2 } });
     try {
       const slow = Array.from({ length: 3 }, () => get(s.front!, '/slow?ms=700'));
-      await waitFor('1 running + 2 queued', async () => {
-        const st = await stats(s.admin);
-        return st.queue === 2 && st.workers[0]!.inflight === 1 ? true : undefined;
-      }, 3_000, 10);
+      await waitFor(
+        '1 running + 2 queued',
+        async () => {
+          const st = await stats(s.admin);
+          return st.queue === 2 && st.workers[0]!.inflight === 1 ? true : undefined;
+        },
+        3_000,
+        10,
+      );
       const r = await get(s.front!, '/');
       expect(r.status).toBe(503);
       expect(r.headers['retry-after']).toBe('1');
@@ -488,7 +609,19 @@ describe('a full listen queue', () => {
 /** `stratum pool` on a TCP socket the OS picks; returns it and its "127.0.0.1:PORT". */
 async function tcpPool(workers: number, app = FIXTURE): Promise<{ pool: StratumProcess; address: string }> {
   const dir = makeTempDir('tcp-pool');
-  const pool = await startStratum(['pool', '--socket', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--workers', String(workers), '--app', app, '--config', writeConfig(dir, {})]);
+  const pool = await startStratum([
+    'pool',
+    '--socket',
+    '127.0.0.1:0',
+    '--admin',
+    '127.0.0.1:0',
+    '--workers',
+    String(workers),
+    '--app',
+    app,
+    '--config',
+    writeConfig(dir, {}),
+  ]);
   const m = /^tcp:(127\.0\.0\.1:\d+)$/.exec(pool.pool ?? '');
   expect(m, `pool label ${pool.pool}`).not.toBeNull();
   expect(m![1]).not.toBe('127.0.0.1:0');
@@ -514,8 +647,18 @@ describe('split modes', () => {
   it('stratum proxy balances two pools; SIGTERM to one moves all traffic to the other', async () => {
     const [a, b] = await Promise.all([tcpPool(2), tcpPool(2)]);
     const dir = makeTempDir('proxy');
-    const config = writeConfig(dir, { routes: [{ path: '/', target: [`uwsgi://${a.address}`, `uwsgi://${b.address}`] }] });
-    const proxy = await startStratum(['proxy', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--config', config]);
+    const config = writeConfig(dir, {
+      routes: [{ path: '/', target: [`uwsgi://${a.address}`, `uwsgi://${b.address}`] }],
+    });
+    const proxy = await startStratum([
+      'proxy',
+      '--listen',
+      '127.0.0.1:0',
+      '--admin',
+      '127.0.0.1:0',
+      '--config',
+      config,
+    ]);
     try {
       const first = await runLoad({ base: proxy.front!, path: '/pid', total: 40, concurrency: 2 });
       expect(failed(first)).toEqual([]);
@@ -529,11 +672,13 @@ describe('split modes', () => {
       let inflight = 0;
       const path = '/pid?ms=30';
       const results = await runLoad({
-        base: proxy.front!, path: () => {
+        base: proxy.front!,
+        path: () => {
           inflight++;
           return path;
         },
-        total: 150, concurrency: 3,
+        total: 150,
+        concurrency: 3,
         onResult: (_r, all) => {
           inflight--;
           if (all.length === 30 && !stop) {
@@ -565,7 +710,11 @@ describe('crashing apps', () => {
     const dir = makeTempDir('broken');
     const app = join(dir, 'broken.ts');
     writeFileSync(app, "throw new Error('boom at load');\nexport default {};\n");
-    const t = spawnTracked(process.execPath, [STRATUM_BIN, 'serve', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--workers', '2', '--app', app], { cwd: REPO_ROOT });
+    const t = spawnTracked(
+      process.execPath,
+      [STRATUM_BIN, 'serve', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--workers', '2', '--app', app],
+      { cwd: REPO_ROOT },
+    );
     const timer = setTimeout(() => void t.stop('SIGKILL', 0), 20_000);
     const code = await t.exited;
     clearTimeout(timer);
@@ -586,15 +735,22 @@ describe('crashing apps', () => {
       expect(r.status, r.body).toBe(500);
       // At once, not after readTimeout or harakiri (60 s).
       expect(r.end - r.start).toBeLessThan(2_000);
-      const st = await waitFor('the broken worker replaced', async () => {
-        const x = await stats(s.admin);
-        const w = x.workers[0];
-        return x.workers.length === 1 && w && serving(w) && w.pid !== before ? x : undefined;
-      }, 10_000);
+      const st = await waitFor(
+        'the broken worker replaced',
+        async () => {
+          const x = await stats(s.admin);
+          const w = x.workers[0];
+          return x.workers.length === 1 && w && serving(w) && w.pid !== before ? x : undefined;
+        },
+        10_000,
+      );
       expect(st.recycles).toBe(1);
       expect(st.respawns).toBe(0);
       // Logged with its stack, once.
-      const stderr = s.stderr().split('\n').filter((l) => l.includes('uncaught exception'));
+      const stderr = s
+        .stderr()
+        .split('\n')
+        .filter((l) => l.includes('uncaught exception'));
       expect(stderr).toHaveLength(1);
       expect(stderr[0]).toContain('async boom');
       expect(stderr[0]).toContain('pool-app.ts');
@@ -613,18 +769,25 @@ describe('crashing apps', () => {
       for (let n = 1; n <= 4; n++) {
         const crash = await get(s.front!, '/crash');
         expect(crash.status).toBe(502);
-        const st = await waitFor(`respawn #${n}`, async () => {
-          const x = await stats(s.admin);
-          const w = x.workers[0];
-          return x.respawns === n && w && serving(w) && !pids.includes(w.pid) ? x : undefined;
-        }, 10_000);
+        const st = await waitFor(
+          `respawn #${n}`,
+          async () => {
+            const x = await stats(s.admin);
+            const w = x.workers[0];
+            return x.respawns === n && w && serving(w) && !pids.includes(w.pid) ? x : undefined;
+          },
+          10_000,
+        );
         pids.push(st.workers[0]!.pid);
         const ok = await get(s.front!, '/pid');
         expect(ok.status).toBe(200);
         expect(ok.pid).toBe(st.workers[0]!.pid);
       }
       // One early death is replaced at once; more in a row are a crash loop: the delay doubles.
-      const delays = s.logs().filter((l) => l.msg === 'worker crash loop: backing off').map((l) => l.delayMs);
+      const delays = s
+        .logs()
+        .filter((l) => l.msg === 'worker crash loop: backing off')
+        .map((l) => l.delayMs);
       expect(delays).toEqual([100, 200, 400]);
     } finally {
       await stopClean(s);

@@ -10,9 +10,29 @@ const FIXTURE = join(REPO_ROOT, 'test/fixtures/apps/pool-app.ts');
 
 describe('harakiri behind a remote stratum proxy', () => {
   it('kills the stuck worker of a stratum pool reached through stratum proxy', async () => {
-    const pool = await startStratum(['pool', '--socket', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--workers', '1', '--harakiri', '1', '--app', FIXTURE]);
+    const pool = await startStratum([
+      'pool',
+      '--socket',
+      '127.0.0.1:0',
+      '--admin',
+      '127.0.0.1:0',
+      '--workers',
+      '1',
+      '--harakiri',
+      '1',
+      '--app',
+      FIXTURE,
+    ]);
     const address = pool.pool!.replace(/^tcp:/, '');
-    const proxy = await startStratum(['proxy', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--route', `/=uwsgi://${address}`]);
+    const proxy = await startStratum([
+      'proxy',
+      '--listen',
+      '127.0.0.1:0',
+      '--admin',
+      '127.0.0.1:0',
+      '--route',
+      `/=uwsgi://${address}`,
+    ]);
     const before = pool.workers[0];
     const t0 = Date.now();
     const res = await fetch(`${proxy.front}/block?ms=10000`);
@@ -21,7 +41,10 @@ describe('harakiri behind a remote stratum proxy', () => {
     // The pool's worker is blocked: its watchdog answers 504 on the uwsgi connection and kills it.
     expect(res.status).toBe(504);
     expect(took).toBeLessThan(2_500);
-    const stats = (await (await fetch(`${pool.admin}/stats`)).json()) as { harakiriKills: number; workers: Array<{ pid: number }> };
+    const stats = (await (await fetch(`${pool.admin}/stats`)).json()) as {
+      harakiriKills: number;
+      workers: Array<{ pid: number }>;
+    };
     expect(stats.harakiriKills).toBe(1);
     expect(stats.workers.map((w) => w.pid)).not.toContain(before);
     const after = await fetch(`${proxy.front}/pid`);
