@@ -197,6 +197,38 @@ export const BodySpoolFailed = define('STRATUM_ERR_BODY_SPOOL', (cause: string) 
   `cannot buffer the request body to a temporary file: ${cause}`, { status: 500 });
 export const StaticForbidden = define('STRATUM_ERR_STATIC_FORBIDDEN', (path: string) =>
   `path escapes the static root: ${JSON.stringify(path)}`, { status: 403 });
+export const BodySpoolUnavailable = define('STRATUM_ERR_BODY_SPOOL_UNAVAILABLE', (errno: string, cause: string) =>
+  `cannot spool the request body to a temporary file (${errno}): ${cause}`, {
+  status: 507,
+  hint: 'The temp dir (TMPDIR, else /tmp) is full, out of inodes, read-only or gone, or the process is out of ' +
+    'descriptors. Only that request is refused (507 Insufficient Storage); the next large body tries again.',
+  data: (errno: string) => ({ errno }),
+});
+export const ClientBodyTooSlow = define('STRATUM_ERR_CLIENT_BODY_SLOW', (rate: number, minRate: number) =>
+  `client sent its request body at ${rate} bytes/s, below proxy.clientBodyMinRate (${minRate} bytes/s)`, {
+  status: 408,
+  hint: 'A trickled body holds a connection and its buffer; lower proxy.clientBodyMinRate or raise its grace.',
+});
+
+// --- admin (src/admin/server.ts) ----------------------------------------------------------
+area('admin surface (src/admin/)');
+export const AdminHostRefused = define('STRATUM_ERR_ADMIN_HOST', (host: string) =>
+  `admin request for host ${JSON.stringify(host)} refused: not the admin's own address nor in admin.allowedHosts`, {
+  status: 421,
+  hint: 'A DNS-rebinding page sends its own name; add real names the admin is reached by to admin.allowedHosts.',
+});
+export const AdminCrossSite = define('STRATUM_ERR_ADMIN_CROSS_SITE', (why: string) =>
+  `state-changing admin request refused: ${why}`, {
+  status: 403,
+  hint: 'POST from a script or curl without an Origin header (or with the admin\'s own origin), with no body or a ' +
+    'JSON one; a web page cannot forge these.',
+});
+export const AdminExposed = define('STRATUM_ERR_ADMIN_EXPOSED', (path: string) =>
+  `admin ${path} refused: the admin listens beyond loopback without admin.token`, {
+  status: 403,
+  hint: 'Set admin.token, or keep admin.listen on 127.0.0.1 / ::1; without a token only /metrics, /livez and ' +
+    '/readyz are served there.',
+});
 
 // --- app host (src/host/) -----------------------------------------------------------------
 area('app host (src/host/)');

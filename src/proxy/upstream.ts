@@ -4,12 +4,12 @@
 
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { createReadStream, createWriteStream, mkdtempSync, rmSync, type WriteStream } from 'node:fs';
+import fsp, { type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Route } from '../config/schema.ts';
-import { BodySpoolFailed, BodyTooLarge, ClientClosed, type StratumError } from '../errors.ts';
+import { BodySpoolUnavailable, BodyTooLarge, ClientClosed, StratumError } from '../errors.ts';
 import type { ForwardInfo } from './forward.ts';
 import type { HostResponse } from '../host/response.ts';
 
@@ -110,45 +110,26 @@ function spool(req: IncomingMessage, limit: number, signal: AbortSignal | undefi
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
     let size = 0;
-    let file: WriteStream | null = null;
-    let dir: string | null = null;
+    let file: SpoolFile | null = null;
+    /** Chunks that arrived while the file was being opened or written. */
+    let pending: Buffer[] = [];
+    let writing = false;
+    let ended = false;
     let done = false;
-    const cleanup = () => {
-      if (dir) rmSync(dir, { recursive: true, force: true });
-    };
     const fail = (err: StratumError) => {
       if (done) return;
       done = true;
       signal?.removeEventListener('abort', onAbort);
       req.removeListener('data', onData);
       req.pause();
-      file?.destroy();
-      cleanup();
+      file?.close();
       reject(err);
     };
+    const spoolFailed = (err: unknown) => fail(spoolError(err));
     const onAbort = () => fail(signal!.reason as StratumError);
     if (signal?.aborted) return onAbort();
     signal?.addEventListener('abort', onAbort, { once: true });
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) return fail(new BodyTooLarge(limit));
-      if (file) {
-        if (!file.write(chunk)) {
-          req.pause();
-          file.once('drain', () => req.resume());
-        }
-        return;
-      }
-      parts.push(chunk);
-      if (size > MEMORY_SPOOL) {
-        dir = mkdtempSync(path.join(os.tmpdir(), 'stratum-body-'));
-        file = createWriteStream(path.join(dir, 'body'));
-        file.once('error', (err) => fail(new BodySpoolFailed(err.message)));
-        for (const p of parts.splice(0)) file.write(p);
-      }
-    };
-    req.on('data', onData);
-    req.once('end', () => {
+    const finish = () => {
       if (done) return;
       done = true;
       signal?.removeEventListener('abort', onAbort);
@@ -157,13 +138,105 @@ function spool(req: IncomingMessage, limit: number, signal: AbortSignal | undefi
         resolve({ length: size, open: () => buf, replayable: true, cleanup() {} });
         return;
       }
-      const f = file as WriteStream;
-      const p = path.join(dir!, 'body');
-      f.end(() => resolve({ length: size, open: () => createReadStream(p), replayable: true, cleanup }));
+      const f = file;
+      resolve({ length: size, open: () => f.open(), replayable: true, cleanup: () => f.close() });
+    };
+    // One write at a time; the client is paused meanwhile, so the file's pace bounds memory.
+    const flush = async () => {
+      writing = true;
+      req.pause();
+      try {
+        if (!file) {
+          const f = await SpoolFile.create();
+          if (done) return f.close(); // failed (client gone, timeout) while it was being opened
+          file = f;
+        }
+        while (pending.length > 0 && !done) {
+          const batch = pending.length === 1 ? pending[0]! : Buffer.concat(pending);
+          pending = [];
+          await file.append(batch);
+        }
+      } finally {
+        writing = false;
+      }
+      if (done) return;
+      if (ended) return finish();
+      req.resume();
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) return fail(new BodyTooLarge(limit));
+      if (file || writing) {
+        pending.push(chunk);
+        if (!writing) flush().catch(spoolFailed);
+        return;
+      }
+      parts.push(chunk);
+      if (size > MEMORY_SPOOL) {
+        pending = parts.splice(0);
+        flush().catch(spoolFailed);
+      }
+    };
+    req.on('data', onData);
+    req.once('end', () => {
+      ended = true;
+      if (!writing) finish();
     });
     // The client went away (or its framing broke) before the body was complete.
     req.once('error', () => fail(signal?.aborted ? (signal.reason as StratumError) : new ClientClosed()));
   });
+}
+
+/** Any failure of the temp file (mkdtemp, open, write, close) as the request's coded answer. */
+function spoolError(err: unknown): StratumError {
+  if (err instanceof StratumError) return err;
+  const e = err as NodeJS.ErrnoException;
+  return new BodySpoolUnavailable(e?.code ?? 'EIO', String(e?.message ?? err));
+}
+
+/**
+ * A spooled body's temp file, unlinked as soon as it is open (as nginx's client_body_temp files
+ * are): only the descriptor names it, so a tmp cleaner cannot take it from under a request, and a
+ * crash leaves nothing behind. Read back with positional reads, once per (re)send.
+ */
+class SpoolFile {
+  #fh: FileHandle;
+  #size = 0;
+  #closed = false;
+
+  private constructor(fh: FileHandle) {
+    this.#fh = fh;
+  }
+
+  static async create(): Promise<SpoolFile> {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'stratum-body-'));
+    try {
+      return new SpoolFile(await fsp.open(path.join(dir, 'body'), 'w+', 0o600));
+    } finally {
+      await fsp.rm(dir, { recursive: true, force: true }).catch(() => {});
+    }
+  }
+
+  async append(buf: Buffer): Promise<void> {
+    for (let off = 0; off < buf.length;) {
+      const { bytesWritten } = await this.#fh.write(buf, off, buf.length - off, this.#size);
+      off += bytesWritten;
+      this.#size += bytesWritten;
+    }
+  }
+
+  open(): Readable {
+    const stream = this.#fh.createReadStream({ start: 0, end: Math.max(0, this.#size - 1), autoClose: false });
+    // Whoever reads it sees a read error as the stream's error; none may reach the process.
+    stream.on('error', () => {});
+    return stream;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#fh.close().catch(() => {});
+  }
 }
 
 /** Write the upstream's head to the client, after the proxy's own headers are added. */
