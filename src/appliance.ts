@@ -19,7 +19,6 @@ import { LiveFeed, liveListener, type LivePart } from './observability/live.ts';
 import type { RecentTrace } from './observability/recent.ts';
 import { releaseStartupMemory } from './memory.ts';
 import { startTracing } from './observability/tracing.ts';
-import type { Supervisor } from './pool/supervisor.ts';
 import { bindSocket, boundPort, type BoundSocket } from './pool/sockets.ts';
 import type { FrontProxy } from './proxy/server.ts';
 

@@ -15,7 +15,8 @@ import type { AdminRoute } from './server.ts';
 export const DASHBOARD_DIST = fileURLToPath(new URL('../../dashboard/dist/', import.meta.url));
 
 const CSP =
-  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; " +
+  "base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -29,7 +30,8 @@ const TYPES: Record<string, string> = {
 const NOT_BUILT = `<!doctype html><meta charset="utf-8"><title>Stratum</title>
 <h1>The dashboard is not built</h1>
 <p>Run <code>npm run build</code> in the Stratum checkout (it writes <code>dashboard/dist/</code>), then reload.
-The figures it shows are also at <code>/stats</code>, <code>/traces</code>, <code>/live</code> and <code>/metrics</code>.</p>
+The figures it shows are also at <code>/stats</code>, <code>/traces</code>, <code>/live</code> and \
+<code>/metrics</code>.</p>
 `;
 
 interface Asset {

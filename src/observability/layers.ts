@@ -38,5 +38,8 @@ export function layerTimes(ctx: ProxyContext, now: number, atHead: boolean): Lay
 
 /** The Server-Timing header value (durations in ms, as the spec wants). */
 export function serverTiming(l: LayerTimes): string {
-  return `proxy;dur=${l.proxy.toFixed(3)}, queue;dur=${l.queue.toFixed(3)}, worker;dur=${l.worker.toFixed(3)}, app;dur=${l.app.toFixed(3)}, total;dur=${l.total.toFixed(3)}`;
+  return (
+    `proxy;dur=${l.proxy.toFixed(3)}, queue;dur=${l.queue.toFixed(3)}, worker;dur=${l.worker.toFixed(3)}, ` +
+    `app;dur=${l.app.toFixed(3)}, total;dur=${l.total.toFixed(3)}`
+  );
 }

@@ -67,10 +67,14 @@ export class LineWriter {
         n = writeSync(this.#fd, b);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'EAGAIN') {
-          this.#retry ??= setTimeout(() => {
-            this.#retry = null;
-            this.#drain();
-          }, 5);
+          // One retry pending at a time. A plain test, not `??=`: eslint's no-unused-private-class-members
+          // does not count a compound assignment statement as a read, though the guard is one.
+          if (this.#retry === null) {
+            this.#retry = setTimeout(() => {
+              this.#retry = null;
+              this.#drain();
+            }, 5);
+          }
           return;
         }
         this.#queue = []; // stdout gone (EPIPE): nothing more can be said

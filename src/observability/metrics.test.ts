@@ -64,10 +64,12 @@ describe('Metrics.render', () => {
       expect(body).toContain('# TYPE stratum_requests_total counter\n');
       expect(body).toContain('stratum_requests_total{route="/",status_class="2xx"} 1\n');
       expect(body).toContain(
-        'http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="503",http_route="/"} 1\n',
+        'http_server_request_duration_seconds_count' +
+          '{http_request_method="GET",http_response_status_code="503",http_route="/"} 1\n',
       );
       expect(body).toContain(
-        'http_client_request_duration_seconds_count{server_address="pool",stratum_upstream_kind="pool",http_response_status_code="200"} 1\n',
+        'http_client_request_duration_seconds_count' +
+          '{server_address="pool",stratum_upstream_kind="pool",http_response_status_code="200"} 1\n',
       );
       // No exemplars and no EOF marker in this format.
       expect(body).not.toContain('trace_id');
@@ -96,7 +98,8 @@ describe('Metrics.render', () => {
     // The exemplar sits on the bucket the value fell in: app 0.051 s → le 0.1.
     expect(body).toMatch(
       new RegExp(
-        `^stratum_layer_duration_seconds_bucket\\{le="0.1",layer="app",route="/",status_class="2xx"\\} 1 # \\{trace_id="${TRACE}"\\} 0.051 `,
+        '^stratum_layer_duration_seconds_bucket\\{le="0.1",layer="app",route="/",status_class="2xx"\\} 1 ' +
+          `# \\{trace_id="${TRACE}"\\} 0.051 `,
         'm',
       ),
     );
@@ -110,25 +113,28 @@ describe('Metrics.render', () => {
     expect(body).not.toContain(' # {');
   });
 
-  it('names counters the OpenMetrics way (family without _total, samples with one) for own and merged metrics', async () => {
-    const m = new Metrics();
-    m.setWorkerSource(
-      async () => [
-        { process: await workerJson('1'), requests: null },
-        { process: await workerJson('2'), requests: null },
-      ],
-      false,
-    );
-    m.observe(pooled());
-    const { body } = await m.render(OPENMETRICS_ACCEPT);
-    expect(body).toContain('# TYPE stratum_requests counter\n');
-    expect(body).toContain('stratum_requests_total{route="/",status_class="2xx"} 1\n');
-    expect(body).toContain('# TYPE process_cpu_user_seconds counter\n');
-    for (const w of ['master', '1', '2'])
-      expect(body).toMatch(new RegExp(`^process_cpu_user_seconds_total\\{worker="${w}"\\} `, 'm'));
-    expect(body).not.toMatch(/_total_total/);
-    for (const t of typeLines(body)) if (t.endsWith(' counter')) expect(t, t).not.toMatch(/_total counter$/);
-  });
+  it(
+    'names counters the OpenMetrics way (family without _total, samples with one) for own and merged metrics',
+    async () => {
+      const m = new Metrics();
+      m.setWorkerSource(
+        async () => [
+          { process: await workerJson('1'), requests: null },
+          { process: await workerJson('2'), requests: null },
+        ],
+        false,
+      );
+      m.observe(pooled());
+      const { body } = await m.render(OPENMETRICS_ACCEPT);
+      expect(body).toContain('# TYPE stratum_requests counter\n');
+      expect(body).toContain('stratum_requests_total{route="/",status_class="2xx"} 1\n');
+      expect(body).toContain('# TYPE process_cpu_user_seconds counter\n');
+      for (const w of ['master', '1', '2'])
+        expect(body).toMatch(new RegExp(`^process_cpu_user_seconds_total\\{worker="${w}"\\} `, 'm'));
+      expect(body).not.toMatch(/_total_total/);
+      for (const t of typeLines(body)) if (t.endsWith(' counter')) expect(t, t).not.toMatch(/_total counter$/);
+    },
+  );
 
   it('keeps the Prometheus names after an OpenMetrics scrape, and the reverse', async () => {
     const m = new Metrics();

@@ -84,7 +84,9 @@ export class Metrics {
 
   readonly layerDuration = new Histogram3({
     name: 'stratum_layer_duration_seconds',
-    help: "Time a request spent in each layer: proxy (front proxy's own), queue (waiting for a worker, plus the hop), worker (uwsgi protocol work), app (the application handler).",
+    help:
+      "Time a request spent in each layer: proxy (front proxy's own), queue (waiting for a worker, plus the hop), " +
+      'worker (uwsgi protocol work), app (the application handler).',
     labelNames: ['layer', 'route', 'status_class'] as const,
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],

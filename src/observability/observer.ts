@@ -119,16 +119,24 @@ export function createObserver(
       for (const l of listeners) l(ctx, layers, totalMs);
       if (writeLine) {
         // The same fields pino would write, serialized by hand on this hot path (log.ts).
-        let line = `{"level":"info","time":"${isoNow()}","pid":${process.pid},"type":"access","method":${JSON.stringify(ctx.req.method ?? '')},"path":${JSON.stringify(ctx.req.url ?? '')},"status":${status},"bytes":${ctx.bytesOut},"route":${JSON.stringify(ctx.routeLabel)}`;
+        let line =
+          `{"level":"info","time":"${isoNow()}","pid":${process.pid},"type":"access",` +
+          `"method":${JSON.stringify(ctx.req.method ?? '')},"path":${JSON.stringify(ctx.req.url ?? '')},` +
+          `"status":${status},"bytes":${ctx.bytesOut},"route":${JSON.stringify(ctx.routeLabel)}`;
         if (ctx.upstreamLabel) line += `,"upstream":${JSON.stringify(ctx.upstreamLabel)}`;
         if (ctx.workerPid) line += `,"workerPid":${ctx.workerPid}`;
         line += `,"requestId":${JSON.stringify(ctx.forward.requestId)}`;
         if (traceId) line += `,"traceId":"${traceId}"`;
         line += `,"ms":${round(totalMs)}`;
-        if (layers)
-          line += `,"layers":{"proxy":${round(layers.proxy)},"queue":${round(layers.queue)},"worker":${round(layers.worker)},"app":${round(layers.app)}}`;
+        if (layers) {
+          line +=
+            `,"layers":{"proxy":${round(layers.proxy)},"queue":${round(layers.queue)},` +
+            `"worker":${round(layers.worker)},"app":${round(layers.app)}}`;
+        }
         if (t.dispatchAt) {
-          line += `,"upstreamMs":{"connect":${t.connectAt ? round(t.connectAt - t.dispatchAt) : null},"header":${t.headAt ? round(t.headAt - t.dispatchAt) : null},"response":${round(upstreamMs)}}`;
+          line +=
+            `,"upstreamMs":{"connect":${t.connectAt ? round(t.connectAt - t.dispatchAt) : null},` +
+            `"header":${t.headAt ? round(t.headAt - t.dispatchAt) : null},"response":${round(upstreamMs)}}`;
         }
         writeLine(`${line},"msg":"request"}\n`);
       }

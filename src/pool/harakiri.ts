@@ -205,7 +205,9 @@ export class HarakiriKeeper {
       if (f[at]! > 0 && f[at + 2]! >= 0 && f[at + 3] === 0) {
         try {
           writeSync(f[at + 2]!, response);
-        } catch {}
+        } catch {
+          // The client has gone (EPIPE, EBADF): nobody is left to answer, and the process exits anyway.
+        }
       }
     }
   }

@@ -56,7 +56,7 @@ export interface WorkerRecord extends WorkerSlot {
   ready: Promise<void>;
 }
 
-/** Where the shared uwsgi socket and the front listener sit in every worker's descriptor table (after stdio and IPC). */
+/** Where the shared uwsgi socket and the front listener sit in every worker's descriptor table (past stdio and IPC). */
 const PUBLIC_FD = 4;
 const FRONT_FD = 5;
 // The worker runs the same build as the master: worker.ts beside supervisor.ts (sources), or
@@ -617,7 +617,9 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     await Promise.all(exits);
     try {
       rmSync(this.runDir, { recursive: true, force: true });
-    } catch {}
+    } catch {
+      // Best effort at shutdown: a run dir left behind is harmless, and failing the stop over it is not.
+    }
     this.#publicHandle?.close(); // a Unix socket file goes with it
     this.#publicHandle = null;
   }

@@ -3,7 +3,7 @@
 // balanced with passive health, as nginx's `upstream` block with max_fails/fail_timeout).
 
 import type { StratumConfig, Address } from '../config/schema.ts';
-import { StratumError, UpstreamUnreachable } from '../errors.ts';
+import { type StratumError, UpstreamUnreachable } from '../errors.ts';
 import { UwsgiClient } from '../uwsgi/client.ts';
 import type { ResponseHead } from '../uwsgi/response.ts';
 import { KEEPALIVE_HEADER, TIMING_HEADER } from '../uwsgi/server.ts';

@@ -277,29 +277,32 @@ describe('uwsgi server bridge (plain uwsgi peer, as nginx)', () => {
     expect(echo.bodySha256).toBe(createHash('sha256').update(body).digest('hex'));
   });
 
-  it('answers 400 and closes on a CR/LF inside a header var value, while a concurrent connection is served', async () => {
-    // A well-formed connection is open and half-sent while the bad one arrives.
-    const good = net.connect(sockPath);
-    await new Promise<void>((resolve) => good.once('connect', () => resolve()));
-    const goodPkt = encodePacket(baseVars('/still-served'));
-    good.write(goodPkt.subarray(0, 10));
-    const goodChunks: Buffer[] = [];
-    good.on('data', (c) => goodChunks.push(c));
-    const goodClosed = new Promise<void>((resolve) => good.on('close', () => resolve()));
+  it(
+    'answers 400 and closes on a CR/LF inside a header var value, while a concurrent connection is served',
+    async () => {
+      // A well-formed connection is open and half-sent while the bad one arrives.
+      const good = net.connect(sockPath);
+      await new Promise<void>((resolve) => good.once('connect', () => resolve()));
+      const goodPkt = encodePacket(baseVars('/still-served'));
+      good.write(goodPkt.subarray(0, 10));
+      const goodChunks: Buffer[] = [];
+      good.on('data', (c) => goodChunks.push(c));
+      const goodClosed = new Promise<void>((resolve) => good.on('close', () => resolve()));
 
-    const before = protocolErrors.length;
-    const raw = await exchangeUntilClose(encodePacket(baseVars('/evil', ['HTTP_X_EVIL', 'a\r\nInjected: 1'])));
-    const bad = parseRaw(raw);
-    expect(bad.status).toBe(400);
-    expect(bad.body.toString().trim()).toBe('STRATUM_ERR_UWSGI_BAD_VAR');
-    expect(protocolErrors.slice(before)).toEqual(['STRATUM_ERR_UWSGI_BAD_VAR']);
+      const before = protocolErrors.length;
+      const raw = await exchangeUntilClose(encodePacket(baseVars('/evil', ['HTTP_X_EVIL', 'a\r\nInjected: 1'])));
+      const bad = parseRaw(raw);
+      expect(bad.status).toBe(400);
+      expect(bad.body.toString().trim()).toBe('STRATUM_ERR_UWSGI_BAD_VAR');
+      expect(protocolErrors.slice(before)).toEqual(['STRATUM_ERR_UWSGI_BAD_VAR']);
 
-    good.write(goodPkt.subarray(10));
-    await goodClosed;
-    const res = parseRaw(Buffer.concat(goodChunks));
-    expect(res.status).toBe(200);
-    expect((JSON.parse(res.body.toString()) as Echo).url).toBe('/still-served');
-  });
+      good.write(goodPkt.subarray(10));
+      await goodClosed;
+      const res = parseRaw(Buffer.concat(goodChunks));
+      expect(res.status).toBe(200);
+      expect((JSON.parse(res.body.toString()) as Echo).url).toBe('/still-served');
+    },
+  );
 
   it('answers 400 and closes on a malformed packet (bad key length), and keeps serving', async () => {
     const block = Buffer.from([0xff, 0x00, 0x41, 0x42]); // key length 255, only 2 bytes follow

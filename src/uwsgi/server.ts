@@ -14,7 +14,13 @@ import type { Socket } from 'node:net';
 import type { Server as HttpServer, IncomingMessage, ServerResponse } from 'node:http';
 import type { HostResponse } from '../host/response.ts';
 import { PacketHeadDecoder, type UwsgiVars } from './codec.ts';
-import { StratumError, UwsgiBadContentLength, UwsgiBadVar, UwsgiReadTimeout, UwsgiTruncatedBody } from '../errors.ts';
+import {
+  type StratumError,
+  UwsgiBadContentLength,
+  UwsgiBadVar,
+  UwsgiReadTimeout,
+  UwsgiTruncatedBody,
+} from '../errors.ts';
 
 // node:http through getBuiltinModule, not an ES import: that would read every export and so load
 // Node's bundled undici (~2–3 MiB per process) that nothing here uses (see src/pool/worker.ts).
@@ -66,6 +72,7 @@ const HEADER_NAME = /^[A-Z0-9_-]+$/;
 const METHOD = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const BAD_VALUE = /[\0\r\n]/;
 // Bytes llhttp refuses inside a request target: controls, space, DEL.
+// eslint-disable-next-line no-control-regex -- matching control characters is this pattern's whole job
 const BAD_TARGET_BYTES = /[\x00-\x20\x7f]/g;
 
 const metaKey = Symbol('stratum.uwsgiMeta');
@@ -256,7 +263,8 @@ export class UwsgiBridge extends Duplex {
       const body = `${err.code}\n`;
       this.#answered = true;
       this.socket.end(
-        `HTTP/1.1 ${err.statusCode} ${STATUS_CODES[err.statusCode] ?? 'Bad Request'}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+        `HTTP/1.1 ${err.statusCode} ${STATUS_CODES[err.statusCode] ?? 'Bad Request'}\r\n` +
+          `Content-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
       );
     } else {
       this.socket.destroy();

@@ -100,18 +100,21 @@ routes:
     expect(new Set(last.map((s) => s.socket)).size).toBe(1);
   });
 
-  it("a client's Expect: 100-continue is answered by the proxy; the body reaches the upstream whole, without Expect", async () => {
-    const body = Buffer.from('continue with this body');
-    const r = await request('/up/expect', {
-      method: 'POST',
-      headers: { expect: '100-continue', 'content-length': String(body.length) },
-      body,
-    });
-    expect(r.status).toBe(200);
-    const got = seen.find((s) => s.url === '/up/expect')!;
-    expect(got.bytes).toBe(body.length);
-    expect(got.headers.expect).toBeUndefined();
-  });
+  it(
+    "a client's Expect: 100-continue is answered by the proxy; the body reaches the upstream whole, without Expect",
+    async () => {
+      const body = Buffer.from('continue with this body');
+      const r = await request('/up/expect', {
+        method: 'POST',
+        headers: { expect: '100-continue', 'content-length': String(body.length) },
+        body,
+      });
+      expect(r.status).toBe(200);
+      const got = seen.find((s) => s.url === '/up/expect')!;
+      expect(got.bytes).toBe(body.length);
+      expect(got.headers.expect).toBeUndefined();
+    },
+  );
 
   it('a 5 MB body streamed through (requestBuffering off) arrives byte-exact', async () => {
     const body = Buffer.alloc(5 * 1024 * 1024);
@@ -121,14 +124,21 @@ routes:
     expect(JSON.parse(r.body)).toEqual({ bytes: body.length, sha256: createHash('sha256').update(body).digest('hex') });
   });
 
-  it('an upstream that answers and closes without reading a streamed body: the client still gets a whole answer', async () => {
-    // The upstream's close races our write of the body: its 413 arrives, or our write fails
-    // first (EPIPE) and the client gets a 502 — node:http's client lost the same race. Either
-    // way an answer, never a cut connection: the client's request stream is not undici's to
-    // destroy.
-    const body = Buffer.alloc(4 * 1024 * 1024, 0x61);
-    const r = await request('/up/early', { method: 'POST', headers: { 'content-length': String(body.length) }, body });
-    expect([413, 502]).toContain(r.status);
-    if (r.status === 413) expect(r.body).toBe('too big for me\n');
-  });
+  it(
+    'an upstream that answers and closes without reading a streamed body: the client still gets a whole answer',
+    async () => {
+      // The upstream's close races our write of the body: its 413 arrives, or our write fails
+      // first (EPIPE) and the client gets a 502 — node:http's client lost the same race. Either
+      // way an answer, never a cut connection: the client's request stream is not undici's to
+      // destroy.
+      const body = Buffer.alloc(4 * 1024 * 1024, 0x61);
+      const r = await request('/up/early', {
+        method: 'POST',
+        headers: { 'content-length': String(body.length) },
+        body,
+      });
+      expect([413, 502]).toContain(r.status);
+      if (r.status === 413) expect(r.body).toBe('too big for me\n');
+    },
+  );
 });

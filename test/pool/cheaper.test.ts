@@ -32,7 +32,8 @@ describe('cheaper: adaptive worker count', () => {
     const config = path.join(dir, 'stratum.yaml');
     writeFileSync(
       config,
-      `app: { module: ${FIXTURE} }\npool: { workers: 3, maxInflight: 2, cheaper: { enabled: true, min: 1, max: 3 } }\nlog: { access: false }\n`,
+      `app: { module: ${FIXTURE} }\n` +
+        'pool: { workers: 3, maxInflight: 2, cheaper: { enabled: true, min: 1, max: 3 } }\nlog: { access: false }\n',
     );
     s = await startStratum(['serve', '--config', config, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0']);
     expect((await stats(s)).workers).toHaveLength(1);
