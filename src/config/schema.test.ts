@@ -43,6 +43,8 @@ describe('defaults', () => {
       keepAliveTimeout: 75,
       clientHeaderTimeout: 60,
       clientBodyTimeout: 60,
+      clientBodyMinRate: 1024,
+      clientBodyMinRateGrace: 10,
       requestBuffering: true,
       maxHeaderSize: 32768,
       serverTiming: true,

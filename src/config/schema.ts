@@ -478,6 +478,20 @@ export const schema = z
                 'Seconds a client may go without sending any byte of a request body it announced; then 408 and ' +
                   'close (nginx `client_body_timeout`).',
               ),
+            clientBodyMinRate: size()
+              .prefault('1k')
+              .describe(
+                'Least average rate, in bytes per second, at which a request body that the front reads whole ' +
+                  '(requestBuffering, chunked bodies) must arrive: it gets clientBodyMinRateGrace plus one second ' +
+                  'per this many bytes, then 408 and close. nginx has no such floor (`client_body_timeout` only ' +
+                  'bounds stalls); this is Apache `RequestReadTimeout body=…,MinRate=`. 0 = no floor.',
+              ),
+            clientBodyMinRateGrace: seconds()
+              .default(10)
+              .describe(
+                'Seconds a request body may take before clientBodyMinRate applies (the grace of Apache ' +
+                  '`RequestReadTimeout body=10,MinRate=1024`).',
+              ),
             requestBuffering: bool()
               .default(true)
               .describe(

@@ -378,7 +378,9 @@ export class FrontProxy {
     // No body announced (most requests): straight to the upstream, no body promise to wait on.
     if (!announcesBody(req)) return this.#dispatch(ctx, entry.upstream, null);
     const abort = this.#watchBody(ctx);
-    prepareBody(req, limit, { buffer: this.config.proxy.requestBuffering, signal: abort?.signal }).then(
+    const { requestBuffering, clientBodyMinRate, clientBodyMinRateGrace } = this.config.proxy;
+    const bodyOpts = { minRate: clientBodyMinRate, minRateGraceMs: clientBodyMinRateGrace * 1000 };
+    prepareBody(req, limit, { buffer: requestBuffering, signal: abort?.signal, ...bodyOpts }).then(
       (b) => this.#dispatch(ctx, entry.upstream, b),
       (err: unknown) => this.#fail(ctx, err, null),
     );

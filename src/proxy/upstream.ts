@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Route } from '../config/schema.ts';
-import { BodySpoolUnavailable, BodyTooLarge, ClientClosed, StratumError } from '../errors.ts';
+import { BodySpoolUnavailable, BodyTooLarge, ClientBodyTooSlow, ClientClosed, StratumError } from '../errors.ts';
 import type { ForwardInfo } from './forward.ts';
 import type { HostResponse } from '../host/response.ts';
 
@@ -75,13 +75,24 @@ export interface RequestBody {
   cleanup(): void;
 }
 
+/** Bodies up to this size stay in memory (one buffer), larger ones go to a temp file. */
 const MEMORY_SPOOL = 1024 * 1024;
+/** A body's buffer starts this small and doubles as it fills (up to its length, or MEMORY_SPOOL). */
+const FIRST_BUFFER = 16 * 1024;
+/** Once a body goes to its file, it is gathered in a buffer this size between two writes. */
+const FILE_BUFFER = 64 * 1024;
 
 export interface BodyOptions {
   /** Read the whole body before the request goes on (nginx request buffering); chunked bodies always are. */
   buffer?: boolean;
   /** Stops a body still being read (client_body_timeout, broken chunked framing) with signal.reason. */
   signal?: AbortSignal;
+  /**
+   * Least average rate (bytes/s) of a body being read, after `minRateGraceMs`: a body is allowed
+   * grace + size / minRate to arrive (Apache mod_reqtimeout's MinRate). 0 or absent: no floor.
+   */
+  minRate?: number;
+  minRateGraceMs?: number;
 }
 
 /** The request announces a body (Content-Length, even 0, or Transfer-Encoding). */
@@ -97,25 +108,40 @@ export function announcesBody(req: IncomingMessage): boolean {
  */
 export async function prepareBody(req: IncomingMessage, limit: number, opts: BodyOptions = {}): Promise<RequestBody | null> {
   if (!announcesBody(req)) return null;
+  let length = -1;
   if (req.headers['transfer-encoding'] === undefined) {
-    const length = Number(req.headers['content-length']);
+    length = Number(req.headers['content-length']);
     if (length > limit) throw new BodyTooLarge(limit);
     if (length === 0) return { length: 0, open: () => Buffer.alloc(0), replayable: true, cleanup() {} };
     if (!opts.buffer) return { length, open: () => req, replayable: false, cleanup() {} };
   }
-  return spool(req, limit, opts.signal);
+  return spool(req, limit, length, opts);
 }
 
-function spool(req: IncomingMessage, limit: number, signal: AbortSignal | undefined): Promise<RequestBody> {
+/**
+ * Read a body whole. Its bytes are copied into one buffer as they come (nginx's
+ * client_body_buffer_size), never kept as the parser's chunks: a body sent a byte per TCP segment
+ * costs its own size, not a Buffer object per byte. The buffer doubles as it fills, up to the
+ * Content-Length (or MEMORY_SPOOL); past MEMORY_SPOOL the body goes to a temp file, FILE_BUFFER at a time.
+ */
+function spool(req: IncomingMessage, limit: number, announced: number, opts: BodyOptions): Promise<RequestBody> {
+  const { signal } = opts;
   return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
+    // Grown as bytes come, never sized by what the client announces: a Content-Length costs nothing
+    // until the bytes are there (nginx allocates client_body_buffer_size, not the length).
+    const most = announced > 0 ? Math.min(announced, MEMORY_SPOOL) : MEMORY_SPOOL;
+    let buf = Buffer.allocUnsafe(Math.min(most, FIRST_BUFFER));
+    let used = 0;
     let size = 0;
     let file: SpoolFile | null = null;
-    /** Chunks that arrived while the file was being opened or written. */
-    let pending: Buffer[] = [];
+    /** Bytes that arrived while the buffer was being written out (the client is paused then). */
+    const pending: Buffer[] = [];
     let writing = false;
     let ended = false;
     let done = false;
+    const startAt = performance.now();
+    const minRate = opts.minRate ?? 0;
+    const graceMs = opts.minRateGraceMs ?? 0;
     const fail = (err: StratumError) => {
       if (done) return;
       done = true;
@@ -134,14 +160,32 @@ function spool(req: IncomingMessage, limit: number, signal: AbortSignal | undefi
       done = true;
       signal?.removeEventListener('abort', onAbort);
       if (!file) {
-        const buf = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
-        resolve({ length: size, open: () => buf, replayable: true, cleanup() {} });
+        // A chunked body's doubling can leave up to half its buffer unused: keep only what it holds.
+        const held = buf.subarray(0, used);
+        const body = used * 4 < buf.length * 3 ? Buffer.from(held) : held;
+        resolve({ length: size, open: () => body, replayable: true, cleanup() {} });
         return;
       }
       const f = file;
       resolve({ length: size, open: () => f.open(), replayable: true, cleanup: () => f.close() });
     };
-    // One write at a time; the client is paused meanwhile, so the file's pace bounds memory.
+    /** Copy what fits of `chunk` into the buffer; the rest, if the buffer is full. */
+    const take = (chunk: Buffer): Buffer | null => {
+      let room = buf.length - used;
+      if (chunk.length > room && !file && buf.length < most) {
+        let cap = buf.length * 2;
+        while (cap < used + chunk.length) cap *= 2;
+        const bigger = Buffer.allocUnsafe(Math.min(cap, most));
+        buf.copy(bigger, 0, 0, used);
+        buf = bigger;
+        room = buf.length - used;
+      }
+      const n = Math.min(room, chunk.length);
+      chunk.copy(buf, used, 0, n);
+      used += n;
+      return n < chunk.length ? chunk.subarray(n) : null;
+    };
+    // The buffer is full (or the body ended in file mode): write it out, the client paused meanwhile.
     const flush = async () => {
       writing = true;
       req.pause();
@@ -151,36 +195,43 @@ function spool(req: IncomingMessage, limit: number, signal: AbortSignal | undefi
           if (done) return f.close(); // failed (client gone, timeout) while it was being opened
           file = f;
         }
-        while (pending.length > 0 && !done) {
-          const batch = pending.length === 1 ? pending[0]! : Buffer.concat(pending);
-          pending = [];
-          await file.append(batch);
+        for (;;) {
+          await file.append(buf.subarray(0, used));
+          if (done) return;
+          if (buf.length !== FILE_BUFFER) buf = Buffer.allocUnsafe(FILE_BUFFER); // the 1 MiB one is done with
+          used = 0;
+          let rest: Buffer | null = null;
+          while (pending.length > 0 && rest === null) rest = take(pending.shift()!);
+          if (rest !== null) pending.unshift(rest);
+          else if (!(ended && used > 0)) break;
         }
       } finally {
         writing = false;
       }
-      if (done) return;
       if (ended) return finish();
       req.resume();
     };
     const onData = (chunk: Buffer) => {
       size += chunk.length;
       if (size > limit) return fail(new BodyTooLarge(limit));
-      if (file || writing) {
-        pending.push(chunk);
-        if (!writing) flush().catch(spoolFailed);
-        return;
+      if (minRate > 0) {
+        const ms = performance.now() - startAt;
+        if (ms > graceMs + (size / minRate) * 1000) {
+          return fail(new ClientBodyTooSlow(Math.round((size * 1000) / ms), minRate));
+        }
       }
-      parts.push(chunk);
-      if (size > MEMORY_SPOOL) {
-        pending = parts.splice(0);
-        flush().catch(spoolFailed);
-      }
+      if (writing) return void pending.push(chunk);
+      const rest = take(chunk);
+      if (rest === null) return;
+      pending.push(rest);
+      flush().catch(spoolFailed);
     };
     req.on('data', onData);
     req.once('end', () => {
       ended = true;
-      if (!writing) finish();
+      if (writing) return; // flush finishes
+      if (file && used > 0) flush().catch(spoolFailed);
+      else finish();
     });
     // The client went away (or its framing broke) before the body was complete.
     req.once('error', () => fail(signal?.aborted ? (signal.reason as StratumError) : new ClientClosed()));
