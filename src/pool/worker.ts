@@ -59,6 +59,8 @@ function logError(msg: string, err: unknown): void {
 // it stops taking work, finishes what has begun within the grace period, and the master starts its
 // replacement first.
 let broken = false;
+/** Status can be reported (the event-loop monitor and the front exist). */
+let statusReady = false;
 process.on('uncaughtException', (err) => {
   exceptions++;
   logError('uncaught exception in worker: replacing it', err);
@@ -76,6 +78,8 @@ process.on('uncaughtException', (err) => {
     res.stratumAbandon = true;
   }
   front?.drain(0);
+  // The counts go out now: this worker may be gone before its next report.
+  if (statusReady) sendStatus();
   send({ type: 'recycle', reason: 'exception' });
 });
 process.on('unhandledRejection', (err) => {
@@ -265,9 +269,10 @@ if (workerTopology) {
 }
 
 releaseStartupMemory();
+statusReady = true;
 send({ type: 'ready', pid: process.pid });
 
-const statusTimer = setInterval(() => {
+function sendStatus(): void {
   const mem = process.memoryUsage();
   send({
     type: 'status',
@@ -283,6 +288,9 @@ const statusTimer = setInterval(() => {
     rejected: appUpstream?.dispatch.rejected ?? 0,
     upstreams: upstreamHealth(),
   });
+}
+const statusTimer = setInterval(() => {
+  sendStatus();
   loop.reset();
 }, spec.statusIntervalMs);
 statusTimer.unref();
@@ -307,6 +315,7 @@ async function finishDrain(): Promise<void> {
   if (drainTimer) clearTimeout(drainTimer);
   await front?.close(0).catch(() => {});
   // What this worker counted stays in the master's sums after it is gone.
+  sendStatus(); // the last counts, kept by the master after this worker is gone
   if (metrics) send({ type: 'final', data: await metrics.dump() });
   await app.close().catch(() => {});
   await tracing?.shutdown().catch(() => {});
