@@ -19,7 +19,7 @@ describe('defaults', () => {
   test('an empty config gets every documented default', () => {
     const c = schema.parse({});
     expect(c.listen).toBe('0.0.0.0:8080');
-    expect(c.admin).toEqual({ listen: '127.0.0.1:9900', token: null, metricsPublic: true });
+    expect(c.admin).toEqual({ listen: '127.0.0.1:9900', token: null, metricsPublic: true, allowedHosts: [] });
     expect(c.app).toEqual({ module: null, export: 'default' });
     expect(c.pool).toEqual({
       socket: null,

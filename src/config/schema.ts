@@ -302,6 +302,21 @@ export const schema = z
             metricsPublic: bool()
               .default(true)
               .describe('Let scrapers read /metrics without the token; the other admin endpoints still need it.'),
+            allowedHosts: z
+              .array(
+                z
+                  .string({ error: expected('a host name (no port), or "*"') })
+                  .regex(/^(\*|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)$/, { error: expected('a host name (no port), or "*"') })
+                  .transform((h) => h.toLowerCase()),
+                { error: expected('a list of host names') },
+              )
+              .default([])
+              .describe(
+                'Host names (no port) the admin answers to besides its own address: IP literals and `localhost` ' +
+                  'are always accepted, any other Host gets 421, so a DNS-rebinding page cannot read it (nginx: a ' +
+                  '`server_name` list with a default server that refuses the rest). Add the names scrapers and ' +
+                  'probes use (a Kubernetes Service name, say); `*` turns the check off.',
+              ),
           },
           { error: expected('a mapping') },
         )
