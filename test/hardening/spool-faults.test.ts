@@ -19,7 +19,7 @@ import { prepareBody } from '../../src/proxy/upstream.ts';
 import { StratumError } from '../../src/errors.ts';
 import { makeTempDir } from '../helpers/processes.ts';
 import { REPO_ROOT, startStratum, stopAllStratum, type StratumProcess } from '../helpers/stratum.ts';
-import { writeConfig } from './helpers.ts';
+import { metric, writeConfig } from './helpers.ts';
 
 afterAll(stopAllStratum);
 
@@ -264,5 +264,8 @@ log: { access: false }
     const codes = logs.filter((l) => l.code === 'STRATUM_ERR_BODY_SPOOL_UNAVAILABLE');
     expect(codes.length).toBeGreaterThanOrEqual(24);
     expect(new Set(codes.map((l) => String(l.msg).match(/\((E[A-Z]+)\)/)?.[1]))).toEqual(new Set(['ENOSPC', 'EROFS']));
+    // The 507s in the request metrics, whichever process ran the front.
+    const labels = { http_response_status_code: '507' };
+    expect(await metric(s.admin, 'http_server_request_duration_seconds_count', labels)).toBeGreaterThanOrEqual(24);
   });
 });
