@@ -11,7 +11,6 @@ import { flushCompileCache } from 'node:module';
 import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Registry, collectDefaultMetrics } from 'prom-client';
-import { schema } from '../config/schema.ts';
 import { ClientBadRequest, rawHttpAnswer } from '../errors.ts';
 import { guardedListener, loadApp, type LoadedApp, type RequestListener } from '../host/app.ts';
 import { HostResponse } from '../host/response.ts';
@@ -24,7 +23,9 @@ import { startTracing, tracedListener } from '../observability/tracing.ts';
 import type { FrontProxy } from '../proxy/server.ts';
 import { requestMeta, serveUwsgiConnection, uwsgiRequestListener } from '../uwsgi/server.ts';
 import { BAD_GATEWAY, HarakiriKeeper, socketFd } from './harakiri.ts';
-import { WORKER_ENV, type MasterMessage, type Question, type WorkerMessage, type WorkerSpec } from './ipc.ts';
+import {
+  reviveConfig, WORKER_ENV, type MasterMessage, type Question, type WorkerMessage, type WorkerSpec,
+} from './ipc.ts';
 import { listenOnFd } from './sockets.ts';
 
 // Not `import http from 'node:http'`: an ES import of node:http reads every export of the module,
@@ -37,7 +38,7 @@ if (!spec || typeof process.send !== 'function') {
   console.error('stratum worker: must be started by the stratum master');
   process.exit(2);
 }
-const config = schema.parse(JSON.parse(spec.config));
+const config = reviveConfig(spec.config);
 const workerTopology = spec.topology === 'worker' && spec.frontFd >= 0;
 
 function send(msg: WorkerMessage): void {

@@ -15,7 +15,6 @@ import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { StratumConfig } from '../config/schema.ts';
-import { listenAt } from '../listen.ts';
 import { listenOnFd } from '../pool/sockets.ts';
 import {
   ClientBadRequest,
@@ -217,7 +216,10 @@ export class FrontProxy {
     return this.#inflight;
   }
 
-  listen(): Promise<string> {
+  /** Listen on config.listen (the master topology; workers accept on the master's listener instead). */
+  async listen(): Promise<string> {
+    // Imported here: it brings the config schema (zod), which a worker's start does without.
+    const { listenAt } = await import('../listen.ts');
     return listenAt(this.server, this.config.listen, 'listen', 2048);
   }
 
