@@ -36,12 +36,20 @@ export interface AdminRoute {
 
 export function sendJson(res: ServerResponse, status: number, value: unknown): void {
   const body = JSON.stringify(value);
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+  });
   res.end(body);
 }
 
 function sendText(res: ServerResponse, status: number, text: string, extra: Record<string, string> = {}): void {
-  res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text), ...extra });
+  res.writeHead(status, {
+    'content-type': 'text/plain; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+    ...extra,
+  });
   res.end(text);
 }
 
@@ -162,17 +170,23 @@ export class AdminServer {
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     if (!this.#hostAllowed(req)) return this.#refuse(req, res, new AdminHostRefused(req.headers.host ?? ''));
     const url = new URL(req.url ?? '/', 'http://admin');
-    const candidates = this.#routes.filter((r) => r.path === url.pathname || (r.prefix && url.pathname.startsWith(r.path)));
+    const path = url.pathname;
+    const candidates = this.#routes.filter((r) => r.path === path || (r.prefix && path.startsWith(r.path)));
     if (candidates.length === 0) return sendText(res, 404, 'Not Found\n');
     const route = candidates.find((r) => r.method === req.method || (r.method === 'GET' && req.method === 'HEAD'));
-    if (!route) return sendText(res, 405, 'Method Not Allowed\n', { allow: [...new Set(candidates.map((r) => r.method))].join(', ') });
+    if (!route) {
+      const allow = [...new Set(candidates.map((r) => r.method))].join(', ');
+      return sendText(res, 405, 'Method Not Allowed\n', { allow });
+    }
     if (this.exposed && !EXPOSED_PATHS.has(url.pathname)) return this.#refuse(req, res, new AdminExposed(url.pathname));
     if (route.method === 'POST') {
       const why = this.#crossSite(req);
       if (why) return this.#refuse(req, res, new AdminCrossSite(why));
     }
     const isPublic = route.public || (route.path === '/metrics' && this.#config.admin.metricsPublic);
-    if (!isPublic && !this.#authorized(req)) return sendText(res, 401, 'Unauthorized\n', { 'www-authenticate': 'Bearer realm="stratum"' });
+    if (!isPublic && !this.#authorized(req)) {
+      return sendText(res, 401, 'Unauthorized\n', { 'www-authenticate': 'Bearer realm="stratum"' });
+    }
     await route.handler(req, res, url);
   }
 

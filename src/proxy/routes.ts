@@ -22,7 +22,9 @@ export class RouteTable<U> {
   #prefixes = new Map<RouteEntry<U>, string>();
 
   constructor(entries: RouteEntry<U>[]) {
-    this.#entries = [...entries].sort((a, b) => hostRank(b.route.host) - hostRank(a.route.host) || b.route.path.length - a.route.path.length);
+    this.#entries = [...entries].sort(
+      (a, b) => hostRank(b.route.host) - hostRank(a.route.host) || b.route.path.length - a.route.path.length,
+    );
     for (const e of this.#entries) this.#prefixes.set(e, normalisePath(e.route.path));
   }
 

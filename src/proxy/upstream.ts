@@ -106,7 +106,11 @@ export function announcesBody(req: IncomingMessage): boolean {
  * Chunked bodies are always spooled — uwsgi needs CONTENT_LENGTH before the first body byte, as
  * nginx's client_body_buffer_size/client_body_temp do — in memory up to 1 MiB, then to a file.
  */
-export async function prepareBody(req: IncomingMessage, limit: number, opts: BodyOptions = {}): Promise<RequestBody | null> {
+export async function prepareBody(
+  req: IncomingMessage,
+  limit: number,
+  opts: BodyOptions = {},
+): Promise<RequestBody | null> {
   if (!announcesBody(req)) return null;
   let length = -1;
   if (req.headers['transfer-encoding'] === undefined) {
