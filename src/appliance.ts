@@ -12,7 +12,7 @@ import type { StratumConfig } from './config/schema.ts';
 import { parseAddress } from './config/schema.ts';
 import { AdminServer, sendJson } from './admin/server.ts';
 import { dashboardRoutes } from './admin/dashboard.ts';
-import { createLogger } from './observability/log.ts';
+import { createLogger, logDrained } from './observability/log.ts';
 import { Metrics, type RequestMetricsDump, type WorkerMetrics } from './observability/metrics.ts';
 import { createObserver, type Observer } from './observability/observer.ts';
 import { LiveFeed, liveListener, type LivePart } from './observability/live.ts';
@@ -68,6 +68,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     admin.close();
     await tracing?.shutdown().catch(() => {}); // bounded and logged by tracing.ts
     log.info('stopped');
+    await logDrained(log);
     process.exit(0);
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));

@@ -15,7 +15,7 @@ import { ClientBadRequest, rawHttpAnswer } from '../errors.ts';
 import { guardedListener, loadApp, type LoadedApp, type RequestListener } from '../host/app.ts';
 import { HostResponse } from '../host/response.ts';
 import { releaseStartupMemory } from '../memory.ts';
-import { createLogger } from '../observability/log.ts';
+import { createLogger, logDrained, type Logger } from '../observability/log.ts';
 import { LiveRecorder, liveListener } from '../observability/live.ts';
 import { Metrics } from '../observability/metrics.ts';
 import { createObserver, type Observer } from '../observability/observer.ts';
@@ -242,6 +242,7 @@ await listenOnFd(publicServer, spec.publicFd, config.pool.listen);
 // --- the front (worker topology) ----------------------------------------------------------------
 
 let front: FrontProxy | null = null;
+let frontLog: Logger | null = null;
 let observer: Observer | null = null;
 const live = workerTopology ? new LiveRecorder() : null;
 let appUpstream: { dispatch: { queueLength: number; rejected: number } } | null = null;
@@ -252,7 +253,7 @@ if (workerTopology) {
     import('../proxy/targets.ts'),
     import('../proxy/upstream-app.ts'),
   ]);
-  const log = createLogger(config.log.level);
+  const log = (frontLog = createLogger(config.log.level));
   const pool = new AppUpstream(served, app.upgrade, {
     label: `worker ${spec.id}`,
     maxInflight: config.pool.maxInflight,
@@ -321,6 +322,7 @@ async function finishDrain(): Promise<void> {
   await app.close().catch(() => {});
   await tracing?.shutdown().catch(() => {});
   harakiri.close();
+  if (frontLog) await logDrained(frontLog);
   process.exit(0);
 }
 
