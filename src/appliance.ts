@@ -48,7 +48,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   }
   const pool =
     mode === 'proxy' ? null : new (await import('./pool/supervisor.ts')).Supervisor(config, log, frontHandle);
-  const admin = new AdminServer(config);
+  const admin = new AdminServer(config, log);
   let ready = false;
   let proxy: FrontProxy | null = null;
   let live: LiveFeed | null = null;
