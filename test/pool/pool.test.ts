@@ -6,6 +6,7 @@ import http from 'node:http';
 import { copyFileSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import type { PoolStats } from '../../src/pool/stats.ts';
 import { makeTempDir, spawnTracked } from '../helpers/processes.ts';
 import { requirePeer, startNginx } from '../helpers/peers.ts';
 import { REPO_ROOT, STRATUM_BIN, startStratum, stopAllStratum, type StratumProcess } from '../helpers/stratum.ts';
@@ -113,32 +114,7 @@ const summary = (rs: Result[]) =>
       .map((r) => ({ status: r.status, error: r.error, body: r.body.slice(0, 100) })),
   );
 
-interface WorkerStats {
-  id: number;
-  pid: number;
-  state: string;
-  requests: number;
-  inflight: number;
-  exceptions: number;
-  harakiri: number;
-  rss: number;
-  avgMs: number;
-  startedAt: string;
-  respawns: number;
-  generation: number;
-}
-interface PoolStats {
-  workers: WorkerStats[];
-  queue: number;
-  queueLimit: number;
-  rejected: number;
-  reloads: number;
-  respawns: number;
-  harakiriKills: number;
-  harakiriTimeouts: number;
-  recycles: number;
-  socket: string | null;
-}
+type WorkerStats = PoolStats['workers'][number];
 
 async function stats(admin: string): Promise<PoolStats> {
   const r = await get(admin, '/stats', { timeoutMs: 5_000 });
