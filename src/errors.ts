@@ -193,8 +193,6 @@ export const ClientBodyTimeout = define('STRATUM_ERR_CLIENT_BODY_TIMEOUT', (seco
   `client sent no body bytes for ${seconds} s (client_body_timeout)`, { status: 408 });
 export const ClientClosed = define('STRATUM_ERR_CLIENT_CLOSED', () =>
   'client closed the connection before its request body was complete', { status: 499 });
-export const BodySpoolFailed = define('STRATUM_ERR_BODY_SPOOL', (cause: string) =>
-  `cannot buffer the request body to a temporary file: ${cause}`, { status: 500 });
 export const StaticForbidden = define('STRATUM_ERR_STATIC_FORBIDDEN', (path: string) =>
   `path escapes the static root: ${JSON.stringify(path)}`, { status: 403 });
 export const BodySpoolUnavailable = define('STRATUM_ERR_BODY_SPOOL_UNAVAILABLE', (errno: string, cause: string) =>

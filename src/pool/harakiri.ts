@@ -15,7 +15,7 @@
 // (start, limit, descriptor, head-sent flag) and its "METHOD path requestId" for the note.
 
 import { writeSync } from 'node:fs';
-import { HarakiriTimeout, rawHttpAnswer, UpstreamReset } from '../errors.ts';
+import { Harakiri, rawHttpAnswer, UpstreamReset } from '../errors.ts';
 import { Worker } from 'node:worker_threads';
 
 const SLOTS = 1024;
@@ -26,8 +26,8 @@ const TICK_MS = 100;
 /** The heartbeat must be this stale, beyond a request's limit, before the watchdog kills. */
 const BLOCKED_MS = 400;
 
-/** The 504 a request past harakiri gets (nginx answers an upstream timeout the same way). */
-export const HARAKIRI_RESPONSE = rawHttpAnswer(new HarakiriTimeout(0));
+/** The 504 the watchdog writes for a request whose blocked loop gets its worker killed. */
+export const HARAKIRI_RESPONSE = rawHttpAnswer(new Harakiri(process.pid, 0));
 
 /** What a request gets when its worker dies under it (nginx's answer to a vanished upstream). */
 export const BAD_GATEWAY = rawHttpAnswer(new UpstreamReset('worker', 'the process exited'));
