@@ -457,6 +457,33 @@ describe('max-requests', () => {
   });
 });
 
+describe('reload-on-rss', () => {
+  it('recycles a worker whose memory passed the limit, without failing a request', async () => {
+    const s = await serve({ pool: { workers: 1 } }, ['--reload-on-rss', '200']);
+    try {
+      const before = s.workers[0]!;
+      // 40 MiB kept per request: past 200 MiB within a few; the rest of the load keeps going meanwhile.
+      const grow = (i: number) => (i < 6 ? '/grow?mb=40' : '/pid');
+      const results = await runLoad({ base: s.front!, path: grow, total: 300, concurrency: 4 });
+      expect(failed(results).length, summary(results)).toBe(0);
+      const st = await waitFor(
+        'the worker recycled',
+        async () => {
+          const x = await stats(s.admin);
+          const w = x.workers[0];
+          return x.recycles >= 1 && x.workers.length === 1 && w && w.pid !== before && serving(w) ? x : undefined;
+        },
+        10_000,
+      );
+      expect(st.respawns).toBe(0);
+      expect(st.workers[0]!.rss).toBeLessThan(200 * 1024 * 1024);
+      expect((await get(s.front!, '/pid')).status).toBe(200);
+    } finally {
+      await stopClean(s);
+    }
+  });
+});
+
 // --- 4. rolling reload ---------------------------------------------------------------------------
 
 describe('rolling reload', () => {
