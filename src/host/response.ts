@@ -52,6 +52,20 @@ export class HostResponse<R extends IncomingMessage = IncomingMessage> extends S
     return out;
   }
 
+  /**
+   * Stratum answers in the app's place (harakiri, a broken worker): a short error page when no head
+   * has gone out yet (and the connection closes after it), else the response is cut; from here on
+   * what the app still writes is dropped.
+   */
+  abandon(statusCode: number, text: string): void {
+    if (!this.headersSent) {
+      this.stratumHead = null;
+      this.shouldKeepAlive = false;
+      this.answer(statusCode, ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'], text);
+    } else this.destroy();
+    this.stratumAbandon = true;
+  }
+
   /** Stratum's own short answer (an error page), written even when the app's writes are dropped. */
   answer(statusCode: number, headers: string[], body: string | undefined): void {
     this.#proxyWrites = true;

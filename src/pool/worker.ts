@@ -68,15 +68,7 @@ process.on('uncaughtException', (err) => {
   if (broken) return;
   broken = true;
   for (const res of holding) {
-    if (res.headersSent) continue;
-    res.stratumHead = null;
-    res.shouldKeepAlive = false;
-    res.answer(
-      500,
-      ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'],
-      'Internal Server Error\n',
-    );
-    res.stratumAbandon = true;
+    if (!res.headersSent) res.abandon(500, 'Internal Server Error\n');
   }
   front?.drain(0);
   // The counts go out now: this worker may be gone before its next report.
@@ -173,16 +165,7 @@ uwsgiServer.on(
         // Slow, with the loop alive: 504 now (Connection: close), the app's late writes dropped.
         watch.done();
         const out = res as HostResponse;
-        if (!out.headersSent) {
-          out.stratumHead = null;
-          out.shouldKeepAlive = false;
-          out.answer(
-            504,
-            ['content-type', 'text/plain; charset=utf-8', 'cache-control', 'no-store'],
-            'Gateway Timeout\n',
-          );
-        } else out.destroy();
-        out.stratumAbandon = true;
+        out.abandon(504, 'Gateway Timeout\n');
       },
     );
     const stamp = res.stratumHead;

@@ -13,11 +13,11 @@ import type { Duplex, Readable } from 'node:stream';
 import { HarakiriTimeout } from '../errors.ts';
 import type { RequestListener, UpgradeHandler } from '../host/app.ts';
 import { refuseUpgrade } from '../host/app.ts';
-import { Dispatcher, isTicket } from '../pool/dispatch.ts';
+import { Dispatcher } from '../pool/dispatch.ts';
 import { socketFd, type HarakiriKeeper } from '../pool/harakiri.ts';
 import { httpRequestHeaders, type ForwardInfo } from './forward.ts';
 import type { HostResponse } from '../host/response.ts';
-import type { ProxyContext, RequestBody, Upstream, UpgradeContext } from './upstream.ts';
+import { slotFor, type ProxyContext, type RequestBody, type Upstream, type UpgradeContext } from './upstream.ts';
 
 const http = process.getBuiltinModule('node:http');
 
@@ -55,13 +55,8 @@ export class AppUpstream implements Upstream {
 
   handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
     const got = this.dispatch.acquire(this.#opts.queueTimeoutMs);
-    if (!isTicket(got)) return this.#serve(ctx, body);
-    // Waiting for a slot: a client that goes away leaves the queue at once.
-    ctx.onClientGone = () => got.cancel();
-    return got.promise.then(() => {
-      ctx.onClientGone = null;
-      return this.#serve(ctx, body);
-    });
+    const slot = slotFor(got, ctx);
+    return slot instanceof Promise ? slot.then(() => this.#serve(ctx, body)) : this.#serve(ctx, body);
   }
 
   #serve(ctx: ProxyContext, body: RequestBody | null): Promise<void> {

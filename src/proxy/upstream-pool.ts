@@ -6,10 +6,9 @@
 import { HARAKIRI_VAR } from '../uwsgi/server.ts';
 import type { StratumError } from '../errors.ts';
 import type { Ticket } from '../pool/dispatch.ts';
-import { isTicket } from '../pool/dispatch.ts';
 import type { UwsgiClient } from '../uwsgi/client.ts';
 import { uwsgiExchange } from './upstream-uwsgi.ts';
-import type { ProxyContext, RequestBody, Upstream } from './upstream.ts';
+import { slotFor, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
 
 /** A slot on one worker, as the front sees it. */
 export interface WorkerSlot {
@@ -42,13 +41,8 @@ export class PoolUpstream implements Upstream {
   async handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       const got = this.#pool.acquire(this.#queueTimeoutMs);
-      let slot: WorkerSlot;
-      if (isTicket(got)) {
-        // Waiting in the listen queue: a client that goes away leaves it at once.
-        ctx.onClientGone = () => got.cancel();
-        slot = await got.promise;
-        ctx.onClientGone = null;
-      } else slot = got;
+      const queued = slotFor(got, ctx);
+      const slot: WorkerSlot = queued instanceof Promise ? await queued : queued;
       ctx.workerPid = slot.pid;
       ctx.upstreamLabel = `worker ${slot.id}`;
       try {

@@ -12,6 +12,7 @@ import type { Route } from '../config/schema.ts';
 import { BodySpoolUnavailable, BodyTooLarge, ClientBodyTooSlow, ClientClosed, StratumError } from '../errors.ts';
 import type { ForwardInfo } from './forward.ts';
 import type { HostResponse } from '../host/response.ts';
+import { isTicket, type Ticket } from '../pool/dispatch.ts';
 
 export interface UpstreamTimings {
   /** performance.now() marks; 0 when not reached. */
@@ -298,4 +299,17 @@ class SpoolFile {
 export function sendHead(ctx: ProxyContext, statusCode: number, statusMessage: string, headers: string[]): void {
   ctx.beforeHead(headers);
   ctx.res.writeHead(statusCode, statusMessage || undefined, headers);
+}
+
+/**
+ * A slot for ctx: at once, or once the queue hands one over. While it waits, a client that goes
+ * away leaves the queue at once (both pool upstreams queue the same way).
+ */
+export function slotFor<T>(got: T | Ticket<T>, ctx: ProxyContext): T | Promise<T> {
+  if (!isTicket(got)) return got;
+  ctx.onClientGone = () => got.cancel();
+  return got.promise.then((slot) => {
+    ctx.onClientGone = null;
+    return slot;
+  });
 }
