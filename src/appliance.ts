@@ -21,11 +21,14 @@ import { releaseStartupMemory } from './memory.ts';
 import { startTracing } from './observability/tracing.ts';
 import { bindSocket, boundPort, type BoundSocket } from './pool/sockets.ts';
 import type { FrontProxy } from './proxy/server.ts';
+import { sumConnections } from './proxy/conn-cap.ts';
+import { raiseFdLimit } from './pool/rlimit.ts';
 
 type Mode = 'serve' | 'pool' | 'proxy';
 
 async function run(config: StratumConfig, mode: Mode): Promise<void> {
   const log = createLogger(config.log.level);
+  raiseFdLimit(log); // before any worker is forked: they inherit it
   const tracing = await startTracing(config.tracing, 'master');
   const metrics = config.metrics.enabled ? new Metrics() : null;
   const frontInWorkers = mode === 'serve' && config.topology === 'worker';
@@ -109,7 +112,9 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   }
   const parts =
     frontInWorkers && pool ? async () => (await pool.ask({ what: 'live' })).map((r) => r.data as LivePart) : undefined;
-  live = new LiveFeed({ pool: () => pool?.stats() ?? null, health: () => upstreamHealth(), parts });
+  const connections = () =>
+    proxy ? [proxy.connections] : sumConnections(pool?.workers.map((w) => w.status.connections) ?? []);
+  live = new LiveFeed({ pool: () => pool?.stats() ?? null, health: () => upstreamHealth(), parts, connections });
   if (observer) observer.listeners.push(liveListener(live.recorder));
   for (const route of dashboardRoutes()) admin.add(route);
   admin.add({ method: 'GET', path: '/live', handler: (req, res) => live.stream(req, res) });
@@ -208,6 +213,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
       upstreamHealth = health(routes);
       if (routes.entries.some((e) => e.upstream.kind === 'uwsgi')) metrics?.attachUpstreamHealth(upstreamHealth);
       proxy = new FrontProxy(config, routes, log, observer!);
+      metrics?.attachFront(proxy);
       frontUrl = await proxy.listen();
     }
     adminUrl = await admin.listen();

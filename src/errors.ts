@@ -207,6 +207,14 @@ export const ClientBodyTooSlow = define('STRATUM_ERR_CLIENT_BODY_SLOW', (rate: n
   status: 408,
   hint: 'A trickled body holds a connection and its buffer; lower proxy.clientBodyMinRate or raise its grace.',
 });
+export const ConnectionLimitReached = define('STRATUM_ERR_CONNECTION_LIMIT', (listener: string, limit: number) =>
+  `connection refused: ${listener} already holds proxy.maxConnections (${limit}) client connections`, {
+  status: 503,
+  hint: 'Answered at once with 503, Retry-After: 1 and Connection: close (a TLS listener closes the connection), ' +
+    'counted in stratum_connections_refused_total, logged at most once per 10 s. The cap is per process that ' +
+    'runs the front (each worker in the worker topology); raise proxy.maxConnections or the open-file limit.',
+  data: (listener: string, limit: number) => ({ listener, limit }),
+});
 
 // --- admin (src/admin/server.ts) ----------------------------------------------------------
 area('admin surface (src/admin/)');

@@ -118,7 +118,7 @@ function showLink(): void {
 function render(): void {
   const last = ticks.at(-1);
   const sum = summarize(ticks, NOW_SECONDS);
-  summary.update(sum, last?.pool ?? null);
+  summary.update(sum, last?.pool ?? null, last?.connections);
   latency.update(ticks, windowMs, sum);
   timeShare.update(ticks, windowMs, sum);
   traffic.update(ticks, windowMs, sum);

@@ -6,6 +6,7 @@ import type { LiveTick, Quantiles } from '../../src/observability/live.ts';
 export type { LiveTick, Quantiles } from '../../src/observability/live.ts';
 export type { RecentTrace, TraceSpan } from '../../src/observability/recent.ts';
 export type { PoolStats } from '../../src/pool/supervisor.ts';
+export type { ConnectionCounts } from '../../src/proxy/conn-cap.ts';
 
 export type LayerKey = 'proxy' | 'queue' | 'worker' | 'app';
 export type StatusClass = '2xx' | '3xx' | '4xx' | '5xx';

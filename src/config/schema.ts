@@ -525,6 +525,17 @@ export const schema = z
             serverTiming: bool()
               .default(true)
               .describe('Add a `Server-Timing` response header with the time spent in each layer.'),
+            maxConnections: int(1)
+              .nullable()
+              .default(null)
+              .describe(
+                'Most client connections one process running the front holds (nginx `worker_connections`): each ' +
+                  'worker in the worker topology, the master in the master topology and in proxy mode. Past it a new ' +
+                  'connection gets 503 with Connection: close at once (a TLS listener closes it), counted in ' +
+                  '`stratum_connections_refused_total`. null = from the open-file soft limit: (limit - reserve) / 2, ' +
+                  'reserve = max(128, limit / 10), e.g. 9000 at 20000 descriptors.',
+              )
+              .meta({ docDefault: 'null (from the open-file limit)' }),
           },
           { error: expected('a mapping') },
         )

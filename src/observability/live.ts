@@ -9,6 +9,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { LayerTimes } from './layers.ts';
 import type { ProxyContext } from '../proxy/upstream.ts';
 import type { PoolStats } from '../pool/stats.ts';
+import type { ConnectionCounts } from '../proxy/conn-cap.ts';
 
 const LAYER_NAMES = ['proxy', 'queue', 'worker', 'app'] as const;
 const RESERVOIR = 2000;
@@ -34,6 +35,8 @@ export interface LiveTick {
   routes: Array<{ route: string; rate: number; errors: number; p95: number }>;
   upstreams: Array<{ target: string; kind: string; rate: number; errors: number; p95: number; up: boolean }>;
   pool: PoolStats | null;
+  /** The front's client connections per listener, against proxy.maxConnections (summed over workers). */
+  connections?: ConnectionCounts[];
 }
 
 interface ReservoirJson {
@@ -171,14 +174,17 @@ export class LiveFeed {
   #pool: () => PoolStats | null;
   #health: () => Array<{ target: string; up: boolean }>;
   #parts: () => Promise<LivePart[]>;
+  #connections: () => ConnectionCounts[];
 
   constructor(opts: {
     pool: () => PoolStats | null;
     health: () => Array<{ target: string; up: boolean }>;
     parts?: () => Promise<LivePart[]>;
+    connections?: () => ConnectionCounts[];
     historySize?: number;
   }) {
     this.#pool = opts.pool;
+    this.#connections = opts.connections ?? (() => []);
     this.#health = opts.health;
     this.#parts = opts.parts ?? (() => Promise.resolve([]));
     this.historySize = opts.historySize ?? 300;
@@ -229,6 +235,7 @@ export class LiveFeed {
         up: health.get(target) ?? true,
       })),
       pool: this.#pool(),
+      connections: this.#connections(),
     };
     for (const h of health.keys())
       if (!upstreams.has(h))

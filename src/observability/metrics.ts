@@ -13,6 +13,18 @@ import { Histogram3, type HistogramDump } from './histogram.ts';
 
 type MetricJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>[number];
 import type { PoolCounters, WorkerState } from '../pool/stats.ts';
+import { sumConnections, type ConnectionCounts } from '../proxy/conn-cap.ts';
+
+/** What a front counts itself (src/proxy/server.ts), read at scrape time. */
+export interface FrontView {
+  readonly connections: ConnectionCounts;
+  readonly spoolFailures: ReadonlyMap<string, number>;
+}
+/** The same, as plain data in a worker's dump. */
+interface FrontDump {
+  connections: ConnectionCounts;
+  spoolFailures: Array<[string, number]>;
+}
 
 /** What the pool gauges read at scrape time (the Supervisor provides it). */
 export interface PoolView {
@@ -63,6 +75,8 @@ export interface RequestMetricsDump {
   client: HistogramDump;
   requests: Array<{ labels: Record<string, string | number>; value: number }>;
   upstreamErrors: Array<{ labels: Record<string, string | number>; value: number }>;
+  /** The worker's front: connections and spool failures (absent from a dump without a front). */
+  front?: FrontDump | null;
 }
 
 /** What a worker answers the master's scrape with. */
@@ -118,9 +132,63 @@ export class Metrics {
   /** Request metrics of workers that have exited, kept so the sums never go down. */
   #retired: RequestMetricsDump[] = [];
 
+  /** The front in this process, if any; with #sumWorkers, the workers' fronts summed by #absorb instead. */
+  #front: FrontView | null = null;
+  #frontSum: { connections: ConnectionCounts[]; spoolFailures: Map<string, number> } | null = null;
+
   constructor(processLabel = 'master') {
     client.collectDefaultMetrics({ register: this.processRegistry });
     this.processRegistry.setDefaultLabels({ worker: processLabel });
+    const front = () => this.#frontTotals();
+    const gauge = (name: string, help: string, read: (c: ConnectionCounts) => number) =>
+      new client.Gauge({
+        name,
+        help,
+        labelNames: ['listener'] as const,
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const c of front()?.connections ?? []) this.set({ listener: c.listener }, read(c));
+        },
+      });
+    gauge('stratum_connections', 'Client connections open on the front, summed over the processes running it.', (c) =>
+      c.open,
+    );
+    gauge(
+      'stratum_connections_limit',
+      'proxy.maxConnections, summed over the processes running the front (each worker in the worker topology).',
+      (c) => c.limit,
+    );
+    const refused = this.#counter(
+      'stratum_connections_refused_total',
+      'Client connections refused at once because proxy.maxConnections was reached (503, or closed for TLS).',
+      ['listener'],
+    );
+    const spool = this.#counter(
+      'stratum_body_spool_failures_total',
+      'Request bodies that could not be spooled to the temp dir (answered 507), by errno.',
+      ['errno'],
+    );
+    // Absolute totals from the fronts, set at each scrape (they only grow: retired workers stay in the sums).
+    (refused as unknown as { collect: () => void }).collect = () => {
+      refused.reset();
+      for (const c of front()?.connections ?? []) refused.inc({ listener: c.listener }, c.refused);
+    };
+    (spool as unknown as { collect: () => void }).collect = () => {
+      spool.reset();
+      for (const [errno, n] of front()?.spoolFailures ?? []) spool.inc({ errno }, n);
+    };
+  }
+
+  /** The front running in this process (its counts are read at every scrape and dump). */
+  attachFront(view: FrontView): void {
+    this.#front = view;
+  }
+
+  #frontTotals(): { connections: ConnectionCounts[]; spoolFailures: Iterable<[string, number]> } | null {
+    if (this.#sumWorkers) return this.#frontSum;
+    const f = this.#front;
+    return f ? { connections: [f.connections], spoolFailures: f.spoolFailures } : null;
   }
 
   /** This process's request metrics, for the master (worker topology). */
@@ -133,6 +201,9 @@ export class Metrics {
       client: this.clientDuration.dump(),
       requests: await values(this.requests),
       upstreamErrors: await values(this.upstreamErrors),
+      front: this.#front
+        ? { connections: this.#front.connections, spoolFailures: [...this.#front.spoolFailures] }
+        : null,
     };
   }
 
@@ -155,6 +226,18 @@ export class Metrics {
       for (const v of d.requests) this.requests.inc(v.labels as never, v.value);
       for (const v of d.upstreamErrors) this.upstreamErrors.inc(v.labels as never, v.value);
     }
+    // Connections open and their caps are the live workers'; refusals and spool failures also the retired ones'.
+    const spoolFailures = new Map<string, number>();
+    const retired = this.#retired.flatMap((d) => (d.front ? [{ ...d.front.connections, open: 0, limit: 0 }] : []));
+    for (const d of [...this.#retired, ...dumps]) {
+      for (const [errno, n] of d.front?.spoolFailures ?? []) {
+        spoolFailures.set(errno, (spoolFailures.get(errno) ?? 0) + n);
+      }
+    }
+    this.#frontSum = {
+      connections: sumConnections([...retired, ...dumps.map((d) => d.front?.connections)]),
+      spoolFailures,
+    };
   }
 
   #counter<L extends string>(name: string, help: string, labelNames: readonly L[]) {

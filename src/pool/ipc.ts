@@ -4,6 +4,7 @@
 // the live feed's last second) when someone reads it.
 
 import type { StratumConfig } from '../config/schema.ts';
+import type { ConnectionCounts } from '../proxy/conn-cap.ts';
 
 export type Topology = StratumConfig['topology'];
 
@@ -46,6 +47,8 @@ export interface WorkerStatus {
   rejected: number;
   /** Passive health of the external uwsgi servers as this worker's front sees them. */
   upstreams: Array<{ target: string; up: boolean }>;
+  /** This worker's front: its open client connections, its proxy.maxConnections and its refusals (worker topology). */
+  connections?: ConnectionCounts;
 }
 
 /** What the master can ask every worker for; the answer comes back as a `reply` with the same seq. */

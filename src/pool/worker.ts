@@ -251,6 +251,7 @@ if (workerTopology) {
   upstreamHealth = healthOf(routes);
   front = new FrontProxy(config, routes, log, observer);
   await front.listenOn(spec.frontFd);
+  metrics?.attachFront(front);
 }
 
 releaseStartupMemory();
@@ -272,6 +273,7 @@ function sendStatus(): void {
     queued: appUpstream?.dispatch.queueLength ?? 0,
     rejected: appUpstream?.dispatch.rejected ?? 0,
     upstreams: upstreamHealth(),
+    connections: front?.connections,
   });
 }
 const statusTimer = setInterval(() => {

@@ -17,6 +17,7 @@ import type { Logger } from 'pino';
 import type { StratumConfig } from '../config/schema.ts';
 import { listenOnFd } from '../pool/sockets.ts';
 import {
+  BodySpoolUnavailable,
   ClientBadRequest,
   ClientBodyTimeout,
   ClientHeadersTooLarge,
@@ -28,6 +29,8 @@ import {
 } from '../errors.ts';
 import type { RouteTable } from './routes.ts';
 import { HostResponse } from '../host/response.ts';
+import { BurstLog } from '../observability/burst.ts';
+import { ConnectionCap, maxConnections, type ConnectionCounts } from './conn-cap.ts';
 import {
   announcesBody,
   prepareBody,
@@ -118,6 +121,12 @@ export class FrontProxy {
   #closing = false;
   #idleWaiters: Array<() => void> = [];
   #drainTimer: NodeJS.Timeout | null = null;
+  /** proxy.maxConnections, and the raw client connections it counts (TLS ones from before their handshake). */
+  #cap: ConnectionCap;
+  #open = 0;
+  /** Bodies that could not be spooled, by errno: counted, and logged once per burst rather than once each. */
+  readonly spoolFailures = new Map<string, number>();
+  #spoolLog: BurstLog;
   // Per-connection state lives on the socket itself (FrontSocket), not in WeakMaps: a WeakMap set and
   // delete per request cost measurable CPU and GC time on this path (`npm run bench -- --cpu-prof`).
   #goneWaiters: Array<() => void> = [];
@@ -156,6 +165,23 @@ export class FrontProxy {
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.#clientError(err, socket));
     this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#upgrade(req, socket, head));
+    this.#cap = new ConnectionCap(maxConnections(config.proxy.maxConnections), config.listen, log);
+    // An https server has TLS contexts: a refused connection there is closed, a plain one gets a 503.
+    const plainHttp = !('addContext' in this.server);
+    const closed = () => this.#open--;
+    this.server.on('connection', (socket: Socket) => {
+      if (this.#open >= this.#cap.limit) {
+        this.#lingering.add(socket); // a request it still sends is dropped (#serve)
+        return this.#cap.refuse(socket, plainHttp);
+      }
+      this.#open++;
+      socket.once('close', closed);
+    });
+    this.#spoolLog = new BurstLog(
+      (fields, msg) => log.warn(fields, msg),
+      'more request bodies could not be spooled (507)',
+      { code: BodySpoolUnavailable.code },
+    );
   }
 
   /**
@@ -223,6 +249,11 @@ export class FrontProxy {
 
   get inflight(): number {
     return this.#inflight;
+  }
+
+  /** Open client connections against proxy.maxConnections, and those refused since start. */
+  get connections(): ConnectionCounts {
+    return this.#cap.counts(this.#open);
   }
 
   /** Listen on config.listen (the master topology; workers accept on the master's listener instead). */
@@ -468,18 +499,21 @@ export class FrontProxy {
     }
     ctx.error = e;
     const level = e.statusCode >= 500 ? 'warn' : 'info';
-    this.#log[level](
-      {
-        code: e.code,
-        method: req.method,
-        path: req.url,
-        requestId: ctx.forward.requestId,
-        route: ctx.routeLabel,
-        upstream: ctx.upstreamLabel,
-        workerPid: ctx.workerPid || undefined,
-      },
-      e.message,
-    );
+    const fields = {
+      code: e.code,
+      method: req.method,
+      path: req.url,
+      requestId: ctx.forward.requestId,
+      route: ctx.routeLabel,
+      upstream: ctx.upstreamLabel,
+      workerPid: ctx.workerPid || undefined,
+    };
+    if (e.code === BodySpoolUnavailable.code) {
+      // A full or read-only temp dir fails every large body alike: a line per burst, not per request.
+      const errno = (e as StratumError & { errno?: string }).errno ?? 'EIO';
+      this.spoolFailures.set(errno, (this.spoolFailures.get(errno) ?? 0) + 1);
+      this.#spoolLog.hit(errno, fields, e.message);
+    } else this.#log[level](fields, e.message);
     if (res.headersSent || res.destroyed) {
       res.destroy();
       return;

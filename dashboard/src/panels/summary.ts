@@ -4,7 +4,7 @@
 import { h } from '../dom.ts';
 import { ms, pct, rate } from '../format.ts';
 import { LAYER, swatch } from '../palette.ts';
-import { LAYER_KEYS, type LayerKey, type PoolStats, type WindowSummary } from '../model.ts';
+import { LAYER_KEYS, type ConnectionCounts, type LayerKey, type PoolStats, type WindowSummary } from '../model.ts';
 
 /** ms of the mean request spent in each layer (a request outside the pool counts as proxy). */
 export function layerShares(sum: WindowSummary): Record<LayerKey, number> {
@@ -35,7 +35,7 @@ export class SummaryPanel {
     this.root = h('section', { class: 'summary', 'aria-label': 'Now' }, this.#verdict, cards);
   }
 
-  update(sum: WindowSummary, pool: PoolStats | null): void {
+  update(sum: WindowSummary, pool: PoolStats | null, connections: readonly ConnectionCounts[] = []): void {
     const shares = layerShares(sum);
     const whole = LAYER_KEYS.reduce((a, k) => a + shares[k], 0);
     if (sum.slowest) {
@@ -84,6 +84,14 @@ export class SummaryPanel {
         h('p', { class: 'role' }, `all routes, last ${sum.seconds} s`),
         h('p', { class: 'big' }, rate(sum.rate)),
         h('p', { class: 'sub' }, sum.total.count ? `p95 ${ms(sum.total.p95)} overall` : 'no requests'),
+        ...connections.map((c) =>
+          h(
+            'p',
+            { class: `sub ${c.refused > 0 || c.open >= c.limit * 0.9 ? 'warn' : ''}`, 'data-testid': 'connections' },
+            `connections ${c.open.toLocaleString('en')} / ${c.limit.toLocaleString('en')}`,
+            c.refused > 0 ? ` · refused ${c.refused.toLocaleString('en')}` : '',
+          ),
+        ),
       );
     const errorCard = this.#cards.get('errors')!;
     errorCard.classList.toggle('alarm', errs > 0);
