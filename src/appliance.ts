@@ -47,10 +47,20 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     frontUrl =
       a.kind === 'unix'
         ? `unix:${a.path}`
-        : `http://${a.host.includes(':') ? `[${a.host}]` : a.host}:${boundPort(frontHandle, a)}`;
+        : `${config.tls ? 'https' : 'http'}://${a.host.includes(':') ? `[${a.host}]` : a.host}:` +
+          `${boundPort(frontHandle, a)}`;
   }
   const pool =
     mode === 'proxy' ? null : new (await import('./pool/supervisor.ts')).Supervisor(config, log, frontHandle);
+  // The master's copy of the certificates: the expiry metric, SIGHUP's reload, and (worker topology)
+  // the last good copy the workers fall back on (src/proxy/tls.ts).
+  const certs =
+    config.tls && mode !== 'pool'
+      ? new (await import('./proxy/tls.ts')).TlsStore(config.tls, log, { snapshot: frontInWorkers })
+      : null;
+  // Registered without TLS too (no series then): the alert rule's metric always exists.
+  metrics?.attachTls(() => certs?.expiries() ?? []);
+  if (certs && frontInWorkers) certs.watch();
   const admin = new AdminServer(config, log);
   let ready = false;
   let proxy: FrontProxy | null = null;
@@ -68,6 +78,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     await proxy?.close(grace);
     await pool?.stop();
     frontHandle?.close();
+    certs?.close();
     admin.close();
     await tracing?.shutdown().catch(() => {}); // bounded and logged by tracing.ts
     log.info('stopped');
@@ -77,6 +88,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGHUP', () => {
+    certs?.reload('SIGHUP');
     if (pool) void pool.reload();
   });
 
@@ -212,7 +224,7 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
       const routes = await buildRoutes(config, pool ? new PoolUpstream(pool, config.proxy.readTimeout * 1000) : null);
       upstreamHealth = health(routes);
       if (routes.entries.some((e) => e.upstream.kind === 'uwsgi')) metrics?.attachUpstreamHealth(upstreamHealth);
-      proxy = new FrontProxy(config, routes, log, observer!);
+      proxy = new FrontProxy(config, routes, log, observer!, { tls: certs ?? undefined });
       metrics?.attachFront(proxy);
       frontUrl = await proxy.listen();
     }

@@ -83,6 +83,8 @@ const FLAG_HELP: Record<keyof typeof FLAG_OVERRIDES, string> = {
   logLevel: LOG_LEVELS.join('|'),
   topology:
     'worker (the front in every worker, the default) | master (the front in the master, uwsgi to the workers)',
+  tlsCert: 'serve the front over TLS with this PEM certificate (chain), the default one for SNI',
+  tlsKey: 'the PEM private key of --tls-cert',
 };
 
 export async function main(argv: string[], io: Partial<CliIO> = {}): Promise<number> {

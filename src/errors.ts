@@ -304,6 +304,17 @@ export const ListenFailed = define('STRATUM_ERR_LISTEN', (address: string, why: 
   data: (address: string) => ({ address }),
 });
 
+// --- TLS (src/proxy/tls.ts) --------------------------------------------------------------
+area('TLS (src/proxy/tls.ts)');
+export const TlsCertificateInvalid = define('STRATUM_ERR_TLS_CERT', (file: string, why: string) =>
+  `${file}: ${why}`, {
+  status: null,
+  exit: EXIT_USAGE,
+  hint: 'At start it stops start-up (unreadable, not PEM, the key does not match, expired, not yet valid); at a ' +
+    'reload (SIGHUP or the file changed) it is logged and the certificate already loaded stays in use.',
+  data: (file: string) => ({ file }),
+});
+
 // --- config (src/config/) -----------------------------------------------------------------
 area('configuration (src/config/)');
 export const ConfigInvalid = define('STRATUM_ERR_CONFIG', (path: string, what: string) =>

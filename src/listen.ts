@@ -4,7 +4,13 @@
 import type { Server } from 'node:net';
 import { parseAddress } from './config/schema.ts';
 
-export function listenAt(server: Server, address: string, field: string, backlog = 511): Promise<string> {
+export function listenAt(
+  server: Server,
+  address: string,
+  field: string,
+  backlog = 511,
+  scheme: 'http' | 'https' = 'http',
+): Promise<string> {
   const a = parseAddress(address, field);
   return new Promise((resolve, reject) => {
     server.once('error', reject);
@@ -14,7 +20,7 @@ export function listenAt(server: Server, address: string, field: string, backlog
       resolve(
         typeof addr === 'string'
           ? `unix:${addr}`
-          : `http://${addr!.family === 'IPv6' ? `[${addr!.address}]` : addr!.address}:${addr!.port}`,
+          : `${scheme}://${addr!.family === 'IPv6' ? `[${addr!.address}]` : addr!.address}:${addr!.port}`,
       );
     };
     if (a.kind === 'unix') server.listen({ path: a.path, backlog }, done);

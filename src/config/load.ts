@@ -8,6 +8,7 @@ import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigInvalid, type StratumError } from '../errors.ts';
 import { schema, show, type StratumConfig } from './schema.ts';
+import { loadCertificates } from '../proxy/tls.ts';
 
 export type Mode = 'serve' | 'pool' | 'proxy' | 'check';
 
@@ -26,6 +27,8 @@ export type Flags = {
   reloadOnRss: string | number;
   logLevel: string;
   topology: string;
+  tlsCert: string;
+  tlsKey: string;
 };
 
 type Override = { path: string; numeric?: boolean };
@@ -40,6 +43,8 @@ export const ENV_OVERRIDES: Readonly<Record<string, Override>> = {
   STRATUM_APP: { path: 'app.module' },
   STRATUM_LOG_LEVEL: { path: 'log.level' },
   STRATUM_TOPOLOGY: { path: 'topology' },
+  STRATUM_TLS_CERT: { path: 'tls.cert' },
+  STRATUM_TLS_KEY: { path: 'tls.key' },
 };
 
 /** Scalar flags and the config field each one sets; `route` is handled apart (it replaces a list). */
@@ -57,6 +62,8 @@ export const FLAG_OVERRIDES: Readonly<
   reloadOnRss: { flag: '--reload-on-rss', value: 'MIB', path: 'pool.reloadOnRss', numeric: true },
   logLevel: { flag: '--log-level', value: 'LEVEL', path: 'log.level' },
   topology: { flag: '--topology', value: 'worker|master', path: 'topology' },
+  tlsCert: { flag: '--tls-cert', value: 'FILE', path: 'tls.cert' },
+  tlsKey: { flag: '--tls-key', value: 'FILE', path: 'tls.key' },
 };
 
 export type LoadOptions = {
@@ -205,6 +212,16 @@ function resolvePaths(layer: unknown, base: string, rawModule: { value?: string 
     const s = out.pool.socket;
     const path = s.startsWith('unix:') ? s.slice(5) : s;
     if (path.includes('/') && !isAbsolute(path)) out.pool = { ...out.pool, socket: resolve(base, path) };
+  }
+  if (isTree(out.tls)) {
+    const fix = (v: unknown) => (typeof v === 'string' && v !== '' ? resolve(base, v) : v);
+    const t: Tree = { ...out.tls, cert: fix(out.tls.cert), key: fix(out.tls.key) };
+    if (Array.isArray(t.certificates))
+      t.certificates = t.certificates.map((c: unknown) =>
+        isTree(c) ? { ...c, cert: fix(c.cert), key: fix(c.key) } : c,
+      );
+    for (const k of ['cert', 'key']) if (t[k] === undefined) delete t[k];
+    out.tls = t;
   }
   if (Array.isArray(out.routes)) {
     out.routes = out.routes.map((r: unknown) => {
@@ -356,6 +373,8 @@ function checkMode(config: StratumConfig, mode: Mode, rawModule: string | undefi
     if (!st) throw new ConfigInvalid('app.module', `file not found: ${shown}${where}`);
     if (!st.isFile()) throw new ConfigInvalid('app.module', `not a file: ${shown}${where}`);
   }
+  // nginx -t loads the certificates too: a bad one stops start-up with one line naming its file.
+  if (config.tls && mode !== 'pool') loadCertificates(config.tls);
   if (mode === 'pool' && config.pool.socket === null) {
     throw new ConfigInvalid(
       'pool.socket',

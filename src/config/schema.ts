@@ -259,6 +259,94 @@ const route = z
     return targets.length === raws.length ? { ...r, targets } : z.NEVER;
   });
 
+// --- TLS (src/proxy/tls.ts) -------------------------------------------------------------------
+
+/** Mozilla's "intermediate" TLS 1.2 suites (forward secrecy, AEAD only); TLS 1.3 keeps OpenSSL's three. */
+export const TLS_DEFAULT_CIPHERS = [
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
+const pemFile = (what: string) =>
+  z.string({ error: expected(`the path of a PEM ${what} file`) }).min(1, { error: expected(`a PEM ${what} file`) });
+const SNI_NAME = /^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/;
+
+const tlsCertificate = z.strictObject(
+  {
+    cert: pemFile('certificate').describe('PEM certificate chain: the certificate first, then intermediates.'),
+    key: pemFile('private key').describe('PEM private key of the certificate.'),
+    names: z
+      .array(
+        z
+          .string({ error: expected('a host name or *.wildcard') })
+          .transform((h) => h.toLowerCase())
+          .refine((h) => SNI_NAME.test(h), { error: expected('a host name like "example.com" or "*.example.com"') }),
+        { error: expected('a list of host names') },
+      )
+      .nullable()
+      .default(null)
+      .describe(
+        'SNI names this certificate answers (exact, or `*.example.com` for one label); null = the DNS names of ' +
+          'its subjectAltName (its CN when it has none).',
+      ),
+  },
+  { error: expected('a mapping with cert and key') },
+);
+
+const tlsSettings = z
+  .strictObject(
+    {
+      cert: pemFile('certificate')
+        .nullable()
+        .default(null)
+        .describe('Certificate of the default entry (--tls-cert), put first in `certificates`.'),
+      key: pemFile('private key').nullable().default(null).describe('Its private key (--tls-key).'),
+      certificates: z
+        .array(tlsCertificate, { error: expected('a list of {cert, key, names} mappings') })
+        .default([])
+        .describe(
+          'Certificates chosen by the SNI name the client sends: an exact name wins over a `*.` one; a client ' +
+            'that sends none, or an unknown name, gets the first (nginx: one `server` per certificate).',
+        ),
+      minVersion: z
+        .enum(['TLSv1.2', 'TLSv1.3'], { error: expected('"TLSv1.2" or "TLSv1.3"') })
+        .default('TLSv1.2')
+        .describe('Oldest protocol accepted (nginx `ssl_protocols`); older ones never are.'),
+      ciphers: z
+        .string({ error: expected('an OpenSSL cipher list') })
+        .min(1, { error: expected('an OpenSSL cipher list') })
+        .default(TLS_DEFAULT_CIPHERS)
+        .describe('TLS 1.2 cipher suites, an OpenSSL list (nginx `ssl_ciphers`); the default is forward-secret AEAD.')
+        .meta({ docDefault: "Mozilla's intermediate list (ECDHE with AES-GCM or ChaCha20-Poly1305)" }),
+      watchInterval: seconds()
+        .default(5)
+        .describe(
+          'Seconds between checks of the certificate and key files; a change is loaded without dropping a ' +
+            'connection (a bad one is logged, the old certificate stays). 0 = only on SIGHUP.',
+        ),
+    },
+    { error: expected('a mapping') },
+  )
+  .superRefine((t, ctx) => {
+    if ((t.cert === null) !== (t.key === null)) {
+      const missing = t.cert === null ? 'cert' : 'key';
+      const other = missing === 'cert' ? 'key' : 'cert';
+      ctx.addIssue({ code: 'custom', message: `missing; expected a PEM file (--tls-${missing}) beside ${other}`,
+        path: [missing], input: null });
+    } else if (t.cert === null && t.certificates.length === 0) {
+      ctx.addIssue({ code: 'custom', message: 'expected cert and key, or at least one of certificates',
+        path: ['certificates'], input: t.certificates });
+    }
+  })
+  .transform(({ cert, key, certificates, ...rest }) => ({
+    ...rest,
+    certificates: cert !== null && key !== null ? [{ cert, key, names: null }, ...certificates] : certificates,
+  }));
+
 // --- the schema --------------------------------------------------------------------------------
 
 export const schema = z
@@ -281,6 +369,13 @@ export const schema = z
             'uwsgi in between). `master`: the front runs in the master, isolated from app code, and reaches the ' +
               'workers over ' +
             'uwsgi (nginx → uWSGI). The workers serve uwsgi on pool.socket in both.',
+        ),
+      tls: tlsSettings
+        .nullable()
+        .default(null)
+        .describe(
+          'Serve the front listener over TLS (nginx `listen … ssl` with `ssl_certificate`); null = plain HTTP. ' +
+            'The command line sets the first certificate with --tls-cert and --tls-key.',
         ),
       admin: z
         .strictObject(
@@ -619,3 +714,4 @@ export type StratumConfig = z.output<typeof schema>;
 export type StratumConfigInput = z.input<typeof schema>;
 export type Route = StratumConfig['routes'][number];
 export type LogLevel = (typeof LOG_LEVELS)[number];
+export type TlsSettings = NonNullable<StratumConfig['tls']>;

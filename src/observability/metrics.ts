@@ -333,6 +333,20 @@ export class Metrics {
     });
   }
 
+  /** Expiry of each TLS certificate the front serves (the master's copy, src/proxy/tls.ts). */
+  attachTls(read: () => Array<{ name: string; file: string; expiresAt: number }>): void {
+    new client.Gauge({
+      name: 'stratum_tls_certificate_expiry_seconds',
+      help: 'When each TLS certificate served expires (notAfter), as a unix time in seconds.',
+      labelNames: ['name', 'file'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const c of read()) this.set({ name: c.name, file: c.file }, c.expiresAt);
+      },
+    });
+  }
+
   /**
    * Where the workers' metrics come from (the supervisor's IPC round trip). With `requests`, the
    * workers run the front and their request metrics are summed into this process's.

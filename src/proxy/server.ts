@@ -10,11 +10,13 @@
 // clientHeaderTimeout, bodies may not stall longer than clientBodyTimeout, and bodies are read
 // whole before a request goes upstream (requestBuffering), so slow clients never hold a worker.
 
-import type { IncomingMessage, Server as HttpServer } from 'node:http';
+import type { IncomingMessage, Server as HttpServer, ServerOptions } from 'node:http';
 import type { Socket } from 'node:net';
+import type { Server as TlsServer } from 'node:tls';
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { StratumConfig } from '../config/schema.ts';
+import { TlsStore } from './tls.ts';
 import { listenOnFd } from '../pool/sockets.ts';
 import {
   BodySpoolUnavailable,
@@ -42,6 +44,12 @@ import {
 
 // getBuiltinModule rather than an ES import, which would load Node's bundled undici (src/pool/worker.ts).
 const http = process.getBuiltinModule('node:http');
+const https = process.getBuiltinModule('node:https');
+
+export interface FrontOptions {
+  /** The certificates to serve (the master's, shared with its expiry metric); else loaded from config.tls. */
+  tls?: TlsStore;
+}
 
 /** Moments of a request's life the observability layer attaches to (Fastify's hooks idea). */
 export interface ProxyHooks {
@@ -113,6 +121,8 @@ function framingProblem(req: IncomingMessage): string | null {
 export class FrontProxy {
   readonly config: StratumConfig;
   readonly server: HttpServer;
+  /** The certificates served when config.tls is set (an https server), else null. */
+  readonly tls: TlsStore | null;
   #routes: RouteTable<Upstream>;
   #log: Logger;
   #hooks: ProxyHooks;
@@ -135,13 +145,19 @@ export class FrontProxy {
   /** Connections being closed after a refusal: what they still send is read and dropped. */
   #lingering = new WeakSet<Socket>();
 
-  constructor(config: StratumConfig, routes: RouteTable<Upstream>, log: Logger, hooks: ProxyHooks = {}) {
+  constructor(
+    config: StratumConfig,
+    routes: RouteTable<Upstream>,
+    log: Logger,
+    hooks: ProxyHooks = {},
+    opts: FrontOptions = {},
+  ) {
     this.config = config;
     this.#routes = routes;
     this.#log = log;
     this.#hooks = hooks;
     const headersTimeout = config.proxy.clientHeaderTimeout * 1000;
-    this.server = http.createServer({
+    const options: ServerOptions = {
       ServerResponse: HostResponse as unknown as typeof http.ServerResponse,
       maxHeaderSize: config.proxy.maxHeaderSize,
       keepAliveTimeout: config.proxy.keepAliveTimeout * 1000,
@@ -151,11 +167,19 @@ export class FrontProxy {
       connectionsCheckingInterval: Math.min(30_000, Math.max(100, headersTimeout / 10)),
       requestTimeout: 0, // a body may take as long as it keeps moving: clientBodyTimeout bounds its stalls
       noDelay: true,
-    });
+    };
+    this.tls = config.tls ? (opts.tls ?? new TlsStore(config.tls, log)) : null;
+    // An https.Server is an http.Server over TLS sockets: the same events, options and request path.
+    this.server = this.tls
+      ? (https.createServer({ ...options, ...this.tls.serverOptions() }) as unknown as HttpServer)
+      : http.createServer(options);
+    if (this.tls) this.tls.attach(this.server as unknown as TlsServer);
+    // What the 'connection' handler tracks is the socket requests run on: the TLS one, once its handshake is done.
+    const accepted = this.tls ? 'secureConnection' : 'connection';
     this.server.on('request', (req, res) => this.#handle(req, res as HostResponse, false));
     // Expect: 100-continue — the size limit is checked before the client is invited to send.
     this.server.on('checkContinue', (req, res) => this.#handle(req, res as HostResponse, true));
-    this.server.on('connection', (socket: Socket) => {
+    this.server.on(accepted, (socket: Socket) => {
       this.#sockets.add(socket);
       (socket as FrontSocket)[IDLE_SINCE] = Date.now();
       socket.once('close', () => {
@@ -260,12 +284,15 @@ export class FrontProxy {
   async listen(): Promise<string> {
     // Imported here: it brings the config schema (zod), which a worker's start does without.
     const { listenAt } = await import('../listen.ts');
-    return listenAt(this.server, this.config.listen, 'listen', 2048);
+    const url = await listenAt(this.server, this.config.listen, 'listen', 2048, this.tls ? 'https' : 'http');
+    this.tls?.watch();
+    return url;
   }
 
   /** Accept on a listener the master bound (the worker topology: every worker accepts on it). */
-  listenOn(fd: number): Promise<void> {
-    return listenOnFd(this.server, fd, 2048);
+  async listenOn(fd: number): Promise<void> {
+    await listenOnFd(this.server, fd, 2048);
+    this.tls?.watch();
   }
 
   /**
@@ -325,6 +352,7 @@ export class FrontProxy {
   async close(graceMs: number): Promise<void> {
     this.#closing = true;
     if (this.#drainTimer) clearInterval(this.#drainTimer);
+    this.tls?.close();
     this.server.close();
     this.server.closeIdleConnections();
     if (this.#inflight > 0) {
