@@ -1,7 +1,8 @@
 // A temp dir that cannot take a request body (full, out of inodes, read-only, gone, or no
 // descriptor left) fails that request with 507 STRATUM_ERR_BODY_SPOOL_UNAVAILABLE; nothing reaches
 // the process as an uncaught exception, everything else keeps serving, and the next body after
-// the fault is gone is spooled again.
+// the fault is gone is spooled again. Each failure is counted (stratum_body_spool_failures_total by
+// errno) and logged once per burst: a burst's first failure, then one summary line per 10 s.
 //
 // Two layers: prepareBody in this process with each fs step made to fail in turn (mkdtemp, open,
 // write, the read back), then a real `stratum serve` whose TMPDIR is a small tmpfs that we fill,
@@ -17,9 +18,10 @@ import type { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { prepareBody } from '../../src/proxy/upstream.ts';
 import { StratumError } from '../../src/errors.ts';
-import { makeTempDir } from '../helpers/processes.ts';
+import { makeTempDir, waitUntil } from '../helpers/processes.ts';
 import { REPO_ROOT, startStratum, stopAllStratum, type StratumProcess } from '../helpers/stratum.ts';
-import { metric, writeConfig } from './helpers.ts';
+import { metric, sleep, writeConfig } from './helpers.ts';
+import { BURST_WINDOW_MS } from '../../src/observability/burst.ts';
 
 afterAll(stopAllStratum);
 
@@ -143,6 +145,13 @@ function mountSkipReason(dir: string, options: string): string | undefined {
 }
 
 const APP = join(REPO_ROOT, 'test/hardening/fixtures/app.ts');
+/** Processes running the front, each with its own burst log: both workers, or the master. */
+const fronts = process.env.STRATUM_TOPOLOGY === 'master' ? 1 : 2;
+
+/** The log lines about bodies that could not be spooled: bursts' first failures and their summaries. */
+function spoolLines(s: StratumProcess): Record<string, unknown>[] {
+  return s.logs().filter((l) => l.code === 'STRATUM_ERR_BODY_SPOOL_UNAVAILABLE');
+}
 
 /** Posts `n` 3 MiB bodies at once to /echo; the status of each. */
 async function uploads(front: string, n: number): Promise<number[]> {
@@ -173,6 +182,7 @@ describe('stratum serve with a temp dir that cannot take bodies', () => {
   let skip: string | undefined;
   let s: StratumProcess;
   let front: string;
+  let startedAt = 0;
   const count = (statuses: number[]) =>
     statuses.reduce<Record<number, number>>((m, x) => ((m[x] = (m[x] ?? 0) + 1), m), {});
 
@@ -189,6 +199,7 @@ pool: { workers: 2 }
 log: { access: false }
 `);
     s = await startStratum(['serve', '--config', file], { env: { TMPDIR: mnt } });
+    startedAt = performance.now();
     front = s.front!;
   });
   afterAll(async () => {
@@ -206,7 +217,7 @@ log: { access: false }
     expect(gets.every((x) => x === 200)).toBe(true);
   });
 
-  it('a full disk (ENOSPC on write): every upload 507, recovered once space returns', async (t) => {
+  it('a full disk (ENOSPC on write): 40 uploads 507, counted, a bounded number of log lines; recovered after', async (t) => {
     if (skip) return t.skip(skip);
     // Fill what is left; the spool files of the uploads above were unlinked and are gone.
     try {
@@ -214,9 +225,22 @@ log: { access: false }
     } catch (err) {
       expect((err as NodeJS.ErrnoException).code).toBe('ENOSPC');
     }
-    const { value, gets } = await servesWhile(front, uploads(front, 8));
-    expect(value).toEqual(Array(8).fill(507));
+    const counted = () => metric(s.admin, 'stratum_body_spool_failures_total', { errno: 'ENOSPC' });
+    const countedBefore = await counted();
+    const linesBefore = spoolLines(s).length;
+    const started = performance.now();
+    const { value, gets } = await servesWhile(front, uploads(front, 40));
+    const burstMs = performance.now() - started;
+    expect(value).toEqual(Array(40).fill(507));
     expect(gets.every((x) => x === 200)).toBe(true);
+    expect(await counted()).toBe(countedBefore + 40);
+    // One line per front process when a burst starts, then at most one summary per 10 s window
+    // (log batches go out every 250 ms: wait past that before counting).
+    await sleep(600);
+    const lines = spoolLines(s).length - linesBefore;
+    const bound = fronts * (Math.ceil(burstMs / BURST_WINDOW_MS) + 1);
+    console.log(`40 spool failures in ${burstMs.toFixed(0)} ms: ${lines} log lines (bound ${bound})`);
+    expect(lines).toBeLessThanOrEqual(bound);
     rmSync(join(mnt, 'filler'));
     expect(await uploads(front, 4)).toEqual([200, 200, 200, 200]);
   });
@@ -254,16 +278,43 @@ log: { access: false }
     expect(await uploads(front, 4)).toEqual([200, 200, 200, 200]);
   });
 
-  it('the service is still up: same workers, no worker died, every failure logged with its code', async (t) => {
+  it('the service is still up: no worker died; every failure counted by errno and logged once per burst', async (t) => {
     if (skip) return t.skip(skip);
     expect(s.proc.exitCode).toBe(null);
     const stats = await (await fetch(`${s.admin}/stats`)).json() as { workers: Array<{ pid: number }> };
     expect(stats.workers.map((w) => w.pid).sort()).toEqual([...s.workers].sort());
-    const logs = s.logs();
-    expect(logs.filter((l) => /worker .*(died|exited)/.test(String(l.msg)))).toEqual([]);
-    const codes = logs.filter((l) => l.code === 'STRATUM_ERR_BODY_SPOOL_UNAVAILABLE');
-    expect(codes.length).toBeGreaterThanOrEqual(24);
-    expect(new Set(codes.map((l) => String(l.msg).match(/\((E[A-Z]+)\)/)?.[1]))).toEqual(new Set(['ENOSPC', 'EROFS']));
+    expect(s.logs().filter((l) => /worker .*(died|exited)/.test(String(l.msg)))).toEqual([]);
+    // Counted by errno in /metrics, whichever process ran the front.
+    const failures = await metric(s.admin, 'stratum_body_spool_failures_total');
+    expect(failures).toBeGreaterThanOrEqual(57); // some of the first 40, then 40 + 8 + 8
+    expect(await metric(s.admin, 'stratum_body_spool_failures_total', { errno: 'EROFS' })).toBe(8);
+    // Logged once per burst: each line is a burst's first failure (its errno in the message) or a
+    // summary of the ones after it (count and errnos); once the last window has closed, together
+    // they account for every failure counted, with far fewer lines than failures.
+    const logged = () => {
+      let n = 0;
+      const errnos = new Set<string>();
+      for (const l of spoolLines(s)) {
+        if (typeof l.count === 'number') {
+          n += l.count;
+          for (const k of Object.keys(l.kinds as object)) errnos.add(k);
+        } else {
+          n++;
+          errnos.add(String(l.msg).match(/\((E[A-Z]+)\)/)?.[1] ?? '?');
+        }
+      }
+      return { n, errnos, lines: spoolLines(s).length };
+    };
+    await waitUntil(async () => logged().n === failures, {
+      timeoutMs: BURST_WINDOW_MS + 5000,
+      describe: () => `log lines account for ${JSON.stringify(logged().n)} of ${failures} spool failures`,
+    });
+    const { errnos, lines } = logged();
+    console.log(`${failures} spool failures, ${lines} log lines`);
+    expect(errnos).toEqual(new Set(['ENOSPC', 'EROFS']));
+    // Per process, two lines are at least a window apart.
+    const bound = fronts * (Math.floor((performance.now() - startedAt) / BURST_WINDOW_MS) + 1);
+    expect(lines).toBeLessThanOrEqual(bound);
     // The 507s in the request metrics, whichever process ran the front.
     const labels = { http_response_status_code: '507' };
     expect(await metric(s.admin, 'http_server_request_duration_seconds_count', labels)).toBeGreaterThanOrEqual(24);
