@@ -5,13 +5,15 @@
 // clients are served again. Also: the default cap from the open-file limit, the burst log, and
 // the soft limit raised with prlimit.
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import tls from 'node:tls';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BurstLog } from '../../src/observability/burst.ts';
 import { createLogger } from '../../src/observability/log.ts';
 import { fdLimit, raiseFdLimit } from '../../src/pool/rlimit.ts';
 import { defaultMaxConnections, sumConnections } from '../../src/proxy/conn-cap.ts';
+import { makeCert } from '../edge/certs.ts';
 import { waitUntil } from '../helpers/processes.ts';
 import { REPO_ROOT, startStratum, stopAllStratum, type StratumProcess } from '../helpers/stratum.ts';
 import { metric, openIdleConnections, portOf, RawConn, sleep, writeConfig } from './helpers.ts';
@@ -120,6 +122,64 @@ log: { access: false }
     const served = await newClient(port);
     expect(served.status).toBe(200);
     expect(served.raw).not.toMatch(/\r\nConnection: close\r\n/i);
+  });
+});
+
+/** A TLS connection that has done its handshake and one request, then idles; or the error that ended it. */
+function tlsClient(port: number, ca: string): Promise<tls.TLSSocket | Error> {
+  return new Promise((resolve) => {
+    const c = tls.connect({ host: '127.0.0.1', port, ca, servername: 'localhost' }, () => {
+      c.write('GET / HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    });
+    c.once('data', () => resolve(c));
+    c.once('error', (err) => resolve(err));
+    c.once('close', () => resolve(new Error('closed')));
+  });
+}
+
+describe(`proxy.maxConnections on a TLS listener (${topology} topology)`, () => {
+  it('past the cap a new connection is closed before its handshake, counted; the held ones go on', async () => {
+    const { dir, file } = writeConfig('conn-cap-tls', '');
+    const cert = makeCert(dir, 'localhost', ['localhost']);
+    writeFileSync(
+      file,
+      `
+listen: 127.0.0.1:0
+admin: { listen: 127.0.0.1:0 }
+app: { module: ${APP} }
+pool: { workers: 1 }
+tls: { cert: ${cert.cert}, key: ${cert.key} }
+proxy: { maxConnections: 5, keepAliveTimeout: 300 }
+log: { access: false }
+`,
+    );
+    const s = await startStratum(['serve', '--config', file]);
+    const port = portOf(s.front!);
+    const ca = readFileSync(cert.cert, 'latin1');
+    const held: tls.TLSSocket[] = [];
+    try {
+      for (let i = 0; i < 5; i++) {
+        const c = await tlsClient(port, ca);
+        if (c instanceof Error) throw c;
+        held.push(c);
+      }
+      const refused = await tlsClient(port, ca);
+      console.log(`TLS at the cap: ${String(refused)}`);
+      expect(refused).toBeInstanceOf(Error);
+      expect(await metric(s.admin, 'stratum_connections_refused_total')).toBe(1);
+      expect((await fetch(`${s.admin}/livez`)).status).toBe(200);
+      held.shift()!.destroy();
+      const served = async () => {
+        const c = await tlsClient(port, ca);
+        if (c instanceof Error) return false;
+        held.push(c);
+        return true;
+      };
+      await until(served, 5000, 'a TLS client served after a close');
+    } finally {
+      for (const c of held) c.destroy();
+      await s.stop();
+    }
   });
 });
 
