@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { parseAddress, parseSize, schema } from './schema.ts';
+import { COMPRESSIBLE_TYPES, parseAddress, parseSize, schema } from './schema.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'stratum-schema-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -47,6 +47,15 @@ describe('defaults', () => {
       clientBodyMinRateGrace: 10,
       requestBuffering: true,
       maxHeaderSize: 32768,
+      compression: {
+        enabled: true,
+        encodings: ['br', 'zstd', 'gzip'],
+        gzipLevel: 6,
+        brotliQuality: 4,
+        zstdLevel: 3,
+        minLength: 1024,
+        types: COMPRESSIBLE_TYPES,
+      },
       serverTiming: true,
     });
     expect(c.routes).toEqual([
@@ -57,6 +66,8 @@ describe('defaults', () => {
         targets: [{ kind: 'pool', raw: 'pool' }],
         readTimeout: null,
         harakiri: null,
+        compression: null,
+        static: { index: 'index.html', fallback: null, cacheControl: null, precompressed: true, allowSymlinksOutside: false },
         clientMaxBodySize: null,
       },
     ]);
@@ -273,4 +284,27 @@ describe('validation names the field', () => {
 
 test('an IPv6 literal host is kept without brackets', () => {
   expect(schema.parse({ routes: [{ host: '[::1]', target: 'pool' }] }).routes[0]!.host).toBe('::1');
+});
+
+describe('static routes and compression', () => {
+  const first = (input: unknown) => {
+    const r = schema.safeParse(input);
+    return r.success ? null : `${r.error.issues[0]!.path.join('.')}: ${r.error.issues[0]!.message}`;
+  };
+
+  test('a fallback must stay inside the root, an index is a file name', () => {
+    const route = (s: unknown) => ({ routes: [{ path: '/app', target: `static:${tmpdir()}`, static: s }] });
+    expect(first(route({ fallback: 'index.html' }))).toBeNull();
+    expect(first(route({ fallback: '/spa/index.html' }))).toBeNull();
+    expect(first(route({ fallback: '../etc/passwd' }))).toMatch(/^routes\.0\.static\.fallback: expected a file path/);
+    expect(first(route({ fallback: 'a/./b' }))).toMatch(/^routes\.0\.static\.fallback/);
+    expect(first(route({ index: 'sub/index.html' }))).toMatch(/^routes\.0\.static\.index/);
+    expect(first(route({ followSymlinks: true }))).toMatch(/^routes\.0\.static/);
+  });
+
+  test('compression levels and encodings are checked', () => {
+    expect(first({ proxy: { compression: { brotliQuality: 12 } } })).toMatch(/^proxy\.compression\.brotliQuality/);
+    expect(first({ proxy: { compression: { encodings: ['deflate'] } } })).toMatch(/^proxy\.compression\.encodings/);
+    expect(first({ proxy: { compression: { minLength: '2k' } } })).toBeNull();
+  });
 });

@@ -134,6 +134,118 @@ const size = () =>
     })
     .meta({ docType: 'size' });
 
+// --- compression and static files (src/proxy/compress.ts, upstream-static.ts) --------------------
+
+/** What proxy.compression.types holds unless set: nginx's gzip_types and the usual additions. */
+export const COMPRESSIBLE_TYPES = [
+  'text/*',
+  'application/json',
+  'application/*+json',
+  'application/javascript',
+  'application/x-javascript',
+  'application/ecmascript',
+  'application/xml',
+  'application/*+xml',
+  'application/wasm',
+  'application/yaml',
+  'image/svg+xml',
+  'image/x-icon',
+  'image/vnd.microsoft.icon',
+  'image/bmp',
+  'font/ttf',
+  'font/otf',
+  'application/vnd.ms-fontobject',
+];
+
+const compression = z
+  .strictObject(
+    {
+      enabled: bool()
+        .default(true)
+        .describe('Encode responses for clients that accept it (nginx `gzip on`); a route\'s `compression` overrides.'),
+      encodings: z
+        .array(z.enum(['br', 'zstd', 'gzip'], { error: expected('"br", "zstd" or "gzip"') }), {
+          error: expected('a list of "br", "zstd", "gzip"'),
+        })
+        .default(['br', 'zstd', 'gzip'])
+        .describe(
+          'Encodings offered, in order of preference when Accept-Encoding gives several the same q-value ' +
+            '(zstd only where node:zlib has it).',
+        ),
+      gzipLevel: int(1, 9).default(6).describe('gzip level (nginx `gzip_comp_level`).'),
+      brotliQuality: int(0, 11)
+        .default(4)
+        .describe('Brotli quality (ngx_brotli `brotli_comp_level`); above 5 the CPU cost climbs steeply.'),
+      zstdLevel: int(1, 19).default(3).describe('zstd level.'),
+      minLength: size()
+        .prefault('1k')
+        .describe('Smallest Content-Length encoded (nginx `gzip_min_length`); a body of unknown length always is.'),
+      types: z
+        .array(z.string({ error: expected('a media type like "text/*" or "application/json"') }), {
+          error: expected('a list of media types'),
+        })
+        .default(COMPRESSIBLE_TYPES)
+        .describe(
+          'Media types encoded (nginx `gzip_types`); `*` matches any characters, as in `text/*` or ' +
+            '`application/*+json`. text/event-stream never is.',
+        )
+        .meta({ docDefault: 'text/*, JSON, JavaScript, XML, SVG, WebAssembly, YAML, icons, TTF/OTF fonts' }),
+    },
+    { error: expected('a mapping') },
+  )
+  .prefault({})
+  .describe(
+    'Response compression (gzip, brotli, zstd), chosen by Accept-Encoding with q-values: never for HEAD, ' +
+      '1xx/204/304, ranges, `Cache-Control: no-transform`, or a body already encoded.',
+  );
+
+const RELATIVE_FILE = /^\/?(?!.*(?:^|\/)\.\.?(?:\/|$))[^\0\\]+$/;
+
+const staticFiles = z
+  .strictObject(
+    {
+      index: z
+        .string({ error: expected('a file name or null') })
+        .regex(/^[^/\\\0]+$/, { error: expected('a file name (no "/") or null') })
+        .nullable()
+        .default('index.html')
+        .describe('File served for a directory (nginx `index`); null = none, a directory is 404.'),
+      fallback: z
+        .string({ error: expected('a file path inside the root, or null') })
+        .regex(RELATIVE_FILE, { error: expected('a file path inside the root (no "..")') })
+        .nullable()
+        .default(null)
+        .describe(
+          'File, relative to the root, served (200) for any GET or HEAD under the route with no file of its own: ' +
+            "a single-page app's `index.html` (nginx `try_files $uri $uri/ /index.html`). null = 404.",
+        ),
+      cacheControl: z
+        .string({ error: expected('a Cache-Control value or null') })
+        .min(1, { error: expected('a Cache-Control value or null') })
+        .nullable()
+        .default(null)
+        .describe(
+          'Cache-Control of every file served, e.g. `public, max-age=31536000, immutable` on a route of hashed ' +
+            'asset names (nginx `expires` / `add_header Cache-Control`); null = none.',
+        ),
+      precompressed: bool()
+        .default(true)
+        .describe(
+          'Serve `FILE.br` / `FILE.zst` / `FILE.gz` beside FILE when the client accepts that encoding (nginx ' +
+            '`gzip_static`, ngx_brotli `brotli_static`).',
+        ),
+      allowSymlinksOutside: bool()
+        .default(false)
+        .describe(
+          'Follow symlinks whose target is outside the root; false = such a file is 403 (nginx ' +
+            '`disable_symlinks`). Symlinks inside the root are always followed.',
+        ),
+    },
+    { error: expected('a mapping') },
+  )
+  .prefault({})
+  .describe('How a `static:` route serves its folder; ignored by other targets.');
+
 // --- routes ------------------------------------------------------------------------------------
 
 type TargetIssue = { message: string; input: string };
@@ -226,6 +338,11 @@ const route = z
         .nullable()
         .default(null)
         .describe("This route's `pool.harakiri` (pool targets); null = the global one."),
+      compression: bool()
+        .nullable()
+        .default(null)
+        .describe("Compress this route's responses (true/false); null = `proxy.compression.enabled`."),
+      static: staticFiles,
       clientMaxBodySize: size()
         .nullable()
         .prefault(null)
@@ -617,6 +734,7 @@ export const schema = z
                 'Largest request header block accepted from a client; bigger gets 431 (nginx ' +
                   '`large_client_header_buffers`).',
               ),
+            compression,
             serverTiming: bool()
               .default(true)
               .describe('Add a `Server-Timing` response header with the time spent in each layer.'),

@@ -35,7 +35,7 @@ export async function buildRoutes(config: StratumConfig, pool: Upstream | null):
         upstream = new http!.HttpUpstream(t.url, config);
         break;
       case 'static':
-        upstream = new files!.StaticUpstream(t.root);
+        upstream = new files!.StaticUpstream(t.root, config);
         break;
     }
     return { route, index, upstream, label: `${route.host ?? ''}${route.path}` };
