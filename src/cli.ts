@@ -141,6 +141,7 @@ async function runCommand(command: Command, args: string[], ctx: Context): Promi
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }> = {
     config: { type: 'string' },
     route: { type: 'string', multiple: true },
+    'trusted-proxy': { type: 'string', multiple: true },
     help: { type: 'boolean', short: 'h' },
   };
   for (const o of Object.values(FLAG_OVERRIDES)) options[o.flag.slice(2)] = { type: 'string' };
@@ -156,6 +157,7 @@ async function runCommand(command: Command, args: string[], ctx: Context): Promi
     if (typeof value === 'string') (flags as Record<string, string>)[key] = value;
   }
   if (Array.isArray(values.route)) flags.route = values.route as string[];
+  if (Array.isArray(values['trusted-proxy'])) flags.trustedProxy = values['trusted-proxy'] as string[];
   const file =
     typeof values.config === 'string'
       ? values.config
@@ -358,6 +360,10 @@ function commandHelp(command: Command, env: NodeJS.ProcessEnv): string {
       '--route PREFIX=TARGET',
       "route, repeatable; replaces the file's routes (default /=pool). PREFIX: /path or host/path; " +
         'TARGET: pool, uwsgi://HOST:PORT[,uwsgi://...], unix:/path, http://HOST:PORT, static:/dir',
+    ]);
+    rows.push([
+      '--trusted-proxy CIDR',
+      "a peer whose X-Forwarded-* is believed, repeatable; replaces the file's proxy.trustedProxies",
     ]);
   }
   rows.push(['-h, --help', 'show this help']);

@@ -193,6 +193,12 @@ export const ClientBodyTimeout = define('STRATUM_ERR_CLIENT_BODY_TIMEOUT', (seco
   `client sent no body bytes for ${seconds} s (client_body_timeout)`, { status: 408 });
 export const ClientClosed = define('STRATUM_ERR_CLIENT_CLOSED', () =>
   'client closed the connection before its request body was complete', { status: 499 });
+export const ProxyProtocolInvalid = define('STRATUM_ERR_PROXY_PROTOCOL', (what: string) =>
+  `PROXY protocol header refused: ${what}`, {
+  status: 400,
+  hint: 'proxy.proxyProtocol is on: every connection must start with a v1 or v2 header (a load balancer\'s, ' +
+    'nginx `proxy_protocol on`); the connection is closed, warnings are logged at most once per 10 s.',
+});
 export const StaticForbidden = define('STRATUM_ERR_STATIC_FORBIDDEN', (path: string) =>
   `path escapes the static root: ${JSON.stringify(path)}`, { status: 403 });
 export const BodySpoolUnavailable = define('STRATUM_ERR_BODY_SPOOL_UNAVAILABLE', (errno: string, cause: string) =>

@@ -22,6 +22,8 @@ export type Flags = {
   app: string;
   /** `PREFIX=TARGET` strings; when given they replace the config file's routes. */
   route: string[];
+  /** `--trusted-proxy CIDR`, repeatable; when given they replace proxy.trustedProxies. */
+  trustedProxy: string[];
   harakiri: string | number;
   maxRequests: string | number;
   reloadOnRss: string | number;
@@ -47,9 +49,9 @@ export const ENV_OVERRIDES: Readonly<Record<string, Override>> = {
   STRATUM_TLS_KEY: { path: 'tls.key' },
 };
 
-/** Scalar flags and the config field each one sets; `route` is handled apart (it replaces a list). */
+/** Scalar flags and the config field each one sets; the lists (`route`, `trustedProxy`) are handled apart. */
 export const FLAG_OVERRIDES: Readonly<
-  Record<Exclude<keyof Flags, 'route'>, Override & { flag: string; value: string }>
+  Record<Exclude<keyof Flags, 'route' | 'trustedProxy'>, Override & { flag: string; value: string }>
 > = {
   listen: { flag: '--listen', value: 'HOST:PORT', path: 'listen' },
   admin: { flag: '--admin', value: 'HOST:PORT', path: 'admin.listen' },
@@ -162,6 +164,10 @@ function flagLayer(flags: Partial<Flags>, origins: Map<string, string>): Tree {
   if (flags.route && flags.route.length > 0) {
     layer.routes = flags.route.map(parseRouteFlag);
     flags.route.forEach((_, i) => origins.set(`routes.${i}`, '--route'));
+  }
+  if (flags.trustedProxy && flags.trustedProxy.length > 0) {
+    setPath(layer, 'proxy.trustedProxies', flags.trustedProxy);
+    flags.trustedProxy.forEach((_, i) => origins.set(`proxy.trustedProxies.${i}`, '--trusted-proxy'));
   }
   return layer;
 }

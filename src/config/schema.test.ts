@@ -57,6 +57,8 @@ describe('defaults', () => {
         types: COMPRESSIBLE_TYPES,
       },
       serverTiming: true,
+      trustedProxies: [],
+      proxyProtocol: false,
     });
     expect(c.routes).toEqual([
       {

@@ -11,6 +11,7 @@ import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigInvalid } from '../errors.ts';
+import { parseTrustedProxy } from '../proxy/forward.ts';
 
 export type Address = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
@@ -749,6 +750,30 @@ export const schema = z
                   'reserve = max(128, limit / 10), e.g. 9000 at 20000 descriptors.',
               )
               .meta({ docDefault: 'null (from the open-file limit)' }),
+            trustedProxies: z
+              .array(
+                z
+                  .string({ error: expected('a CIDR like "10.0.0.0/8", an address, or "unix:"') })
+                  .refine((c) => parseTrustedProxy(c) !== null, {
+                    error: expected('a CIDR like "10.0.0.0/8" or "fd00::/8", an address, or "unix:"'),
+                  }),
+                { error: expected('a list of CIDRs') },
+              )
+              .default([])
+              .describe(
+                'Peers whose X-Forwarded-For is appended to and whose X-Forwarded-Proto / -Host are kept (nginx ' +
+                  '`set_real_ip_from` with `real_ip_recursive on`); the client is the right-most untrusted address ' +
+                  'in X-Forwarded-For. From any other peer those headers are replaced. IPv4/IPv6 CIDRs or single ' +
+                  'addresses; `unix:` for a Unix-socket listener. `--trusted-proxy CIDR`, repeatable.',
+              ),
+            proxyProtocol: bool()
+              .default(false)
+              .describe(
+                'The front listener takes the PROXY protocol (v1 and v2, as HAProxy, nginx `proxy_protocol on`, ' +
+                  'AWS NLB, GCP and Azure load balancers send it): every connection must start with its header, or ' +
+                  'is closed; the header\'s source address is then the peer (checked against trustedProxies). Only ' +
+                  'for a listener the balancer alone can reach.',
+              ),
           },
           { error: expected('a mapping') },
         )

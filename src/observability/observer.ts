@@ -20,7 +20,8 @@ export interface Observer extends ProxyHooks {
 }
 
 const spansKey = Symbol('stratum.spans');
-type Traced = ProxyContext & { [spansKey]?: ProxySpans };
+const sentKey = Symbol('stratum.sentAt');
+type Traced = ProxyContext & { [spansKey]?: ProxySpans; [sentKey]?: number };
 
 export function createObserver(
   config: StratumConfig,
@@ -36,8 +37,12 @@ export function createObserver(
     recent,
     listeners,
     onRequest(ctx) {
+      // Bytes sent for this request (nginx $bytes_sent, the head included) are what its connection
+      // wrote meanwhile: a connection serves one request at a time. An h2 stream shares its socket.
+      if (writeLine && ctx.req.httpVersionMajor === 1) (ctx as Traced)[sentKey] = ctx.req.socket.bytesWritten;
       if (tracer) {
-        (ctx as Traced)[spansKey] = new ProxySpans(tracer, ctx.req, ctx.routeLabel, ctx.forward.scheme);
+        const f = ctx.forward;
+        (ctx as Traced)[spansKey] = new ProxySpans(tracer, ctx.req, ctx.routeLabel, f.scheme, f.clientAddress);
         ctx.forward.replaceTrace = true;
       }
     },
@@ -122,7 +127,15 @@ export function createObserver(
         let line =
           `{"level":"info","time":"${isoNow()}","pid":${process.pid},"type":"access",` +
           `"method":${JSON.stringify(ctx.req.method ?? '')},"path":${JSON.stringify(ctx.req.url ?? '')},` +
-          `"status":${status},"bytes":${ctx.bytesOut},"route":${JSON.stringify(ctx.routeLabel)}`;
+          `"status":${status},"bytes":${ctx.bytesOut}`;
+        const sentAt = (ctx as Traced)[sentKey];
+        if (sentAt !== undefined) line += `,"bytesSent":${ctx.req.socket.bytesWritten - sentAt}`;
+        const f = ctx.forward;
+        line += `,"client":${JSON.stringify(f.clientAddress)},"scheme":"${f.scheme}"`;
+        line += `,"host":${JSON.stringify(ctx.req.headers.host ?? '')}`;
+        const ua = ctx.req.headers['user-agent'];
+        if (ua !== undefined) line += `,"userAgent":${JSON.stringify(ua)}`;
+        line += `,"route":${JSON.stringify(ctx.routeLabel)}`;
         if (ctx.upstreamLabel) line += `,"upstream":${JSON.stringify(ctx.upstreamLabel)}`;
         if (ctx.workerPid) line += `,"workerPid":${ctx.workerPid}`;
         line += `,"requestId":${JSON.stringify(ctx.forward.requestId)}`;

@@ -320,7 +320,8 @@ export class ProxySpans {
   readonly ctx: Context;
   client: Span | null = null;
 
-  constructor(tracer: Tracer, req: IncomingMessage, route: string, scheme: string) {
+  /** `scheme` and `client`: the real client's (behind trusted proxies, src/proxy/forward.ts), not the socket's. */
+  constructor(tracer: Tracer, req: IncomingMessage, route: string, scheme: string, client: string) {
     // A client's traceparent is honoured: our SERVER span continues its trace.
     const parent = api.propagation.extract(api.ROOT_CONTEXT, req.headers, headerGetter);
     const host = req.headers.host ?? '';
@@ -333,7 +334,7 @@ export class ProxySpans {
         'url.scheme': scheme,
         'http.route': route,
         'server.address': colon > 0 ? host.slice(0, colon) : host,
-        'client.address': req.socket.remoteAddress ?? '',
+        'client.address': client,
         'network.protocol.version': req.httpVersion,
         'user_agent.original': req.headers['user-agent'] ?? '',
         'stratum.layer': 'proxy',

@@ -4,7 +4,10 @@
 // nginx's `include uwsgi_params` builds them.
 
 import type { IncomingMessage } from 'node:http';
+import { BlockList, isIPv4, isIPv6, type Socket } from 'node:net';
+import type { StratumConfig } from '../config/schema.ts';
 import type { UwsgiVars } from '../uwsgi/codec.ts';
+import { proxyHeaderOf } from './proxy-protocol.ts';
 
 const HOP_BY_HOP = new Set([
   'connection',
@@ -20,10 +23,18 @@ const HOP_BY_HOP = new Set([
 
 export interface ForwardInfo {
   requestId: string;
+  /** The real client: the peer, or the right-most untrusted X-Forwarded-For entry behind trusted proxies. */
   clientAddress: string;
   clientPort: number;
+  /** The client's scheme: the connection's, or X-Forwarded-Proto's from a trusted peer. */
   scheme: 'http' | 'https';
   serverPort: number;
+  /** Who sent us the request: the socket's peer, or the PROXY header's source ('' for a Unix socket). */
+  peerAddress: string;
+  /** The X-Forwarded-* values passed on: appended to (For) and kept (Proto, Host) from a trusted peer. */
+  forwardedFor: string;
+  forwardedProto: string;
+  forwardedHost: string;
   /** The request body length to announce, or -1 when there is none (set when the request is dispatched). */
   contentLength: number;
   /** Tracing is on: the client's traceparent/tracestate are replaced by our span's. */
@@ -55,11 +66,6 @@ function isDropped(lower: string, extra: Set<string> | null, replaceTrace: boole
   );
 }
 
-function forwardedFor(req: IncomingMessage, client: string): string {
-  const prior = req.headers['x-forwarded-for'];
-  return prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${client}` : client;
-}
-
 /** Request headers for an HTTP upstream, as a flat [name, value, ...] list. */
 export function httpRequestHeaders(req: IncomingMessage, f: ForwardInfo, extra: string[] = []): string[] {
   const out: string[] = [];
@@ -68,9 +74,9 @@ export function httpRequestHeaders(req: IncomingMessage, f: ForwardInfo, extra: 
   for (let i = 0; i < raw.length; i += 2) {
     if (!isDropped(raw[i]!.toLowerCase(), drop, f.replaceTrace)) out.push(raw[i]!, raw[i + 1]!);
   }
-  out.push('x-forwarded-for', forwardedFor(req, f.clientAddress));
-  out.push('x-forwarded-proto', f.scheme);
-  out.push('x-forwarded-host', req.headers.host ?? '');
+  out.push('x-forwarded-for', f.forwardedFor);
+  out.push('x-forwarded-proto', f.forwardedProto);
+  out.push('x-forwarded-host', f.forwardedHost);
   out.push('x-request-id', f.requestId);
   if (f.contentLength >= 0) out.push('content-length', String(f.contentLength));
   for (let i = 0; i < extra.length; i++) out.push(extra[i]!);
@@ -112,6 +118,7 @@ export function uwsgiVars(req: IncomingMessage, f: ForwardInfo, extra: string[] 
     'SERVER_PORT',
     String(f.serverPort),
   ];
+  // uWSGI's wsgi.url_scheme comes from HTTPS (on/1), as nginx's uwsgi_params sends it.
   if (f.scheme === 'https') vars.push('HTTPS', 'on');
   if (f.contentLength >= 0) vars.push('CONTENT_LENGTH', String(f.contentLength));
   const drop = connectionTokens(req);
@@ -134,9 +141,9 @@ export function uwsgiVars(req: IncomingMessage, f: ForwardInfo, extra: string[] 
     }
     vars.push(name, raw[i + 1]!);
   }
-  vars.push('HTTP_X_FORWARDED_FOR', forwardedFor(req, f.clientAddress));
-  vars.push('HTTP_X_FORWARDED_PROTO', f.scheme);
-  vars.push('HTTP_X_FORWARDED_HOST', host);
+  vars.push('HTTP_X_FORWARDED_FOR', f.forwardedFor);
+  vars.push('HTTP_X_FORWARDED_PROTO', f.forwardedProto);
+  vars.push('HTTP_X_FORWARDED_HOST', f.forwardedHost);
   vars.push('HTTP_X_REQUEST_ID', f.requestId);
   for (let i = 0; i < extra.length; i++) vars.push(extra[i]!);
   return vars;
@@ -185,4 +192,205 @@ export function responseHeaders(raw: string[], internal: string | null): string[
     out.push(raw[i]!, raw[i + 1]!);
   }
   return out;
+}
+
+// --- the real client (trusted proxies) ---------------------------------------------------------
+
+/** proxy.trustedProxies compiled: CIDRs (IPv4, IPv6; an IPv4-mapped peer matches IPv4 ones) and `unix:`. */
+export interface Trust {
+  list: BlockList;
+  unix: boolean;
+  /** Nothing is trusted: every peer is the client (the common case, kept cheap). */
+  none: boolean;
+}
+
+/** `10.0.0.0/8`, `192.0.2.7`, `fd00::/8`, `::1` or `unix:`; null when it is none of those. */
+export function parseTrustedProxy(
+  spec: string,
+): { kind: 'unix' } | { kind: 'ipv4' | 'ipv6'; net: string; prefix: number } | null {
+  const s = spec.trim();
+  if (s === 'unix:') return { kind: 'unix' };
+  const slash = s.indexOf('/');
+  const net = slash < 0 ? s : s.slice(0, slash);
+  const kind = isIPv4(net) ? 'ipv4' : isIPv6(net) ? 'ipv6' : null;
+  if (kind === null) return null;
+  const max = kind === 'ipv4' ? 32 : 128;
+  if (slash < 0) return { kind, net, prefix: max };
+  const p = s.slice(slash + 1);
+  if (!/^\d{1,3}$/.test(p) || Number(p) > max) return null;
+  return { kind, net, prefix: Number(p) };
+}
+
+export function compileTrust(specs: readonly string[]): Trust {
+  const list = new BlockList();
+  let unix = false;
+  for (const spec of specs) {
+    const t = parseTrustedProxy(spec);
+    if (t === null) throw new TypeError(`not a CIDR: ${spec}`); // the schema refused it already
+    if (t.kind === 'unix') unix = true;
+    else list.addSubnet(t.net, t.prefix, t.kind);
+  }
+  return { list, unix, none: specs.length === 0 };
+}
+
+export function isTrusted(trust: Trust, address: string): boolean {
+  if (trust.none) return false;
+  if (address === '') return trust.unix;
+  return trust.list.check(address, address.includes(':') ? 'ipv6' : 'ipv4');
+}
+
+const compiled = new WeakMap<object, Trust>();
+function trustOf(proxy: StratumConfig['proxy']): Trust {
+  let t = compiled.get(proxy);
+  if (t === undefined) compiled.set(proxy, (t = compileTrust(proxy.trustedProxies)));
+  return t;
+}
+
+/**
+ * One X-Forwarded-For entry as an address: bare IPv4/IPv6, or with a port (`192.0.2.1:4711`,
+ * `[2001:db8::1]:4711`, as some balancers write it); null for anything else (`unknown`, garbage).
+ */
+export function forwardedAddress(entry: string): string | null {
+  const e = entry.trim();
+  if (isIPv4(e) || isIPv6(e)) return e;
+  if (e.startsWith('[')) {
+    const close = e.indexOf(']');
+    const inner = close > 0 ? e.slice(1, close) : '';
+    return isIPv6(inner) && /^(:\d{1,5})?$/.test(e.slice(close + 1)) ? inner : null;
+  }
+  const colon = e.indexOf(':');
+  if (colon > 0 && e.indexOf(':', colon + 1) < 0 && /^\d{1,5}$/.test(e.slice(colon + 1))) {
+    const v4 = e.slice(0, colon);
+    return isIPv4(v4) ? v4 : null;
+  }
+  return null;
+}
+
+/**
+ * The real client of a request from `peer`: the peer itself unless it is trusted; behind trusted
+ * proxies the right-most X-Forwarded-For entry that is not trusted (nginx's
+ * `real_ip_recursive on`). The walk stops at an entry that is not an address, keeping the last good
+ * one; when every entry is trusted, the left-most is the client.
+ */
+export function realClient(trust: Trust, peer: string, xff: string | undefined): string {
+  if (!isTrusted(trust, peer) || !xff) return peer;
+  let client = peer;
+  let end = xff.length;
+  while (end > 0) {
+    const start = xff.lastIndexOf(',', end - 1);
+    const addr = forwardedAddress(xff.slice(start + 1, end));
+    if (addr === null) break;
+    client = addr;
+    if (!isTrusted(trust, addr)) break;
+    end = start < 0 ? 0 : start;
+  }
+  return client;
+}
+
+/** The first of a possibly comma-joined header value, as Express reads X-Forwarded-Proto/-Host. */
+function firstValue(v: string): string {
+  const comma = v.indexOf(',');
+  return (comma < 0 ? v : v.slice(0, comma)).trim();
+}
+
+function oneHeader(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v.join(', ') : v;
+}
+
+const PEER = Symbol('stratum.peer');
+interface Peer {
+  address: string;
+  port: number;
+  https: boolean;
+  /** The socket's own remote end (no PROXY header said otherwise). */
+  own: boolean;
+}
+type PeerSocket = Socket & { encrypted?: boolean; [PEER]?: Peer };
+
+/**
+ * Who is at the other end of this connection: the socket's peer, or the PROXY header's source
+ * (the listener takes the PROXY protocol, so its peers are the balancers that write it). Read once
+ * per connection, before presentClient() may have dressed the socket as the real client.
+ */
+function peerOf(socket: PeerSocket): Peer {
+  let p = socket[PEER];
+  if (p !== undefined) return p;
+  const pp = proxyHeaderOf(socket);
+  const https = socket.encrypted === true || pp?.ssl === true;
+  if (pp?.proxied)
+    p = { address: pp.family === 'unix' ? '' : pp.sourceAddress!, port: pp.sourcePort, https, own: false };
+  else p = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0, https, own: true };
+  socket[PEER] = p;
+  return p;
+}
+
+/** What the front passes on about a request (X-Forwarded-*, REMOTE_ADDR, the scheme). */
+export function forwardInfo(
+  req: IncomingMessage,
+  socket: Socket,
+  requestId: string,
+  proxy: StratumConfig['proxy'],
+): ForwardInfo {
+  const peer = peerOf(socket as PeerSocket);
+  const trust = trustOf(proxy);
+  const own = peer.https ? 'https' : 'http';
+  const host = req.headers.host ?? '';
+  const f: ForwardInfo = {
+    requestId,
+    clientAddress: peer.address,
+    clientPort: peer.port,
+    scheme: own,
+    serverPort: socket.localPort ?? 0,
+    peerAddress: peer.address,
+    forwardedFor: peer.address,
+    forwardedProto: own,
+    forwardedHost: host,
+    contentLength: -1,
+    replaceTrace: false,
+  };
+  if (!isTrusted(trust, peer.address)) return f;
+  const xff = oneHeader(req.headers['x-forwarded-for']);
+  const xfp = oneHeader(req.headers['x-forwarded-proto']);
+  const xfh = oneHeader(req.headers['x-forwarded-host']);
+  if (xff) {
+    f.forwardedFor = `${xff}, ${peer.address}`;
+    const client = realClient(trust, peer.address, xff);
+    if (client !== peer.address) [f.clientAddress, f.clientPort] = [client, 0];
+  }
+  if (xfp) {
+    f.forwardedProto = xfp;
+    const p = firstValue(xfp).toLowerCase();
+    if (p === 'https' || p === 'http') f.scheme = p;
+  }
+  if (xfh) f.forwardedHost = xfh;
+  return f;
+}
+
+const PRESENTED = Symbol('stratum.presented');
+
+/**
+ * An app in this process reads the client from its request's socket (Express's req.ip, Fastify's
+ * request.ip and protocol, a fetch handler's info): the socket is dressed as the real client for
+ * the request in flight. Requests on a connection are served one at a time, so this holds for the
+ * request's whole life; a socket once dressed is dressed again for every request after it.
+ */
+export function presentClient(socket: Socket, f: ForwardInfo): void {
+  const s = socket as PeerSocket & { [PRESENTED]?: boolean };
+  const peer = peerOf(s);
+  const same = peer.own && f.clientAddress === peer.address && f.clientPort === peer.port;
+  if (!s[PRESENTED] && same && f.scheme === (s.encrypted === true ? 'https' : 'http')) return;
+  s[PRESENTED] = true;
+  const family = f.clientAddress === '' ? undefined : f.clientAddress.includes(':') ? 'IPv6' : 'IPv4';
+  try {
+    define(s, 'remoteAddress', f.clientAddress === '' ? undefined : f.clientAddress);
+    define(s, 'remotePort', f.clientAddress === '' ? undefined : f.clientPort);
+    define(s, 'remoteFamily', family);
+    define(s, 'encrypted', f.scheme === 'https');
+  } catch {
+    // A socket that refuses own properties (an HTTP/2 stream's facade): the app sees the peer.
+  }
+}
+
+function define(o: object, key: string, value: unknown): void {
+  Object.defineProperty(o, key, { value, configurable: true, writable: true, enumerable: false });
 }

@@ -30,6 +30,8 @@ import {
   UpgradeUnsupported,
 } from '../errors.ts';
 import type { RouteTable } from './routes.ts';
+import { forwardInfo } from './forward.ts';
+import { requireProxyProtocol } from './proxy-protocol.ts';
 import { HostResponse } from '../host/response.ts';
 import { BurstLog } from '../observability/burst.ts';
 import { ConnectionCap, maxConnections, type ConnectionCounts } from './conn-cap.ts';
@@ -67,18 +69,6 @@ function requestIdOf(req: IncomingMessage): string {
   const given = req.headers['x-request-id'];
   return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
 }
-function forwardInfo(req: IncomingMessage, socket: Socket, requestId: string): ProxyContext['forward'] {
-  return {
-    requestId,
-    clientAddress: socket.remoteAddress ?? '',
-    clientPort: socket.remotePort ?? 0,
-    scheme: (socket as Socket & { encrypted?: boolean }).encrypted ? 'https' : 'http',
-    serverPort: socket.localPort ?? 0,
-    contentLength: -1,
-    replaceTrace: false,
-  };
-}
-
 /** How long a refused connection may go on sending before we close it (nginx lingering_timeout). */
 const LINGER_MS = 5_000;
 
@@ -174,6 +164,9 @@ export class FrontProxy {
       ? (https.createServer({ ...options, ...this.tls.serverOptions() }) as unknown as HttpServer)
       : http.createServer(options);
     if (this.tls) this.tls.attach(this.server as unknown as TlsServer);
+    // Before TLS or HTTP sees a byte: the balancer's header (proxy-protocol.ts).
+    if (config.proxy.proxyProtocol)
+      requireProxyProtocol(this.server, { timeoutMs: headersTimeout, log });
     // What the 'connection' handler tracks is the socket requests run on: the TLS one, once its handshake is done.
     const accepted = this.tls ? 'secureConnection' : 'connection';
     this.server.on('request', (req, res) => this.#handle(req, res as HostResponse, false));
@@ -235,7 +228,7 @@ export class FrontProxy {
     const ctx: UpgradeContext = {
       req,
       routeLabel: entry.label,
-      forward: forwardInfo(req, socket, requestIdOf(req)),
+      forward: forwardInfo(req, socket, requestIdOf(req), this.config.proxy),
       error: null,
     };
     (socket as FrontSocket)[UPGRADED] = true;
@@ -413,7 +406,7 @@ export class FrontProxy {
       res,
       route: entry?.route ?? (null as never),
       routeLabel: entry?.label ?? 'none',
-      forward: forwardInfo(req, socket, requestId),
+      forward: forwardInfo(req, socket, requestId, this.config.proxy),
       startAt,
       readTimeoutMs: (entry?.route.readTimeout ?? this.config.proxy.readTimeout) * 1000,
       harakiriMs: (entry?.route.harakiri ?? this.config.pool.harakiri) * 1000,

@@ -15,7 +15,7 @@ import type { RequestListener, UpgradeHandler } from '../host/app.ts';
 import { refuseUpgrade } from '../host/app.ts';
 import { Dispatcher } from '../pool/dispatch.ts';
 import { socketFd, type HarakiriKeeper } from '../pool/harakiri.ts';
-import { httpRequestHeaders, type ForwardInfo } from './forward.ts';
+import { httpRequestHeaders, presentClient, type ForwardInfo } from './forward.ts';
 import type { HostResponse } from '../host/response.ts';
 import { slotFor, type ProxyContext, type RequestBody, type Upstream, type UpgradeContext } from './upstream.ts';
 
@@ -132,6 +132,7 @@ function forwardHeaders(req: IncomingMessage, f: ForwardInfo, traceparent: strin
   for (let i = 0; i < raw.length; i += 2) add.call(req, raw[i]!, raw[i + 1]!, headers);
   req.rawHeaders = raw;
   req.headers = headers;
+  presentClient(req.socket, f); // the app reads the client from its socket (Express req.ip, Fastify request.ip)
 }
 
 /**

@@ -114,7 +114,13 @@ async function load(front: string): Promise<number> {
   const one = (n: number, close: boolean) =>
     new Promise<void>((resolve, reject) => {
       const req = http.get(
-        { host: hostname, port, path: urlFor(n), agent, headers: close ? { connection: 'close' } : {} },
+        {
+          host: hostname,
+          port,
+          path: urlFor(n),
+          agent,
+          headers: { 'user-agent': `load/${n % 3}`, ...(close ? { connection: 'close' } : {}) },
+        },
         (res) => {
           res.resume();
           const failed = () => new Error(`${urlFor(n)}: ${res.statusCode}`);
@@ -182,6 +188,17 @@ describe('access log under load, stdout a pipe shared by every process', () => {
     expect(paths.size, 'distinct request paths logged').toBe(REQUESTS);
     for (let n = 0; n < REQUESTS; n += 997) expect(paths.has(urlFor(n)), urlFor(n)).toBe(true);
     expect(access.every((a) => a.status === 200)).toBe(true);
+    // The client, Host, user agent and bytes sent (the head included, so more than the body's bytes).
+    const { host } = new URL(String(s.ready.front));
+    const odd = access.filter(
+      (a) =>
+        a.client !== '127.0.0.1' ||
+        a.scheme !== 'http' ||
+        a.host !== host ||
+        !/^load\/[0-2]$/.test(String(a.userAgent)) ||
+        !((a.bytesSent as number) > (a.bytes as number) && (a.bytes as number) > 0),
+    );
+    expect(odd.length, `access lines without the client fields, e.g. ${JSON.stringify(odd[0])}`).toBe(0);
 
     const writers = new Set(access.map((a) => a.pid));
     if (MASTER) expect([...writers]).toEqual([s.t.proc.pid]);
