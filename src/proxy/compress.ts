@@ -71,6 +71,19 @@ export function compressionSettings(config: StratumConfig, route: Route): Compre
   return settings;
 }
 
+/**
+ * Resolve and keep `route`'s settings, for compressionFor() at request time. buildRoutes() calls it
+ * for every route (each front process builds its own table, and again on a reload's new routes).
+ */
+export function registerCompression(config: StratumConfig, route: Route): void {
+  compressionSettings(config, route);
+}
+
+/** The settings registerCompression() resolved for this route (its config object); null: off or unknown. */
+export function compressionFor(route: Route): CompressionSettings | null {
+  return byRoute.get(route) ?? null;
+}
+
 // --- negotiation -------------------------------------------------------------------------------
 
 /**
@@ -304,6 +317,12 @@ export class Compression {
       setImmediate(this.#flush);
     }
     return ok;
+  }
+
+  /** 'drain' of the encoder's input: write() returned false, and it can take more now. */
+  once(event: 'drain', listener: () => void): this {
+    this.stream.once(event, listener);
+    return this;
   }
 
   end(chunk?: Buffer | string): void {

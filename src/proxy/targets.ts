@@ -9,6 +9,7 @@
 
 import type { StratumConfig } from '../config/schema.ts';
 import { ConfigInvalid } from '../errors.ts';
+import { registerCompression } from './compress.ts';
 import { RouteTable, type RouteEntry } from './routes.ts';
 import type { Upstream } from './upstream.ts';
 
@@ -19,6 +20,7 @@ export async function buildRoutes(config: StratumConfig, pool: Upstream | null):
   const files = kinds.has('static') ? await import('./upstream-static.ts') : null;
   const entries: RouteEntry<Upstream>[] = config.routes.map((route, index) => {
     const t = route.targets[0]!;
+    registerCompression(config, route); // read back per request by compressionFor(ctx.route)
     let upstream: Upstream;
     switch (t.kind) {
       case 'pool':

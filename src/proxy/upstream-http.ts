@@ -38,6 +38,7 @@ import { sendHead, type ProxyContext, type RequestBody, type UpgradeContext, typ
 /** Response head limit, as Node's own client (http.maxHeaderSize, 16 KiB unless --max-http-header-size). */
 const MAX_RESPONSE_HEAD = http.maxHeaderSize;
 
+import { compressResponse, compressionFor, type Compression } from './compress.ts';
 export class HttpUpstream implements Upstream {
   readonly kind = 'http' as const;
   readonly label: string;
@@ -180,6 +181,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   #settled = false;
   #lengthKnown = false;
   #resume: (() => void) | null = null;
+  /** The body goes through it when the response is compressed (compress.ts), else straight to the client. */
+  #encoder: Compression | null = null;
 
   constructor(
     ctx: ProxyContext,
@@ -221,7 +224,10 @@ class Exchange implements Dispatcher.DispatchHandler {
     const pairs = new Array<string>(raw.length);
     for (let i = 0; i < raw.length; i++) pairs[i] = raw[i]!.toString('latin1');
     try {
-      sendHead(ctx, statusCode, statusMessage ?? '', responseHeaders(pairs, null));
+      const head = responseHeaders(pairs, null);
+      const c = compressResponse(ctx.req, ctx.res, statusCode, head, compressionFor(ctx.route));
+      this.#encoder = c?.compression ?? null;
+      sendHead(ctx, statusCode, statusMessage ?? '', c?.headers ?? head);
     } catch (err) {
       this.#fail(new UpstreamBadResponse(`head not forwardable: ${(err as Error).message}`));
     }
@@ -231,10 +237,11 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.#settled) return;
     const res = this.#ctx.res;
     this.#ctx.bytesOut += chunk.length;
-    if (!res.write(chunk)) {
+    const out = this.#encoder ?? res;
+    if (!out.write(chunk)) {
       controller.pause();
       this.#resume ??= () => this.#controller?.resume();
-      res.once('drain', this.#resume);
+      out.once('drain', this.#resume);
     }
   }
 
@@ -242,7 +249,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.#settled) return;
     this.#settled = true;
     this.#ctx.timings.endAt = performance.now();
-    this.#ctx.res.end();
+    (this.#encoder ?? this.#ctx.res).end();
     this.#resolve();
   }
 

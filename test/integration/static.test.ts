@@ -6,6 +6,7 @@
 import { execFile } from 'node:child_process';
 import { mkdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import net from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -542,4 +543,114 @@ routes:
       await s.stop();
     }
   }, 60_000);
+});
+
+describe.skipIf(!HAS_CURL)("compression of an HTTP upstream's responses", () => {
+  let upstream: http.Server;
+  let stratum: StratumProcess;
+  let base = '';
+  const doc = text(20_000);
+  let release: (() => void) | null = null;
+
+  beforeAll(async () => {
+    tmp ||= makeTempDir('static-curl');
+    upstream = http.createServer((req, res) => {
+      const url = req.url ?? '/';
+      if (url.endsWith('/json')) {
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': doc.length, etag: '"up"' });
+        return void res.end(doc);
+      }
+      if (url.endsWith('/gzipped')) {
+        const body = zlib.gzipSync(doc);
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-encoding': 'gzip', 'content-length': body.length });
+        return void res.end(body);
+      }
+      if (url.endsWith('/no-transform')) {
+        res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'no-transform' });
+        return void res.end(doc);
+      }
+      if (url.endsWith('/partial')) {
+        res.writeHead(206, { 'content-type': 'text/plain', 'content-range': `bytes 0-1999/${doc.length}` });
+        return void res.end(doc.subarray(0, 2000));
+      }
+      if (url.endsWith('/trickle')) {
+        // A first piece, then the rest only once the client has seen that piece.
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.write('the first piece\n');
+        release = () => res.end('the rest\n');
+        return;
+      }
+      res.writeHead(404).end();
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+    const port = (upstream.address() as AddressInfo).port;
+    const { file } = writeConfig(
+      'http-compress',
+      `
+listen: 127.0.0.1:0
+admin: { listen: 127.0.0.1:0 }
+routes:
+  - { path: /up, target: "http://127.0.0.1:${port}" }
+  - { path: /plain, target: "http://127.0.0.1:${port}", compression: false }
+`,
+    );
+    stratum = await startStratum(['proxy', '--config', file]);
+    base = stratum.front!;
+  });
+  afterAll(async () => {
+    await stratum?.stop();
+    await new Promise((resolve) => upstream?.close(resolve));
+  });
+
+  it('a 20 KB JSON answer is sent as brotli to curl --compressed, gzip when asked, and decodes', async () => {
+    const br = await curl(`${base}/up/json`, '--compressed');
+    expect(br.headers['content-encoding']).toBe('br');
+    expect(br.headers['content-length']).toBeUndefined();
+    expect(br.headers.vary).toBe('Accept-Encoding');
+    expect(br.headers.etag).toBe('W/"up"');
+    expect(br.body.equals(doc)).toBe(true);
+    const gz = await curl(`${base}/up/json`, '--compressed', '-H', 'Accept-Encoding: gzip;q=1, br;q=0.1');
+    expect(gz.headers['content-encoding']).toBe('gzip');
+    expect(gz.body.equals(doc)).toBe(true);
+    const plain = await curl(`${base}/up/json`);
+    expect(plain.headers['content-encoding']).toBeUndefined();
+    expect(plain.headers['content-length']).toBe(String(doc.length));
+    expect(plain.headers.vary).toBe('Accept-Encoding');
+  });
+
+  it('never an encoded body, no-transform, a 206, a HEAD, or a route with it off', async () => {
+    const gz = await curl(`${base}/up/gzipped`, '-H', 'Accept-Encoding: br');
+    expect(gz.headers['content-encoding']).toBe('gzip'); // as the upstream sent it, not re-encoded
+    expect(zlib.gunzipSync(gz.body).equals(doc)).toBe(true);
+    const nt = await curl(`${base}/up/no-transform`, '--compressed');
+    expect(nt.headers['content-encoding']).toBeUndefined();
+    expect(nt.body.equals(doc)).toBe(true);
+    const partial = await curl(`${base}/up/partial`, '--compressed');
+    expect(partial.status).toBe(206);
+    expect(partial.headers['content-encoding']).toBeUndefined();
+    const head = await curl(`${base}/up/json`, '-I', '-H', 'Accept-Encoding: gzip');
+    expect(head.headers['content-encoding']).toBeUndefined();
+    const off = await curl(`${base}/plain/json`, '--compressed');
+    expect(off.headers['content-encoding']).toBeUndefined();
+    expect(off.headers.vary).toBeUndefined();
+  });
+
+  it('a body that trickles reaches the client piece by piece, encoded', async () => {
+    const text = await new Promise<string>((resolve, reject) => {
+      http
+        .get(`${base}/up/trickle`, { headers: { 'accept-encoding': 'gzip' } }, (res) => {
+          expect(res.headers['content-encoding']).toBe('gzip');
+          const gunzip = zlib.createGunzip();
+          let out = '';
+          gunzip.on('data', (c: Buffer) => {
+            out += c.toString();
+            if (out === 'the first piece\n') release!();
+          });
+          gunzip.on('end', () => resolve(out)).on('error', reject);
+          res.pipe(gunzip);
+        })
+        .on('error', reject);
+    });
+    expect(text).toBe('the first piece\nthe rest\n');
+  });
 });
