@@ -32,13 +32,13 @@ import {
   UNREACHABLE_CODES,
   rawHttpAnswer,
 } from '../errors.ts';
+import { compressResponse, compressionFor, type Compression } from './compress.ts';
 import { httpRequestHeaders, responseHeaders } from './forward.ts';
 import { sendHead, type ProxyContext, type RequestBody, type UpgradeContext, type Upstream } from './upstream.ts';
 
 /** Response head limit, as Node's own client (http.maxHeaderSize, 16 KiB unless --max-http-header-size). */
 const MAX_RESPONSE_HEAD = http.maxHeaderSize;
 
-import { compressResponse, compressionFor, type Compression } from './compress.ts';
 export class HttpUpstream implements Upstream {
   readonly kind = 'http' as const;
   readonly label: string;
