@@ -171,6 +171,78 @@ export async function startNginx(opts: NginxOptions = {}): Promise<PeerProcess> 
   }
 }
 
+/** nginx-light builds its stream module as a dynamic one (Debian's 50-mod-stream.conf loads it). */
+export const NGINX_STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so';
+
+/** As requirePeer('nginx'), and nginx's stream module is there too. */
+export function requireNginxStream(): boolean {
+  if (!requirePeer('nginx')) return false;
+  if (fileExists(NGINX_STREAM_MODULE)) return true;
+  const reason = `${NGINX_STREAM_MODULE} is missing (apt-get install libnginx-mod-stream)`;
+  if (process.env.CI) throw new Error(`CI requires nginx's stream module: ${reason}`);
+  console.warn(`skipping nginx stream tests: ${reason}`);
+  return false;
+}
+
+export interface NginxStreamOptions {
+  /** The `proxy_pass` target of the stream server: "127.0.0.1:PORT". */
+  upstream: string;
+  /** Send the PROXY protocol (v1, all nginx writes) to the upstream: `proxy_protocol on`. */
+  proxyProtocol?: boolean;
+  readyTimeoutMs?: number;
+}
+
+/** nginx as a TCP balancer: one `stream { server { } }` in front of `upstream`, on an OS-picked port. */
+export async function startNginxStream(opts: NginxStreamOptions): Promise<PeerProcess> {
+  const dir = makeTempDir('nginx-stream');
+  const errorLog = join(dir, 'error.log');
+  const readLog = () => (fileExists(errorLog) ? readFileSync(errorLog, 'utf8') : '');
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const confPath = join(dir, 'nginx.conf');
+    writeFileSync(
+      confPath,
+      `load_module ${NGINX_STREAM_MODULE};
+${process.getuid?.() === 0 ? 'user root;' : ''}
+worker_processes 1;
+error_log ${errorLog} info;
+pid ${dir}/nginx.pid;
+events { worker_connections 1024; }
+stream {
+  server {
+    listen 127.0.0.1:${port};
+    proxy_pass ${opts.upstream};
+    proxy_protocol ${opts.proxyProtocol === false ? 'off' : 'on'};
+  }
+}
+`,
+    );
+    const t = spawnTracked('nginx', ['-p', dir, '-e', errorLog, '-c', confPath, '-g', 'daemon off;']);
+    try {
+      await waitUntil(async () => !isRunning(t) || (await canConnect({ host: '127.0.0.1', port })), {
+        timeoutMs: opts.readyTimeoutMs ?? 10_000,
+        describe: () =>
+          `nginx (stream) did not listen on 127.0.0.1:${port}\n` +
+          describeOutput(t, `\n--- error.log ---\n${readLog()}`),
+      });
+      if (!isRunning(t))
+        throw new Error(`nginx (stream) exited at start-up\n${describeOutput(t, `\n--- error.log ---\n${readLog()}`)}`);
+    } catch (err) {
+      await t.stop('SIGKILL', 0);
+      if (attempt < 3 && /Address already in use/.test(readLog())) continue;
+      throw err;
+    }
+    return {
+      address: `127.0.0.1:${port}`,
+      port,
+      dir,
+      proc: t.proc,
+      log: readLog,
+      stop: () => t.stop('SIGTERM', 10_000),
+    };
+  }
+}
+
 /**
  * Encodes one uwsgi request packet (modifier1 0): the vars block and no body. Written here rather
  * than imported from src/uwsgi: it probes foreign servers, and must not share a bug with the code
