@@ -6,12 +6,14 @@
 // hand, and connections without a header: closed, logged, and the service keeps serving.
 import http from 'node:http';
 import net from 'node:net';
+import tls from 'node:tls';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { requireNginxStream, startNginxStream, type PeerProcess } from '../helpers/peers.ts';
 import { makeTempDir, waitUntil } from '../helpers/processes.ts';
 import { REPO_ROOT, startStratum, stopAllStratum, type StratumProcess } from '../helpers/stratum.ts';
+import { makeCert } from './certs.ts';
 
 afterAll(stopAllStratum);
 
@@ -160,5 +162,52 @@ describe.skipIf(!peers).each(['worker', 'master'])('PROXY protocol behind nginx 
       ),
     );
     expect(ok).toContain('"remoteAddress":"192.0.2.9"');
+  });
+
+  it("a TLS listener reads the header before the handshake: the app sees the header's client and https", async () => {
+    const dir = makeTempDir('proxy-protocol-tls');
+    const cert = makeCert(dir, 'front', ['front.test']);
+    const file = join(dir, 'stratum.yaml');
+    const tlsConfig = { proxy: { proxyProtocol: true }, tls: { cert: cert.cert, key: cert.key } };
+    writeFileSync(file, JSON.stringify(tlsConfig));
+    const app = join(REPO_ROOT, 'test/fixtures/apps/listener.ts');
+    const s = await startStratum([
+      'serve',
+      '--config',
+      file,
+      '--listen',
+      '127.0.0.1:0',
+      '--admin',
+      '127.0.0.1:0',
+      '--workers',
+      '1',
+      '--topology',
+      topology,
+      '--app',
+      app,
+    ]);
+    try {
+      const port = frontPort(s);
+      const body = await new Promise<string>((resolve, reject) => {
+        const raw = net.connect(port, '127.0.0.1', () => {
+          raw.write('PROXY TCP4 192.0.2.77 10.0.0.1 4321 443\r\n');
+          const t = tls.connect({ socket: raw, servername: 'front.test', rejectUnauthorized: false }, () =>
+            t.write('GET /echo HTTP/1.1\r\nHost: front.test\r\nConnection: close\r\n\r\n'),
+          );
+          let out = '';
+          t.setEncoding('utf8');
+          t.on('data', (d: string) => (out += d));
+          t.once('end', () => resolve(out));
+          t.once('error', reject);
+        });
+        raw.once('error', reject);
+        raw.setTimeout(10_000, () => raw.destroy(new Error('no answer within 10 s')));
+      });
+      const doc = JSON.parse(body.slice(body.indexOf('\r\n\r\n') + 4)) as Echo;
+      expect([doc.remoteAddress, doc.scheme]).toEqual(['192.0.2.77', 'https']);
+      expect(doc.headers.filter(([k]) => k === 'x-forwarded-proto').map(([, v]) => v)).toEqual(['https']);
+    } finally {
+      await s.stop();
+    }
   });
 });
