@@ -440,6 +440,12 @@ const tlsSettings = z
         .default(TLS_DEFAULT_CIPHERS)
         .describe('TLS 1.2 cipher suites, an OpenSSL list (nginx `ssl_ciphers`); the default is forward-secret AEAD.')
         .meta({ docDefault: "Mozilla's intermediate list (ECDHE with AES-GCM or ChaCha20-Poly1305)" }),
+      http2: bool()
+        .default(true)
+        .describe(
+          'Offer HTTP/2 by ALPN (`h2`, then `http/1.1`), as nginx `listen … ssl http2`: at most 100 concurrent ' +
+            'streams, header lists up to proxy.maxHeaderSize, flood limits of nghttp2. false = HTTP/1.1 only.',
+        ),
       watchInterval: seconds()
         .default(5)
         .describe(

@@ -17,6 +17,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { StratumConfig } from '../config/schema.ts';
 import { TlsStore } from './tls.ts';
+import { H2Front } from './h2.ts';
 import { listenOnFd } from '../pool/sockets.ts';
 import {
   BodySpoolUnavailable,
@@ -113,6 +114,8 @@ export class FrontProxy {
   readonly server: HttpServer;
   /** The certificates served when config.tls is set (an https server), else null. */
   readonly tls: TlsStore | null;
+  /** HTTP/2 sessions on the TLS listener (ALPN h2), each stream bridged into this server (h2.ts). */
+  readonly h2: H2Front | null;
   #routes: RouteTable<Upstream>;
   #log: Logger;
   #hooks: ProxyHooks;
@@ -160,10 +163,12 @@ export class FrontProxy {
     };
     this.tls = config.tls ? (opts.tls ?? new TlsStore(config.tls, log)) : null;
     // An https.Server is an http.Server over TLS sockets: the same events, options and request path.
+    const alpn = config.tls?.http2 ? { ALPNProtocols: ['h2', 'http/1.1'] } : {};
     this.server = this.tls
-      ? (https.createServer({ ...options, ...this.tls.serverOptions() }) as unknown as HttpServer)
+      ? (https.createServer({ ...options, ...this.tls.serverOptions(), ...alpn }) as unknown as HttpServer)
       : http.createServer(options);
     if (this.tls) this.tls.attach(this.server as unknown as TlsServer);
+    this.h2 = config.tls?.http2 ? this.#offerH2(config, log) : null;
     // Before TLS or HTTP sees a byte: the balancer's header (proxy-protocol.ts).
     if (config.proxy.proxyProtocol)
       requireProxyProtocol(this.server, { timeoutMs: headersTimeout, log });
@@ -199,6 +204,32 @@ export class FrontProxy {
       'more request bodies could not be spooled (507)',
       { code: BodySpoolUnavailable.code },
     );
+  }
+
+  /**
+   * ALPN h2 connections go to the h2 sessions instead of HTTP/1's parser (the listener https.Server
+   * registered); a drain leaves them to their GOAWAY, as it leaves upgraded ones.
+   */
+  #offerH2(config: StratumConfig, log: Logger): H2Front {
+    const h2 = new H2Front(
+      this.server,
+      {
+        maxConcurrentStreams: 100,
+        maxHeaderListSize: config.proxy.maxHeaderSize,
+        initialWindowSize: 256 * 1024,
+        sessionWindowSize: 4 * 1024 * 1024,
+        idleTimeoutMs: config.proxy.keepAliveTimeout * 1000,
+      },
+      log,
+    );
+    const h1 = (http as unknown as { _connectionListener: (this: HttpServer, s: Socket) => void })._connectionListener;
+    this.server.removeListener('secureConnection', h1);
+    this.server.prependListener('secureConnection', (socket: Socket) => {
+      if ((socket as Socket & { alpnProtocol?: string }).alpnProtocol !== 'h2') return h1.call(this.server, socket);
+      (socket as FrontSocket)[UPGRADED] = true;
+      h2.accept(socket as never);
+    });
+    return h2;
   }
 
   /**
@@ -307,6 +338,7 @@ export class FrontProxy {
    */
   drain(idleMs: number): void {
     this.#closing = true;
+    this.h2?.drain();
     this.stopAccepting();
     for (const socket of this.#sockets) {
       const res = (socket as HttpSocket)._httpMessage;
@@ -346,6 +378,7 @@ export class FrontProxy {
     this.#closing = true;
     if (this.#drainTimer) clearInterval(this.#drainTimer);
     this.tls?.close();
+    this.h2?.drain();
     this.server.close();
     this.server.closeIdleConnections();
     if (this.#inflight > 0) {

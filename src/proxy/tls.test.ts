@@ -21,6 +21,7 @@ function settings(certificates: Array<{ cert: string; key: string; names?: strin
   return {
     minVersion: 'TLSv1.2',
     ciphers: TLS_DEFAULT_CIPHERS,
+    http2: false,
     watchInterval: 0,
     certificates: certificates.map((c) => ({ names: null, ...c })),
   };
