@@ -59,6 +59,7 @@ describe('defaults', () => {
       serverTiming: true,
       trustedProxies: [],
       proxyProtocol: false,
+      buffering: { enabled: true, memory: 256 * 1024, maxTempFile: 1024 * 1024 * 1024 },
     });
     expect(c.routes).toEqual([
       {
@@ -71,6 +72,7 @@ describe('defaults', () => {
         compression: null,
         static: { index: 'index.html', fallback: null, cacheControl: null, precompressed: true, allowSymlinksOutside: false },
         clientMaxBodySize: null,
+        buffering: null,
       },
     ]);
     expect(c.log).toEqual({ level: 'info', access: true });

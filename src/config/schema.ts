@@ -348,6 +348,10 @@ const route = z
         .nullable()
         .prefault(null)
         .describe("This route's `proxy.clientMaxBodySize`; null = the global one."),
+      buffering: bool()
+        .nullable()
+        .default(null)
+        .describe("Buffer this route's responses (pool targets; true/false); null = `proxy.buffering.enabled`."),
     },
     { error: expected('a route mapping with a target') },
   )
@@ -745,6 +749,36 @@ export const schema = z
             serverTiming: bool()
               .default(true)
               .describe('Add a `Server-Timing` response header with the time spent in each layer.'),
+            buffering: z
+              .strictObject(
+                {
+                  enabled: bool()
+                    .default(true)
+                    .describe(
+                      'Take what a pool route\'s app (or worker, over uwsgi) writes at once, so the app, its ' +
+                        '`pool.maxInflight` slot and its harakiri are released when it has produced the response, ' +
+                        'and the client reads it at its own pace (nginx `uwsgi_buffering` / `proxy_buffering`). ' +
+                        'Bytes go to the client as soon as its socket takes them (streams and SSE are not held ' +
+                        'back); only the rest waits here. A route\'s `buffering` overrides.',
+                    ),
+                  memory: size()
+                    .prefault('256k')
+                    .describe(
+                      'Bytes of one response held in memory before the temp file is used (nginx ' +
+                        '`uwsgi_buffers`).',
+                    ),
+                  maxTempFile: size()
+                    .prefault('1g')
+                    .describe(
+                      'Bytes of one response held in its temp file (in the OS temp dir, unlinked at once); past ' +
+                        'it the app is slowed to the client\'s pace (write() returns false), as nginx ' +
+                        '`uwsgi_max_temp_file_size`. 0 = memory only.',
+                    ),
+                },
+                { error: expected('a mapping') },
+              )
+              .prefault({})
+              .describe('Response buffering for pool routes (nginx `uwsgi_buffering`).'),
             maxConnections: int(1)
               .nullable()
               .default(null)

@@ -7,8 +7,17 @@
 // the front write their head through sendHead() and leave the hook unset.
 
 import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import { ResponseBuffer, type BufferLimits, type WriteCallback } from '../proxy/response-buffer.ts';
 
 const { ServerResponse } = process.getBuiltinModule('node:http');
+
+type RawWrite = (data: Buffer | string, encoding: unknown, cb: unknown, size?: number) => boolean;
+const proto = ServerResponse.prototype as unknown as { _writeRaw: RawWrite };
+/** OutgoingMessage's own: to the socket when the response owns it, else to its outputData. */
+const writeRaw = proto._writeRaw;
+const lengthOf = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(ServerResponse.prototype), 'writableLength')!
+  .get as (this: unknown) => number;
 
 export class HostResponse<R extends IncomingMessage = IncomingMessage> extends ServerResponse<R> {
   /** Called once, just before the head goes out, to add the proxy's headers (flat pairs). */
@@ -22,7 +31,73 @@ export class HostResponse<R extends IncomingMessage = IncomingMessage> extends S
   stratumAbandon = false;
   /** Called once when the app ends its response (whatever is still buffered for the client). */
   stratumEnd: (() => void) | null = null;
+  /**
+   * Response buffering for this response (set by the upstream before the app writes): what the
+   * socket cannot take at once is held in a ResponseBuffer, and write() keeps returning true,
+   * within these limits. null: Node's own back-pressure (write() false once the socket is full).
+   */
+  stratumBuffering: BufferLimits | null = null;
+  #buffer: ResponseBuffer | null = null;
   #proxyWrites = false;
+
+  static {
+    // The bytes held in the buffer are pending bytes of this response: end() then queues its last
+    // write behind them (instead of emitting 'finish' at once), and the server's 'drain' waits for them.
+    Object.defineProperty(HostResponse.prototype, 'writableLength', {
+      configurable: true,
+      get(this: HostResponse) {
+        return lengthOf.call(this) + (this.#buffer?.length ?? 0);
+      },
+    });
+  }
+
+  /**
+   * Every byte of the response on its way to the socket (HTTP framing included) passes here. The
+   * fast path is Node's own: only once the socket has refused more (its write returned false) do
+   * later bytes wait in the buffer, until it is empty again.
+   */
+  _writeRaw(data: Buffer | string, encoding: unknown, cb: unknown, size?: number): boolean {
+    const limits = this.stratumBuffering;
+    const buffer = this.#buffer;
+    if (limits === null || ((buffer === null || buffer.idle) && !this.#owns())) {
+      return writeRaw.call(this, data, encoding, cb, size);
+    }
+    if (buffer === null || buffer.idle) {
+      if (writeRaw.call(this, data, encoding, cb, size)) return true;
+      // The socket is full: from here on, bytes wait in the buffer until it drains.
+      (buffer ?? this.#startBuffer(limits)).waitForDrain();
+      return true;
+    }
+    if (typeof encoding === 'function') return buffer.push(data, null, encoding as WriteCallback);
+    return buffer.push(data, (encoding as BufferEncoding | null) ?? null, (cb as WriteCallback | null) ?? null);
+  }
+
+  /** The response is the socket's current one and may write to it directly. */
+  #owns(): boolean {
+    const conn = this.socket as (Socket & { _httpMessage?: unknown }) | null;
+    return conn !== null && !conn.destroyed && conn.writable && conn._httpMessage === this;
+  }
+
+  #startBuffer(limits: BufferLimits): ResponseBuffer {
+    const socket = this.socket!;
+    const buffer = new ResponseBuffer(socket, limits, {
+      // Back under the limits: the writer Node told to wait (write() false) may go on.
+      onRelieved: () => {
+        if (this.writableNeedDrain) this.emit('drain');
+      },
+      // The temp file failed with part of the response in it: it cannot be completed.
+      onFailure: () => socket.destroy(),
+    });
+    this.#buffer = buffer;
+    const done = () => {
+      socket.removeListener('close', done);
+      this.removeListener('finish', done);
+      buffer.discard();
+    };
+    socket.once('close', done);
+    this.once('finish', done);
+    return buffer;
+  }
 
   override writeHead(statusCode: number, ...rest: unknown[]): this {
     if (this.stratumAbandon && !this.#proxyWrites) return this;

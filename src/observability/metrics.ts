@@ -14,6 +14,7 @@ import { Histogram3, type HistogramDump } from './histogram.ts';
 type MetricJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>[number];
 import type { PoolCounters, WorkerState } from '../pool/stats.ts';
 import { sumConnections, type ConnectionCounts } from '../proxy/conn-cap.ts';
+import { responseBufferStats } from '../proxy/response-buffer.ts';
 
 /** What a front counts itself (src/proxy/server.ts), read at scrape time. */
 export interface FrontView {
@@ -77,6 +78,8 @@ export interface RequestMetricsDump {
   upstreamErrors: Array<{ labels: Record<string, string | number>; value: number }>;
   /** The worker's front: connections and spool failures (absent from a dump without a front). */
   front?: FrontDump | null;
+  /** Response buffering in this process (src/proxy/response-buffer.ts): temp-file bytes, temp-file failures. */
+  responseBuffer?: [number, number];
 }
 
 /** What a worker answers the master's scrape with. */
@@ -135,6 +138,8 @@ export class Metrics {
   /** The front in this process, if any; with #sumWorkers, the workers' fronts summed by #absorb instead. */
   #front: FrontView | null = null;
   #frontSum: { connections: ConnectionCounts[]; spoolFailures: Map<string, number> } | null = null;
+  /** The workers' response buffering, summed by #absorb (worker topology). */
+  #bufferSum: [number, number] = [0, 0];
 
   constructor(processLabel = 'master') {
     client.collectDefaultMetrics({ register: this.processRegistry });
@@ -178,6 +183,19 @@ export class Metrics {
       spool.reset();
       for (const [errno, n] of front()?.spoolFailures ?? []) spool.inc({ errno }, n);
     };
+    const own = responseBufferStats;
+    const buffered = (i: 0 | 1) =>
+      this.#sumWorkers ? this.#bufferSum[i] : i === 0 ? own.tempFileBytes : own.tempFileFailures;
+    for (const [name, help, i] of [
+      ['stratum_response_buffer_temp_bytes_total', 'Response bytes held in temp files (clients slower than apps).', 0],
+      ['stratum_response_buffer_temp_failures_total', 'Response temp files that could not be opened or written.', 1],
+    ] as const) {
+      const c = this.#counter(name, help, []);
+      (c as unknown as { collect: () => void }).collect = () => {
+        c.reset();
+        c.inc(buffered(i));
+      };
+    }
   }
 
   /** The front running in this process (its counts are read at every scrape and dump). */
@@ -204,6 +222,7 @@ export class Metrics {
       front: this.#front
         ? { connections: this.#front.connections, spoolFailures: [...this.#front.spoolFailures] }
         : null,
+      responseBuffer: [responseBufferStats.tempFileBytes, responseBufferStats.tempFileFailures],
     };
   }
 
@@ -238,6 +257,11 @@ export class Metrics {
       connections: sumConnections([...retired, ...dumps.map((d) => d.front?.connections)]),
       spoolFailures,
     };
+    this.#bufferSum = [0, 0];
+    for (const d of [...this.#retired, ...dumps]) {
+      this.#bufferSum[0] += d.responseBuffer?.[0] ?? 0;
+      this.#bufferSum[1] += d.responseBuffer?.[1] ?? 0;
+    }
   }
 
   #counter<L extends string>(name: string, help: string, labelNames: readonly L[]) {

@@ -49,7 +49,7 @@ export function harakiriNotePath(runDir: string, pid: number): string {
 const WATCHDOG = `
 const { workerData } = require('node:worker_threads');
 const fs = require('node:fs');
-const { sab, info, slots, fields, infoBytes, notePath, blockedMs, tickMs, response } = workerData;
+const { sab, info, slots, fields, infoBytes, notePath, blockedMs, tickMs, response, gone } = workerData;
 const f = new Float64Array(sab);
 const text = new Uint8Array(info);
 const decoder = new TextDecoder();
@@ -75,6 +75,14 @@ setInterval(() => {
     const fd = f[at + 2];
     if (fd >= 0 && f[at + 3] === 0) {
       try { fs.writeSync(fd, response); } catch {}
+    }
+  }
+  // The requests beside them, still within their limit, die with the process: they get what nginx
+  // answers for a vanished upstream (502) instead of a reset.
+  for (let i = 0; i < slots; i++) {
+    const at = 1 + i * fields;
+    if (f[at] > 0 && !over.includes(i) && f[at + 2] >= 0 && f[at + 3] === 0) {
+      try { fs.writeSync(f[at + 2], gone); } catch {}
     }
   }
   try {
@@ -134,6 +142,7 @@ export class HarakiriKeeper {
           blockedMs: BLOCKED_MS,
           tickMs: TICK_MS,
           response: HARAKIRI_RESPONSE,
+          gone: BAD_GATEWAY,
         },
         // The watchdog needs no heap to speak of.
         resourceLimits: { maxOldGenerationSizeMb: 8, maxYoungGenerationSizeMb: 1 },

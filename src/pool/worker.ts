@@ -243,6 +243,7 @@ if (workerTopology) {
     queueLimit: config.pool.listen,
     queueTimeoutMs: config.proxy.readTimeout * 1000,
     harakiri,
+    buffering: config.proxy.buffering,
   });
   appUpstream = pool;
   observer = createObserver(config, log, metrics, tracing?.tracer ?? null);

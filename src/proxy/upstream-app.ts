@@ -17,6 +17,7 @@ import { Dispatcher } from '../pool/dispatch.ts';
 import { socketFd, type HarakiriKeeper } from '../pool/harakiri.ts';
 import { httpRequestHeaders, presentClient, type ForwardInfo } from './forward.ts';
 import type { HostResponse } from '../host/response.ts';
+import { bufferingFor, type BufferingConfig } from './response-buffer.ts';
 import { slotFor, type ProxyContext, type RequestBody, type Upstream, type UpgradeContext } from './upstream.ts';
 
 const http = process.getBuiltinModule('node:http');
@@ -28,6 +29,8 @@ export interface AppUpstreamOptions {
   queueLimit: number;
   queueTimeoutMs: number;
   harakiri: HarakiriKeeper | null;
+  /** Response buffering (proxy.buffering); a route's `buffering: false` turns it off for that route. */
+  buffering: BufferingConfig | null;
 }
 
 export class AppUpstream implements Upstream {
@@ -90,15 +93,20 @@ export class AppUpstream implements Upstream {
           res.stratumAbandon = true;
           finish(new HarakiriTimeout(ctx.harakiriMs / 1000));
         }) ?? null;
+      res.stratumBuffering = bufferingFor(ctx.route, this.#opts.buffering);
       res.stratumHead = (headers) => {
         const now = (t.headAt = performance.now());
         t.worker = { worker: appAt - slotAt, app: now - appAt };
         watch?.headSent();
         ctx.beforeHead(headers);
       };
-      // harakiri measures the app's time, never the client's: it stops when the app has ended its
-      // response, however slowly the client then reads it.
-      res.stratumEnd = () => watch?.done();
+      // harakiri measures the app's time, never the client's: the app, its slot and its watch are
+      // released when it has ended its response; the client then reads it from the response buffer.
+      // Without buffering the slot stays held until the last byte is on the socket ('finish').
+      res.stratumEnd = () => {
+        if (res.stratumBuffering !== null) finish(null);
+        else watch?.done();
+      };
       res.once('finish', () => finish(null));
       // The client went away mid-response: the app sees 'close' on its response.
       ctx.onClientGone = () => finish(null);

@@ -7,6 +7,7 @@ import { HARAKIRI_VAR } from '../uwsgi/server.ts';
 import type { StratumError } from '../errors.ts';
 import type { Ticket } from '../pool/dispatch.ts';
 import type { UwsgiClient } from '../uwsgi/client.ts';
+import { bufferingFor, type BufferingConfig } from './response-buffer.ts';
 import { uwsgiExchange } from './upstream-uwsgi.ts';
 import { slotFor, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
 
@@ -25,6 +26,8 @@ export interface WorkerDispatch {
   suspect(slot: WorkerSlot): void;
   /** How many workers a refused request may try before it fails. */
   readonly size: number;
+  /** The pool's config (the Supervisor's): its proxy.buffering applies to the pool's answers. */
+  readonly config?: { proxy: { buffering: BufferingConfig } };
 }
 
 export class PoolUpstream implements Upstream {
@@ -32,13 +35,20 @@ export class PoolUpstream implements Upstream {
   readonly label = 'pool';
   #pool: WorkerDispatch;
   #queueTimeoutMs: number;
+  #buffering: BufferingConfig | null;
 
-  constructor(pool: WorkerDispatch, queueTimeoutMs: number) {
+  /** `buffering`: proxy.buffering (the pool's own config by default), so a worker's answer is read at once. */
+  constructor(pool: WorkerDispatch, queueTimeoutMs: number, buffering?: BufferingConfig | null) {
     this.#pool = pool;
     this.#queueTimeoutMs = queueTimeoutMs;
+    this.#buffering = buffering !== undefined ? buffering : (pool.config?.proxy.buffering ?? null);
   }
 
   async handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
+    // The worker's answer is read as fast as it comes (the client's response takes it at once, up
+    // to the buffer's limits): the worker's socket never waits on a slow client, and the slot is
+    // released when the worker is done.
+    ctx.res.stratumBuffering = bufferingFor(ctx.route, this.#buffering);
     for (let attempt = 1; ; attempt++) {
       const got = this.#pool.acquire(this.#queueTimeoutMs);
       const queued = slotFor(got, ctx);
