@@ -26,7 +26,12 @@ import { raiseFdLimit } from './pool/rlimit.ts';
 
 type Mode = 'serve' | 'pool' | 'proxy';
 
-async function run(config: StratumConfig, mode: Mode): Promise<void> {
+/** How the appliance re-reads its config (SIGHUP, POST /reload): the CLI's loader, with the same flags and env. */
+export interface RunOptions {
+  reload?: () => Promise<StratumConfig>;
+}
+
+async function run(config: StratumConfig, mode: Mode, opts: RunOptions = {}): Promise<void> {
   const log = createLogger(config.log.level);
   raiseFdLimit(log); // before any worker is forked: they inherit it
   const tracing = await startTracing(config.tracing, 'master');
@@ -50,8 +55,8 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
         : `${config.tls ? 'https' : 'http'}://${a.host.includes(':') ? `[${a.host}]` : a.host}:` +
           `${boundPort(frontHandle, a)}`;
   }
-  const pool =
-    mode === 'proxy' ? null : new (await import('./pool/supervisor.ts')).Supervisor(config, log, frontHandle);
+  // One pool per http app, one supervised process group per process app (src/pool/apps.ts).
+  const pool = mode === 'proxy' ? null : new (await import('./pool/apps.ts')).AppSet(config, log, frontHandle);
   // The master's copy of the certificates: the expiry metric, SIGHUP's reload, and (worker topology)
   // the last good copy the workers fall back on (src/proxy/tls.ts).
   const certs =
@@ -89,8 +94,46 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGHUP', () => {
     certs?.reload('SIGHUP');
-    if (pool) void pool.reload();
+    if (pool) void reloadConfig('SIGHUP', false);
   });
+
+  // Config reload: the file is read and validated again first; a bad one changes nothing (the field
+  // is logged and POST /reload answers it). Then the apps are reconciled (pool/apps.ts), and the
+  // front in the master takes the new routes here.
+  let onRoutes: ((next: StratumConfig) => Promise<void>) | undefined;
+  const reloadConfig = async (
+    source: string,
+    wait: boolean,
+  ): Promise<{ status: number; body: Record<string, unknown> }> => {
+    const refuse = (err: unknown) => {
+      const e = err as Error & { code?: string; path?: string };
+      const fields = { source, code: e.code, path: e.path };
+      log.error(fields, `config reload refused, the running config stays: ${e.message}`);
+      const status = e.code === 'STRATUM_ERR_CONFIG' ? 400 : 500;
+      return { status, body: { error: { code: e.code ?? 'STRATUM_ERR_RELOAD', path: e.path, message: e.message } } };
+    };
+    let next: StratumConfig;
+    try {
+      next = opts.reload ? await opts.reload() : config;
+      (await import('./pool/apps.ts')).resolveApps(next); // env files readable, before anything changes
+    } catch (err) {
+      return refuse(err);
+    }
+    const applied = pool!.reload(next, onRoutes).then((outcome) => {
+      config = next;
+      log.info({ source, ...outcome }, 'config reloaded');
+      return outcome;
+    });
+    if (!wait) {
+      applied.catch((err: unknown) => refuse(err));
+      return { status: 202, body: { status: 'reloading' } };
+    }
+    try {
+      return { status: 200, body: { ...(await applied) } };
+    } catch (err) {
+      return refuse(err);
+    }
+  };
 
   admin.add({
     method: 'GET',
@@ -167,7 +210,22 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     },
   });
   if (pool) {
-    metrics?.attachPool(pool);
+    // `apps:` labels the pool series by app; a lone app.module keeps them as they were (no label).
+    const whole = {
+      get workers() {
+        return pool.workers;
+      },
+      get queueLength() {
+        return pool.queueLength;
+      },
+      get counters() {
+        return pool.counters;
+      },
+    };
+    metrics?.attachPool(config.apps.length > 0 ? { views: () => pool.views() } : whole);
+    metrics?.attachProcesses(() =>
+      pool.processes.map((p) => ({ app: p.name, restarts: p.restarts, processes: p.stats().processes })),
+    );
     if (metrics) {
       // The last request metrics each worker reported, so that a worker killed before it could
       // send its final count still leaves what it had counted in the sums.
@@ -194,9 +252,10 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
     admin.add({
       method: 'POST',
       path: '/reload',
-      handler: (_q, res) => {
-        void pool.reload();
-        sendJson(res, 202, { status: 'reloading' });
+      // 202 once the new config is valid (the apps roll on); ?wait=1: 200 with the outcome once applied.
+      handler: async (_q, res, url) => {
+        const r = await reloadConfig('POST /reload', url.searchParams.get('wait') === '1');
+        sendJson(res, r.status, r.body);
       },
     });
   }
@@ -221,7 +280,21 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
         import('./proxy/upstream-pool.ts'),
         import('./proxy/server.ts'),
       ]);
-      const routes = await buildRoutes(config, pool ? new PoolUpstream(pool, config.proxy.readTimeout * 1000) : null);
+      // One PoolUpstream per app's pool, made once: `pool:NAME` (and `pool`, the default app) reach it.
+      const upstreams = new WeakMap<object, InstanceType<typeof PoolUpstream>>();
+      const resolver = (c: StratumConfig) => (name: string | undefined) => {
+        const sup = pool?.supervisor(name);
+        if (!sup) return null;
+        let up = upstreams.get(sup);
+        if (!up) upstreams.set(sup, (up = new PoolUpstream(sup, c.proxy.readTimeout * 1000)));
+        return up;
+      };
+      const routes = await buildRoutes(config, pool ? resolver(config) : null);
+      onRoutes = async (next) => {
+        const table = await buildRoutes(next, pool ? resolver(next) : null);
+        proxy?.replaceRoutes(table);
+        upstreamHealth = health(table);
+      };
       upstreamHealth = health(routes);
       if (routes.entries.some((e) => e.upstream.kind === 'uwsgi')) metrics?.attachUpstreamHealth(upstreamHealth);
       proxy = new FrontProxy(config, routes, log, observer!, { tls: certs ?? undefined });
@@ -246,6 +319,12 @@ async function run(config: StratumConfig, mode: Mode): Promise<void> {
       admin: adminUrl,
       pool: pool?.publicLabel ?? undefined,
       workers: pool?.workers.map((w) => w.pid),
+      apps:
+        pool && config.apps.length > 0
+          ? Object.fromEntries(
+              pool.stats().apps.map((a) => [a.name, (a.workers ?? a.processes ?? []).map((w) => w.pid)]),
+            )
+          : undefined,
     },
     'stratum ready',
   );
@@ -257,6 +336,6 @@ function mergeTraces(all: RecentTrace[], kind: 'latest' | 'slow' | 'failed', lim
   return all.sort(kind === 'slow' ? (a, b) => b.durationMs - a.durationMs : (a, b) => b.at - a.at).slice(0, limit);
 }
 
-export const runServe = (config: StratumConfig) => run(config, 'serve');
-export const runPool = (config: StratumConfig) => run(config, 'pool');
+export const runServe = (config: StratumConfig, opts?: RunOptions) => run(config, 'serve', opts);
+export const runPool = (config: StratumConfig, opts?: RunOptions) => run(config, 'pool', opts);
 export const runProxy = (config: StratumConfig) => run(config, 'proxy');

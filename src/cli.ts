@@ -17,14 +17,14 @@ import { parseArgs } from 'node:util';
 import { ENV_OVERRIDES, FLAG_OVERRIDES, loadConfig, type Flags, type Mode } from './config/load.ts';
 import { LOG_LEVELS, parseAddress, schema, type StratumConfig } from './config/schema.ts';
 import {
-  appImportError, ConfigInvalid, errorEntry, EXIT_OK, EXIT_RUNTIME, ListenFailed, UsageInvalid,
+  appImportError, ConfigInvalid, errorEntry, EXIT_OK, EXIT_RUNTIME, ListenFailed, ReloadFailed, UsageInvalid,
 } from './errors.ts';
 import type { InitOptions, InitResult } from './init.ts';
 
 /** What ./appliance.ts provides; each promise settles when that part of stratum has stopped. */
 export type Appliance = {
-  runServe(config: StratumConfig): Promise<void>;
-  runPool(config: StratumConfig): Promise<void>;
+  runServe(config: StratumConfig, opts?: { reload?: () => Promise<StratumConfig> }): Promise<void>;
+  runPool(config: StratumConfig, opts?: { reload?: () => Promise<StratumConfig> }): Promise<void>;
   runProxy(config: StratumConfig): Promise<void>;
 };
 
@@ -57,6 +57,7 @@ const COMMANDS = {
   check: 'Validate the configuration, print "configuration ok" and exit (nginx -t).',
   init: 'Write a commented stratum.yaml for the app in the current folder (guessed, or --app).',
   top: 'Show live stats of a running stratum, read from its admin server.',
+  reload: 'Make a running stratum re-read its configuration (as SIGHUP) and print the outcome.',
 } as const;
 type Command = keyof typeof COMMANDS;
 
@@ -136,6 +137,7 @@ type Context = {
 
 async function runCommand(command: Command, args: string[], ctx: Context): Promise<number> {
   if (command === 'top') return runTop(args, ctx);
+  if (command === 'reload') return runReload(args, ctx);
   if (command === 'init') return runInit(args, ctx);
 
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }> = {
@@ -170,16 +172,24 @@ async function runCommand(command: Command, args: string[], ctx: Context): Promi
     return EXIT_OK;
   }
   const appliance = (await ctx.importModule('./appliance.ts')) as Appliance;
-  await appliance[RUNNERS[command]](config);
+  // SIGHUP and POST /reload read the same file again, with the same flags and environment over it.
+  const reload = async () => {
+    const fresh =
+      file !== null && CONFIG_MODULE.test(file) ? await importConfig(resolve(ctx.cwd, file), file, true) : undefined;
+    return loadConfig({ file, data: fresh, flags, env: ctx.env, mode: command, cwd: ctx.cwd });
+  };
+  await appliance[RUNNERS[command]](config, { reload });
   return EXIT_OK;
 }
 
 /** The settings a config module exports (`export default defineConfig({ ... })`). */
-async function importConfig(path: string, shown: string): Promise<unknown> {
+async function importConfig(path: string, shown: string, fresh = false): Promise<unknown> {
   if (!existsSync(path)) throw new ConfigInvalid(shown, 'file not found');
   let mod: { default?: unknown };
   try {
-    mod = (await import(pathToFileURL(path).href)) as { default?: unknown };
+    // A reload imports the edited module anew: another URL, since an ES module is loaded once per URL.
+    const url = pathToFileURL(path).href + (fresh ? `?reload=${Date.now()}` : '');
+    mod = (await import(url)) as { default?: unknown };
   } catch (err) {
     // The message of the app's own load error fits a config module too (TypeScript that stripping refuses...).
     throw new ConfigInvalid(shown, appImportError(path, err).message.replace(/^cannot load application module /, ''));
@@ -236,6 +246,69 @@ async function runTop(args: string[], ctx: Context): Promise<number> {
   }
   const top = (await ctx.importModule('./admin/top.ts')) as Top;
   await top.runTop({ admin, token: ctx.env.STRATUM_ADMIN_TOKEN || null, interval, once: values.once === true });
+  return EXIT_OK;
+}
+
+/**
+ * `stratum reload`: POST /reload?wait=1 to the admin (--admin, else the config file's admin.listen),
+ * then one line: what was added, rolled, removed and kept, or the field the service refused.
+ */
+async function runReload(args: string[], ctx: Context): Promise<number> {
+  const values = parse('reload', args, {
+    admin: { type: 'string' },
+    config: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) {
+    ctx.out(commandHelp('reload', ctx.env));
+    return EXIT_OK;
+  }
+  let admin = typeof values.admin === 'string' ? values.admin : ctx.env.STRATUM_ADMIN || null;
+  let token = ctx.env.STRATUM_ADMIN_TOKEN || null;
+  const file =
+    typeof values.config === 'string'
+      ? values.config
+      : (DEFAULT_CONFIG_FILES.find((name) => existsSync(resolve(ctx.cwd, name))) ?? null);
+  if (file !== null && (admin === null || token === null)) {
+    // The file may be the bad edit being reloaded: the service is the one to judge it, so only the
+    // admin's address and token are read here, and a file that does not load leaves the defaults.
+    try {
+      const raw = CONFIG_MODULE.test(file)
+        ? await importConfig(resolve(ctx.cwd, file), file)
+        : (await import('yaml')).parse(readFileSync(resolve(ctx.cwd, file), 'utf8'));
+      const a = (raw as { admin?: { listen?: unknown; token?: unknown } } | null)?.admin;
+      if (typeof a?.listen === 'string') admin ??= a.listen;
+      if (typeof a?.token === 'string') token ??= a.token;
+    } catch {
+      // the defaults below
+    }
+  }
+  admin ??= defaults().admin.listen;
+  parseAddress(admin, '--admin');
+  const base = /^https?:\/\//.test(admin) ? admin : `http://${admin.replace(/^0\.0\.0\.0:/, '127.0.0.1:')}`;
+  const url = new URL('/reload?wait=1', base);
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (token) headers.authorization = `Bearer ${token}`;
+  const res = await fetch(url, { method: 'POST', headers, body: '{}', signal: AbortSignal.timeout(120_000) });
+  const body = (await res.json().catch(() => ({}))) as Record<string, unknown>;
+  const error = body.error as { code?: string; path?: string; message?: string } | undefined;
+  if (res.status === 400 && error?.code === ConfigInvalid.code) {
+    const path = error.path ?? '';
+    const what = (error.message ?? '').replace(`${path || '(root)'}: `, '');
+    throw new ConfigInvalid(path, `${what} (refused: the running config stays)`);
+  }
+  if (res.status !== 200) throw new ReloadFailed(url.href, res.status, error?.message ?? JSON.stringify(body));
+  const list = (k: string) => ((body[k] as string[] | undefined) ?? []).join(', ') || '-';
+  const parts = [
+    `added ${list('added')}`,
+    `rolled ${list('changed')}`,
+    `removed ${list('removed')}`,
+    `kept ${list('unchanged')}`,
+  ];
+  if (body.routes) parts.push('routes changed');
+  const restart = body.needsRestart as string[] | undefined;
+  if (restart && restart.length > 0) parts.push(`needs a restart for: ${restart.join(', ')}`);
+  ctx.out(`stratum: reloaded: ${parts.join('; ')}\n`);
   return EXIT_OK;
 }
 
@@ -337,6 +410,11 @@ function commandHelp(command: Command, env: NodeJS.ProcessEnv): string {
       ['--config FILE', `file to write (default ${DEFAULT_CONFIG_FILE})`],
       ['--force', 'overwrite the file if it exists'],
     );
+  } else if (command === 'reload') {
+    rows.push(
+      ['--admin HOST:PORT', 'admin server to ask (default: the config file\'s admin.listen, env STRATUM_ADMIN)'],
+      ['--config FILE', `where the admin's address and token are read (default ./${DEFAULT_CONFIG_FILE} if present)`],
+    );
   } else if (command === 'top') {
     const admin = env.STRATUM_ADMIN || defaults().admin.listen;
     rows.push(
@@ -370,8 +448,8 @@ function commandHelp(command: Command, env: NodeJS.ProcessEnv): string {
   const width = Math.max(...rows.map(([flag]) => flag.length)) + 2;
   const usage = command === 'serve' ? 'Usage: stratum [serve] [options]' : `Usage: stratum ${command} [options]`;
   const note =
-    command === 'top'
-      ? 'The admin token, if any, comes from STRATUM_ADMIN_TOKEN.'
+    command === 'top' || command === 'reload'
+      ? 'The admin token, if any, comes from STRATUM_ADMIN_TOKEN (or the config file\'s admin.token for reload).'
       : command === 'init'
         ? 'The file names the app and lists the usual settings, commented. Then: stratum check, stratum serve.'
         : 'Precedence: defaults < --config file < environment < flags. Reference: docs/config.md';

@@ -344,6 +344,13 @@ export const TopRequestFailed = define('STRATUM_ERR_TOP', (url: string, status: 
   status: null,
   hint: '401: set STRATUM_ADMIN_TOKEN; 404: the admin server runs no pool (stratum proxy has no /stats).',
 });
+export const ReloadFailed = define('STRATUM_ERR_RELOAD', (url: string, status: number, why: string) =>
+  `${url} answered ${status}: ${why}`, {
+  status: null,
+  hint: '`stratum reload`, or a reload that failed after its config was valid (an app that did not start: the ' +
+    'running ones stay). A config the service refuses is STRATUM_ERR_CONFIG, with the field; 401: set ' +
+    'STRATUM_ADMIN_TOKEN.',
+});
 export const InitExists = define('STRATUM_ERR_INIT_EXISTS', (file: string) =>
   `${file} already exists (stratum init --force overwrites it)`, { status: null, exit: EXIT_USAGE });
 export const InitNoApp = define('STRATUM_ERR_INIT_NO_APP', (dir: string, tried: string) =>

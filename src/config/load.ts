@@ -219,6 +219,18 @@ function resolvePaths(layer: unknown, base: string, rawModule: { value?: string 
     const path = s.startsWith('unix:') ? s.slice(5) : s;
     if (path.includes('/') && !isAbsolute(path)) out.pool = { ...out.pool, socket: resolve(base, path) };
   }
+  if (Array.isArray(out.apps)) {
+    out.apps = out.apps.map((a: unknown) => {
+      if (!isTree(a)) return a;
+      const app: Tree = { ...a };
+      for (const key of ['module', 'cwd', 'envFile'])
+        if (typeof app[key] === 'string' && app[key] !== '') app[key] = resolve(base, app[key]);
+      const s = app.socket;
+      const path = typeof s === 'string' ? (s.startsWith('unix:') ? s.slice(5) : s) : '';
+      if (path.includes('/') && !isAbsolute(path)) app.socket = resolve(base, path);
+      return app;
+    });
+  }
   if (isTree(out.tls)) {
     const fix = (v: unknown) => (typeof v === 'string' && v !== '' ? resolve(base, v) : v);
     const t: Tree = { ...out.tls, cert: fix(out.tls.cert), key: fix(out.tls.key) };
@@ -366,7 +378,7 @@ function checkMode(config: StratumConfig, mode: Mode, rawModule: string | undefi
     }
   }
   const needsApp = mode === 'serve' || mode === 'pool' || (mode === 'check' && usesPool);
-  if (needsApp && config.app.module === null) {
+  if (needsApp && config.app.module === null && !config.apps.some((a) => a.kind === 'http')) {
     throw new ConfigInvalid(
       'app.module',
       `required by stratum ${mode === 'check' ? 'serve' : mode} (set app.module, --app or STRATUM_APP)`,
@@ -379,6 +391,19 @@ function checkMode(config: StratumConfig, mode: Mode, rawModule: string | undefi
     if (!st) throw new ConfigInvalid('app.module', `file not found: ${shown}${where}`);
     if (!st.isFile()) throw new ConfigInvalid('app.module', `not a file: ${shown}${where}`);
   }
+  config.apps.forEach((a, i) => {
+    if (mode === 'proxy') return;
+    const st = statSync(a.module, { throwIfNoEntry: false });
+    if (!st || !st.isFile())
+      throw new ConfigInvalid(`apps.${i}.module`, `${st ? 'not a file' : 'file not found'}: ${a.module}`);
+    for (const key of ['cwd', 'envFile'] as const) {
+      const p = a[key];
+      const stat = p === null ? null : statSync(p, { throwIfNoEntry: false });
+      const want = key === 'cwd' ? 'a directory' : 'a file';
+      if (p !== null && !(key === 'cwd' ? stat?.isDirectory() : stat?.isFile()))
+        throw new ConfigInvalid(`apps.${i}.${key}`, `${stat ? `not ${want}` : 'not found'}: ${p}`);
+    }
+  });
   // nginx -t loads the certificates too: a bad one stops start-up with one line naming its file.
   if (config.tls && mode !== 'pool') loadCertificates(config.tls);
   if (mode === 'pool' && config.pool.socket === null) {

@@ -11,12 +11,13 @@ import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigInvalid } from '../errors.ts';
+import { parseCron } from '../pool/cron.ts';
 import { parseTrustedProxy } from '../proxy/forward.ts';
 
 export type Address = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
 export type Target =
-  | { kind: 'pool'; raw: string }
+  | { kind: 'pool'; raw: string; app?: string }
   | { kind: 'uwsgi'; raw: string; address: Address }
   | { kind: 'http'; raw: string; url: URL; address: Address }
   | { kind: 'static'; raw: string; root: string };
@@ -257,6 +258,11 @@ function parseTarget(raw: string): Target | TargetIssue {
     input: raw,
   });
   if (raw === 'pool') return { kind: 'pool', raw };
+  if (raw.startsWith('pool:')) {
+    const app = raw.slice('pool:'.length);
+    if (!APP_NAME.test(app)) return bad(`expected pool:NAME with ${APP_NAME_FORMS}, got ${show(raw)}`);
+    return { kind: 'pool', raw, app };
+  }
   if (raw.startsWith('uwsgi://')) {
     const a = addressOrReason(raw.slice('uwsgi://'.length).replace(/\/$/, ''));
     if (typeof a === 'string' || a.kind !== 'tcp') return bad(`expected uwsgi://HOST:PORT, got ${show(raw)}`);
@@ -474,6 +480,169 @@ const tlsSettings = z
     ...rest,
     certificates: cert !== null && key !== null ? [{ cert, key, names: null }, ...certificates] : certificates,
   }));
+
+// --- apps (src/pool/apps.ts) -------------------------------------------------------------------
+
+/** The names `apps[].name` and `pool:NAME` take. */
+export const APP_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$/;
+const APP_NAME_FORMS = 'a name of letters, digits, "-" and "_" (at most 40, starting with a letter or digit)';
+
+const app = z
+  .strictObject(
+    {
+      name: z
+        .string({ error: expected(APP_NAME_FORMS) })
+        .regex(APP_NAME, { error: expected(APP_NAME_FORMS) })
+        .meta({ docType: 'string' })
+        .describe("The app's name: routes reach it as `pool:NAME`; logs, /stats and metrics (`app` label) show it."),
+      kind: z
+        .enum(['http', 'process'], { error: expected('"http" or "process"') })
+        .default('http')
+        .describe(
+          '`http`: a worker pool serving the module over the front and a uwsgi socket, like `app`. `process`: ' +
+            'the module is run as a plain Node program that serves no HTTP (a queue consumer, a scheduler), ' +
+            'supervised the same way: respawned with back-off, restarted gracefully, its memory bounded (PM2).',
+        ),
+      module: z
+        .string({ error: expected('a module path') })
+        .min(1, { error: expected('a module path') })
+        .describe("Path of the app's module (`app.module`; PM2 `script`). Relative: against the config file."),
+      export: z
+        .string({ error: expected('an export name') })
+        .min(1, { error: expected('an export name') })
+        .default('default')
+        .describe('Named export holding the app (`http` only; uWSGI `callable`).'),
+      args: z
+        .array(z.string({ error: expected('a string') }), { error: expected('a list of strings') })
+        .default([])
+        .describe('Command-line arguments of a `process` app (PM2 `args`).'),
+      cwd: z
+        .string({ error: expected('a directory or null') })
+        .min(1, { error: expected('a directory or null') })
+        .nullable()
+        .default(null)
+        .describe("Working directory of the app's processes (uWSGI `chdir`, PM2 `cwd`); null = stratum's own."),
+      env: z
+        .record(
+          z.string(),
+          z.union([z.string(), z.number(), z.boolean()], { error: expected('a string, number or boolean') }),
+          { error: expected('a mapping of variable names to values') },
+        )
+        .default({})
+        .meta({ docType: 'mapping' })
+        .describe("Environment variables of the app's processes, over stratum's own and `envFile`'s."),
+      envFile: z
+        .string({ error: expected('a file path or null') })
+        .min(1, { error: expected('a file path or null') })
+        .nullable()
+        .default(null)
+        .describe(
+          'A file of `NAME=value` lines (`#` comments, optional quotes; dotenv) read at start and at every reload.',
+        ),
+      workers: int(1)
+        .nullable()
+        .default(null)
+        .describe('Processes of this app; null = `pool.workers` (`http`), 1 (`process`; PM2 `instances`).'),
+      harakiri: seconds().nullable().default(null).describe('This app\'s `pool.harakiri`; null = the global one.'),
+      maxRequests: int(0)
+        .nullable()
+        .default(null)
+        .describe("This app's `pool.maxRequests`; null = the global one."),
+      reloadOnRss: int(0)
+        .nullable()
+        .default(null)
+        .describe(
+          "This app's `pool.reloadOnRss` in MiB (for a `process` app: PM2 `max_memory_restart`); null = the " +
+            'global one.',
+        ),
+      gracefulTimeout: seconds()
+        .nullable()
+        .default(null)
+        .describe("This app's `pool.gracefulTimeout` (a `process` app gets SIGTERM, then SIGKILL after it)."),
+      cheaper: z
+        .strictObject(
+          {
+            enabled: bool().default(true).describe('As `pool.cheaper.enabled`.'),
+            min: int(1).default(1).describe('As `pool.cheaper.min`.'),
+            max: int(1).nullable().default(null).describe('As `pool.cheaper.max` (null = this app\'s workers).'),
+          },
+          { error: expected('a mapping or null') },
+        )
+        .nullable()
+        .default(null)
+        .describe("This app's `pool.cheaper` (`http` only); null = the global one."),
+      socket: address
+        .nullable()
+        .default(null)
+        .describe(
+          "This app's uwsgi socket (`pool.socket`; `http` only). null = a socket in a private temporary directory " +
+            '(the `default` app: `pool.socket`).',
+        ),
+      cron: z
+        .string({ error: expected('a cron schedule like "0 3 * * *" or null') })
+        .superRefine((s, ctx) => {
+          const c = parseCron(s);
+          if (typeof c === 'string') ctx.addIssue({ code: 'custom', message: c, input: s });
+        })
+        .nullable()
+        .default(null)
+        .describe(
+          'Restart the app gracefully on this five-field schedule, local time (PM2 `cron_restart`): a rolling ' +
+            'reload for `http`, SIGTERM and a fresh process for `process`.',
+        ),
+    },
+    { error: expected('an app mapping with a name and a module') },
+  )
+  .superRefine((a, ctx) => {
+    if (!a.cheaper?.enabled) return;
+    const workers = a.workers ?? Infinity;
+    if (a.cheaper.max !== null && a.cheaper.max > workers) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `expected at most workers (${workers}), got ${a.cheaper.max}`,
+        path: ['cheaper', 'max'],
+        input: a.cheaper.max,
+      });
+    }
+  });
+
+/** Cross-field checks of `apps` and the routes that name them (pool:NAME). */
+function checkApps(
+  c: {
+    app: { module: string | null };
+    apps: Array<{ name: string; kind: string }>;
+    routes: Array<{ targets: Target[] }>;
+  },
+  ctx: z.core.$RefinementCtx,
+): void {
+  const kinds = new Map<string, string>();
+  if (c.app.module !== null) kinds.set('default', 'http');
+  c.apps.forEach((a, i) => {
+    if (kinds.has(a.name)) {
+      const why = a.name === 'default' && c.app.module !== null ? ' (app.module is the app named default)' : '';
+      ctx.addIssue({ code: 'custom', message: `duplicate app name "${a.name}"${why}`, path: ['apps', i, 'name'] });
+    } else kinds.set(a.name, a.kind);
+  });
+  if (c.apps.length === 0) return; // a lone app.module: pool:default only, checked when the pool is built
+  c.routes.forEach((r, i) => {
+    const t = r.targets[0];
+    if (t?.kind !== 'pool') return;
+    const path = ['routes', i, 'target'];
+    const name = t.app;
+    if (name === undefined) {
+      if (![...kinds.values()].includes('http'))
+        ctx.addIssue({ code: 'custom', message: '"pool" needs an app of kind http', path, input: t.raw });
+      return;
+    }
+    const kind = kinds.get(name);
+    if (kind === undefined) {
+      const known = [...kinds.keys()].join(', ');
+      ctx.addIssue({ code: 'custom', message: `no app named "${name}" (apps: ${known})`, path, input: t.raw });
+    } else if (kind !== 'http') {
+      ctx.addIssue({ code: 'custom', message: `app "${name}" is kind ${kind}: it serves no HTTP`, path, input: t.raw });
+    }
+  });
+}
 
 // --- the schema --------------------------------------------------------------------------------
 
@@ -819,6 +988,15 @@ export const schema = z
         )
         .prefault({})
         .describe('The front HTTP proxy (nginx).'),
+      apps: z
+        .array(app, { error: expected('a list of apps') })
+        .default([])
+        .describe(
+          'Several apps in one service, each with its own processes, environment and limits (NGINX Unit ' +
+            '`applications`, a PM2 ecosystem file). Routes reach an `http` app as `pool:NAME`; `pool` alone is ' +
+            'the app named `default`, else the first `http` app. `app.module`, when set, is one more app named ' +
+            '`default` with the `pool` settings. Fields left null take the `pool` ones.',
+        ),
       routes: z
         .array(route, { error: expected('a list of routes') })
         .superRefine((routes, ctx) => {
@@ -889,6 +1067,7 @@ export const schema = z
     },
     { error: expected('a mapping') },
   )
+  .superRefine((c, ctx) => checkApps(c, ctx))
   .describe('Stratum configuration');
 
 /** The configuration as the rest of stratum sees it: defaults applied, sizes in bytes, targets parsed. */
@@ -896,5 +1075,6 @@ export type StratumConfig = z.output<typeof schema>;
 /** The configuration as written in YAML (every field optional). */
 export type StratumConfigInput = z.input<typeof schema>;
 export type Route = StratumConfig['routes'][number];
+export type AppConfig = StratumConfig['apps'][number];
 export type LogLevel = (typeof LOG_LEVELS)[number];
 export type TlsSettings = NonNullable<StratumConfig['tls']>;

@@ -27,6 +27,18 @@ interface FrontDump {
   spoolFailures: Array<[string, number]>;
 }
 
+/** Several apps' pools (src/pool/apps.ts): the pool series once per app, with an `app` label. */
+export interface AppPoolsView {
+  views(): Array<{ app: string; pool: PoolView }>;
+}
+
+/** A `kind: process` app's processes, for their gauges (src/pool/process-app.ts). */
+export interface ProcessAppView {
+  app: string;
+  restarts: number;
+  processes: Array<{ id: number; up: boolean; rss: number; cpuSeconds: number }>;
+}
+
 /** What the pool gauges read at scrape time (the Supervisor provides it). */
 export interface PoolView {
   readonly workers: Array<{ state: WorkerState; inflight: number; status: { inflight: number } }>;
@@ -271,77 +283,133 @@ export class Metrics {
   }
 
   /** Gauges read from the pool at scrape time. */
-  attachPool(pool: PoolView): void {
+  attachPool(source: PoolView | AppPoolsView): void {
+    // A lone app.module keeps its series unlabelled, as before `apps:`; several apps label each (`app`).
+    const pools = 'views' in source ? () => source.views() : () => [{ app: '', pool: source }];
+    const by = 'views' in source ? ['app'] : [];
+    const lbl = (app: string, extra: Record<string, string> = {}) => (app ? { ...extra, app } : extra);
     const states: WorkerState[] = ['starting', 'idle', 'busy', 'draining'];
     new client.Gauge({
       name: 'stratum_workers',
       help: 'Worker processes by state.',
-      labelNames: ['state'] as const,
+      labelNames: ['state', ...by],
       registers: [this.registry],
       collect() {
-        const counts = Object.fromEntries(states.map((s) => [s, 0])) as Record<WorkerState, number>;
-        for (const w of pool.workers) counts[w.state]++;
-        for (const s of states) this.set({ state: s }, counts[s]);
+        this.reset();
+        for (const { app, pool } of pools()) {
+          const counts = Object.fromEntries(states.map((s) => [s, 0])) as Record<WorkerState, number>;
+          for (const w of pool.workers) counts[w.state]++;
+          for (const s of states) this.set(lbl(app, { state: s }), counts[s]);
+        }
       },
     });
     new client.Gauge({
       name: 'stratum_inflight_requests',
       help: 'Requests in flight on the workers.',
+      labelNames: by,
       registers: [this.registry],
       collect() {
-        this.set(pool.workers.reduce((n, w) => n + Math.max(w.inflight, w.status.inflight), 0));
+        this.reset();
+        for (const { app, pool } of pools())
+          this.set(lbl(app), pool.workers.reduce((n, w) => n + Math.max(w.inflight, w.status.inflight), 0));
       },
     });
     new client.Gauge({
       name: 'stratum_queue_length',
       help: 'Requests waiting for a free worker (the listen queue).',
+      labelNames: by,
       registers: [this.registry],
       collect() {
-        this.set(pool.queueLength);
+        this.reset();
+        for (const { app, pool } of pools()) this.set(lbl(app), pool.queueLength);
       },
     });
-    const counters: Array<[string, string, () => number]> = [
-      ['stratum_worker_respawns_total', 'Workers replaced after dying.', () => pool.counters.respawns],
+    const counters: Array<[string, string, (pool: PoolView) => number]> = [
+      ['stratum_worker_respawns_total', 'Workers replaced after dying.', (pool) => pool.counters.respawns],
       [
         'stratum_harakiri_kills_total',
         'Workers killed by harakiri (their event loop was blocked past the limit).',
-        () => pool.counters.harakiriKills,
+        (pool) => pool.counters.harakiriKills,
       ],
       [
         'stratum_harakiri_timeouts_total',
         'Requests answered 504 at harakiri while their worker stayed healthy (slow, not blocked).',
-        () => pool.counters.harakiriTimeouts,
+        (pool) => pool.counters.harakiriTimeouts,
       ],
       [
         'stratum_worker_recycles_total',
         'Workers recycled gracefully (max-requests, reload-on-rss, reload).',
-        () => pool.counters.recycles,
+        (pool) => pool.counters.recycles,
       ],
       [
         'stratum_app_exceptions_total',
         'Exceptions thrown by the app: answered 500, or uncaught (the worker was replaced).',
-        () => pool.counters.exceptions,
+        (pool) => pool.counters.exceptions,
       ],
       [
         'stratum_queue_rejections_total',
         'Requests refused with 503 because the listen queue was full.',
-        () => pool.counters.rejected,
+        (pool) => pool.counters.rejected,
       ],
-      ['stratum_reloads_total', 'Rolling reloads.', () => pool.counters.reloads],
+      ['stratum_reloads_total', 'Rolling reloads.', (pool) => pool.counters.reloads],
     ];
     for (const [name, help, read] of counters) {
       const c = new client.Counter({
         name,
         help,
+        labelNames: by,
         registers: [this.registry],
         collect() {
-          const v = read();
-          const cur = (this as unknown as { hashMap: Record<string, { value: number }> }).hashMap['']?.value ?? 0;
-          if (v > cur) this.inc(v - cur);
+          // The pools' own totals, set whole at each scrape (a counter's value is only ever read here).
+          this.reset();
+          for (const { app, pool } of pools()) this.inc(lbl(app), read(pool));
         },
       });
       this.#counterNames.set(c as client.Metric, name);
     }
+  }
+
+  /** `kind: process` apps: up, resident memory and CPU per process, restarts per app. */
+  attachProcesses(read: () => ProcessAppView[]): void {
+    const each = (
+      name: string,
+      help: string,
+      value: (p: ProcessAppView['processes'][number]) => number,
+      Kind: typeof client.Gauge | typeof client.Counter,
+    ) => {
+      const m = new Kind({
+        name,
+        help,
+        labelNames: ['app', 'instance'] as const,
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const a of read())
+            for (const p of a.processes) {
+              const labels = { app: a.app, instance: String(p.id) };
+              if (this instanceof client.Gauge) this.set(labels, value(p));
+              else (this as client.Counter<'app' | 'instance'>).inc(labels, value(p));
+            }
+        },
+      });
+      if (Kind === client.Counter) this.#counterNames.set(m as client.Metric, name);
+    };
+    const G = client.Gauge;
+    each('stratum_process_up', "A process app's process: 1 running, 0 down or restarting.", (p) => +p.up, G);
+    each('stratum_process_resident_memory_bytes', "Resident memory of a process app's process.", (p) => p.rss, G);
+    const cpu = "CPU seconds (user + system) of a process app's process.";
+    each('stratum_process_cpu_seconds_total', cpu, (p) => p.cpuSeconds, client.Counter);
+    const restarts = new client.Counter({
+      name: 'stratum_process_restarts_total',
+      help: 'Restarts of a process app\'s processes: deaths respawned, memory limit, reload, cron.',
+      labelNames: ['app'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const a of read()) this.inc({ app: a.app }, a.restarts);
+      },
+    });
+    this.#counterNames.set(restarts as client.Metric, 'stratum_process_restarts_total');
   }
 
   attachUpstreamHealth(read: () => Array<{ target: string; up: boolean }>): void {

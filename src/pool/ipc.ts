@@ -3,7 +3,7 @@
 // master asks the workers for what they alone hold (process and request metrics, recent traces,
 // the live feed's last second) when someone reads it.
 
-import type { StratumConfig } from '../config/schema.ts';
+import type { Address, StratumConfig } from '../config/schema.ts';
 import type { ConnectionCounts } from '../proxy/conn-cap.ts';
 
 export type Topology = StratumConfig['topology'];
@@ -13,7 +13,13 @@ export interface WorkerSpec {
   id: number;
   generation: number;
   topology: Topology;
-  app: { module: string; export: string };
+  /** `name`: the app this worker belongs to (apps.ts); `default` for a lone `app.module`. */
+  app: { module: string; export: string; name: string };
+  /**
+   * Every http app's uwsgi socket by name (a Unix path or TCP): the front in this worker reaches
+   * another app's route there, over uwsgi, and its own app in-process.
+   */
+  pools: Record<string, Address>;
   /**
    * The shared uwsgi socket (for nginx, a remote proxy): a file descriptor the master bound and
    * passed down at fork. The worker listens and accepts on it; the master holds it.
@@ -69,7 +75,10 @@ export type WorkerMessage =
 
 export type MasterMessage =
   /** Finish and exit: kept client connections idle for idleMs are closed (0: at once, as on stop). */
-  { type: 'drain'; graceMs: number; idleMs: number } | ({ type: 'ask'; seq: number } & Question);
+  | { type: 'drain'; graceMs: number; idleMs: number }
+  | ({ type: 'ask'; seq: number } & Question)
+  /** A config reload changed the routes: the front rebuilds its table from this config (serializeConfig). */
+  | { type: 'routes'; config: string; pools: Record<string, Address> };
 
 export const WORKER_ENV = 'STRATUM_WORKER';
 

@@ -15,6 +15,8 @@ export interface PoolCounters {
 }
 
 export interface WorkerRow {
+  /** The app the worker belongs to (several apps, /stats); absent in one pool's own stats. */
+  app?: string;
   id: number;
   pid: number;
   state: WorkerState;
@@ -30,6 +32,8 @@ export interface WorkerRow {
 }
 
 export interface PoolStats extends PoolCounters {
+  /** The app this pool hosts (apps.ts); `default` for a lone `app.module`. */
+  app?: string;
   topology: 'worker' | 'master';
   workers: WorkerRow[];
   queue: number;

@@ -28,7 +28,7 @@ import {
   type WorkerSpec,
   type WorkerStatus,
 } from './ipc.ts';
-import { bindSocket, removeStaleSocket, socketLabel, type BoundSocket } from './sockets.ts';
+import { bindSocket, boundPort, removeStaleSocket, socketLabel, type BoundSocket } from './sockets.ts';
 import { workerRow, type PoolCounters, type PoolStats, type WorkerState } from './stats.ts';
 
 export type { PoolStats, WorkerState } from './stats.ts';
@@ -90,9 +90,23 @@ const NO_STATUS: WorkerStatus = {
   upstreams: [],
 };
 
+/** Which app a pool hosts (apps.ts): its name, the processes' working directory and environment. */
+export interface PoolApp {
+  name: string;
+  cwd: string | null;
+  env: Record<string, string>;
+  /** Every http app's uwsgi socket by name ('' = the default app), for a front that runs in the workers. */
+  pools: () => Record<string, Address>;
+}
+
 export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedPool<WorkerRecord> {
-  readonly config: StratumConfig;
+  /** Replaced by reconfigure() and setRoutes() at a config reload; read at every spawn. */
+  config: StratumConfig;
   readonly log: Logger;
+  readonly app: PoolApp;
+  /** Bumped by setRoutes(): a worker spawned before it is sent the routes once it is ready. */
+  #routesVersion = 0;
+  #workerRoutes = new WeakMap<WorkerRecord, number>();
   readonly runDir: string;
   readonly publicAddress: Address;
   publicLabel: string | null = null;
@@ -128,10 +142,11 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
   /** The front listener the workers accept on (worker topology), bound by the appliance. */
   #front: BoundSocket | null;
 
-  constructor(config: StratumConfig, log: Logger, front: BoundSocket | null = null) {
+  constructor(config: StratumConfig, log: Logger, front: BoundSocket | null = null, app?: PoolApp) {
     super();
     this.config = config;
-    this.log = log;
+    this.app = app ?? { name: 'default', cwd: null, env: {}, pools: () => ({}) };
+    this.log = app ? log.child({ app: app.name }) : log;
     this.#front = front;
     this.runDir = mkdtempSync(path.join(os.tmpdir(), 'stratum-'));
     const socket = config.pool.socket;
@@ -158,6 +173,12 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     return [...this.#live].sort((a, b) => a.id - b.id || a.startedAt - b.startedAt);
   }
 
+  /** Where the uwsgi socket is, with the port the OS picked (once started). */
+  get boundAddress(): Address {
+    const a = this.publicAddress;
+    return a.kind === 'tcp' && this.#publicHandle ? { ...a, port: boundPort(this.#publicHandle, a) } : a;
+  }
+
   get slots(): number {
     return this.#slots.length;
   }
@@ -172,8 +193,6 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     this.#publicHandle = bindSocket(a);
     this.publicLabel = socketLabel(this.#publicHandle, a);
     if (a.kind === 'unix') chmodSync(a.path, parseInt(this.config.pool.socketMode, 8));
-    const stdio = [0, 1, 2, 'ipc', this.#publicHandle.fd, ...(this.#front ? [this.#front.fd] : [])];
-    cluster.setupPrimary({ exec: WORKER_MAIN, args: [], execArgv: workerExecArgv(), stdio });
     const initial = this.config.pool.cheaper.enabled ? this.config.pool.cheaper.min : this.#slots.length;
     const started = this.#slots.slice(0, initial).map((_, i) => this.#spawn(i + 1, 0));
     await Promise.all(started.map((w) => w.ready));
@@ -189,7 +208,8 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
       id,
       generation,
       topology: this.config.topology,
-      app: { module: path.resolve(this.config.app.module!), export: this.config.app.export },
+      app: { module: path.resolve(this.config.app.module!), export: this.config.app.export, name: this.app.name },
+      pools: this.app.pools(),
       publicFd: PUBLIC_FD,
       frontFd: this.#front ? FRONT_FD : -1,
       privatePath: path.join(this.runDir, `w${id}-${generation}-${respawns}-${Date.now() % 1e6}.sock`),
@@ -198,7 +218,17 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
       statusIntervalMs: 500,
       config: serializeConfig(this.config),
     };
-    const worker = cluster.fork({ [WORKER_ENV]: JSON.stringify(spec), ...acceptEnv() });
+    // The cluster's settings are global: set for this pool right before its fork (both synchronous),
+    // since every pool has its own uwsgi socket, working directory and environment.
+    const stdio = [0, 1, 2, 'ipc', this.#publicHandle!.fd, ...(this.#front ? [this.#front.fd] : [])];
+    cluster.setupPrimary({
+      exec: WORKER_MAIN,
+      args: [],
+      execArgv: workerExecArgv(),
+      stdio,
+      ...(this.app.cwd ? { cwd: this.app.cwd } : {}),
+    });
+    const worker = cluster.fork({ ...this.app.env, [WORKER_ENV]: JSON.stringify(spec), ...acceptEnv() });
     const client = new UwsgiClient(
       { kind: 'unix', path: spec.privatePath },
       {
@@ -234,6 +264,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     rec.ready.catch(() => {});
     this.#slots[id - 1] = rec;
     this.#live.add(rec);
+    this.#workerRoutes.set(rec, this.#routesVersion);
     worker.on('message', (msg: WorkerMessage) => this.#onMessage(rec, msg, markReady, markFailed));
     // An IPC send to a worker that is exiting fails with EPIPE, emitted here: the exit handler
     // does what is needed; without a listener the error would take the master down.
@@ -256,6 +287,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
           this.#sendDrain(rec);
         } else rec.state = 'idle';
         rec.statusAt = Date.now();
+        if (this.#workerRoutes.get(rec) !== this.#routesVersion) this.#sendRoutes(rec);
         markReady();
         this.log.debug({ worker: rec.id, workerPid: rec.pid }, 'worker ready');
         this.emit('worker-ready', rec);
@@ -428,6 +460,53 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     );
   }
 
+  /**
+   * A config reload changed this app's settings: what the next workers are spawned with. The slots
+   * follow the new worker count (a slot past it is retired once its worker is replaced); the
+   * caller rolls the workers with reload(). The uwsgi socket stays: a new socket is a new pool (apps.ts).
+   */
+  reconfigure(config: StratumConfig): void {
+    this.config = config;
+    const max = config.pool.cheaper.enabled ? (config.pool.cheaper.max ?? config.pool.workers) : config.pool.workers;
+    const initial = config.pool.cheaper.enabled ? config.pool.cheaper.min : max;
+    for (let i = this.#slots.length; i < max; i++) this.#slots.push(null);
+    for (let i = max; i < this.#slots.length; i++) {
+      const rec = this.#slots[i];
+      if (rec) this.retire(rec);
+    }
+    this.#slots.length = max;
+    this.#checks = new MasterChecks(this, config.pool);
+    this.#initial = initial;
+  }
+
+  #initial = 0;
+
+  /** After a reconfigure and its roll: the slots a larger worker count added get their workers. */
+  async fill(): Promise<void> {
+    const started: WorkerRecord[] = [];
+    for (let i = 0; i < this.#initial; i++) if (!this.#slots[i] && !this.#stopping) started.push(this.#spawn(i + 1, 0));
+    await Promise.all(started.map((w) => w.ready.catch(() => {})));
+  }
+
+  /**
+   * New routes (and the other apps' sockets) without a restart: kept for the next workers, and sent
+   * to every running one, whose front swaps its route table between two requests (worker topology).
+   */
+  setRoutes(config: StratumConfig): void {
+    this.config = config;
+    this.#routesVersion++;
+    for (const rec of this.#live) if (rec.state !== 'starting') this.#sendRoutes(rec);
+  }
+
+  #sendRoutes(rec: WorkerRecord): void {
+    this.#workerRoutes.set(rec, this.#routesVersion);
+    if (!rec.worker.isConnected()) return;
+    const msg: MasterMessage = { type: 'routes', config: serializeConfig(this.config), pools: this.app.pools() };
+    rec.worker.send(msg, undefined, (err) => {
+      if (err) this.log.debug({ worker: rec.id, code: (err as NodeJS.ErrnoException).code }, 'routes not sent');
+    });
+  }
+
   /** Rolling reload: replace workers one by one with freshly loaded code; none fails a request. */
   async reload(): Promise<void> {
     this.#counters.reloads++;
@@ -592,6 +671,7 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
 
   stats(): PoolStats {
     return {
+      app: this.app.name,
       topology: this.config.topology,
       workers: this.workers.map(workerRow),
       queue: this.queueLength,

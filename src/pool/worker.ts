@@ -27,6 +27,9 @@ import {
   reviveConfig, WORKER_ENV, type MasterMessage, type Question, type WorkerMessage, type WorkerSpec,
 } from './ipc.ts';
 import { listenOnFd } from './sockets.ts';
+import type { Address } from '../config/schema.ts';
+import type { PoolResolver } from '../proxy/targets.ts';
+import type { Upstream } from '../proxy/upstream.ts';
 
 // Not `import http from 'node:http'`: an ES import of node:http reads every export of the module,
 // WebSocket and its events included, which loads Node's bundled undici (~3 MiB resident, npm run
@@ -38,7 +41,7 @@ if (!spec || typeof process.send !== 'function') {
   console.error('stratum worker: must be started by the stratum master');
   process.exit(2);
 }
-const config = reviveConfig(spec.config);
+let config = reviveConfig(spec.config);
 const workerTopology = spec.topology === 'worker' && spec.frontFd >= 0;
 
 function send(msg: WorkerMessage): void {
@@ -85,13 +88,15 @@ const tracing = await startTracing(config.tracing, `worker-${spec.id}`);
 
 // Request metrics are recorded here when this worker runs the front; process metrics always. The
 // master gathers both at scrape time.
-const metrics = workerTopology && config.metrics.enabled ? new Metrics(String(spec.id)) : null;
+// The `worker` label of this process's metrics: its slot, prefixed by its app's name beside the default app.
+const workerLabel = spec.app.name === 'default' ? String(spec.id) : `${spec.app.name}-${spec.id}`;
+const metrics = workerTopology && config.metrics.enabled ? new Metrics(workerLabel) : null;
 let processRegistry: Registry;
 if (metrics) processRegistry = metrics.processRegistry;
 else {
   processRegistry = new Registry();
   collectDefaultMetrics({ register: processRegistry });
-  processRegistry.setDefaultLabels({ worker: String(spec.id) });
+  processRegistry.setDefaultLabels({ worker: workerLabel });
 }
 
 let app: LoadedApp;
@@ -230,6 +235,12 @@ let observer: Observer | null = null;
 const live = workerTopology ? new LiveRecorder() : null;
 let appUpstream: { dispatch: { queueLength: number; rejected: number } } | null = null;
 let upstreamHealth: () => Array<{ target: string; up: boolean }> = () => [];
+/** A config reload's new routes (worker topology): the front swaps its table between two requests. */
+let rebuildRoutes: ((cfg: typeof config, pools: WorkerSpec['pools']) => Promise<void>) | null = null;
+function samePlace(a: Address, b: Address | undefined): boolean {
+  if (!b) return false;
+  return a.kind === 'unix' ? b.kind === 'unix' && a.path === b.path : b.kind === 'tcp' && a.port === b.port;
+}
 if (workerTopology) {
   const [{ FrontProxy }, { buildRoutes, upstreamHealth: healthOf }, { AppUpstream }] = await Promise.all([
     import('../proxy/server.ts'),
@@ -248,8 +259,27 @@ if (workerTopology) {
   appUpstream = pool;
   observer = createObserver(config, log, metrics, tracing?.tracer ?? null);
   observer.listeners.push(liveListener(live!));
-  const routes = await buildRoutes(config, pool);
+  // Its own app's routes are served in this process; another app's go over uwsgi to that app's socket.
+  const others = new Map<string, Upstream>();
+  const upstreamOf = (cfg: typeof config, pools: WorkerSpec['pools']) => async (): Promise<PoolResolver> => {
+    const remote = Object.values(pools).some((a) => !samePlace(a, pools[spec.app.name]));
+    const uwsgi = remote ? await import('../proxy/upstream-uwsgi.ts') : null;
+    return (name) => {
+      const at = pools[name ?? ''];
+      if (!at || samePlace(at, pools[spec.app.name])) return pool;
+      const key = `${JSON.stringify(at)} ${cfg.proxy.connectTimeout} ${cfg.proxy.readTimeout}`;
+      let up = others.get(key);
+      if (!up) others.set(key, (up = new uwsgi!.ExternalUwsgiUpstream([at], cfg)));
+      return up;
+    };
+  };
+  const routes = await buildRoutes(config, await upstreamOf(config, spec.pools)());
   upstreamHealth = healthOf(routes);
+  rebuildRoutes = async (cfg, pools) => {
+    const table = await buildRoutes(cfg, await upstreamOf(cfg, pools)());
+    front!.replaceRoutes(table);
+    upstreamHealth = healthOf(table);
+  };
   front = new FrontProxy(config, routes, log, observer);
   await front.listenOn(spec.frontFd);
   metrics?.attachFront(front);
@@ -326,6 +356,16 @@ async function answer(q: Question): Promise<unknown> {
 }
 
 process.on('message', (msg: MasterMessage) => {
+  if (msg?.type === 'routes') {
+    const next = reviveConfig(msg.config);
+    void (rebuildRoutes?.(next, msg.pools) ?? Promise.resolve()).then(
+      () => {
+        config = next;
+      },
+      (err) => logError('new routes refused, the old ones stay', err),
+    );
+    return;
+  }
   if (msg?.type === 'ask') {
     const { type: _t, seq, ...q } = msg;
     void answer(q as Question).then(

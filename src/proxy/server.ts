@@ -232,6 +232,11 @@ export class FrontProxy {
     return h2;
   }
 
+  /** A config reload's routes (src/pool/apps.ts): requests matched from now on use them; those in flight finish. */
+  replaceRoutes(routes: RouteTable<Upstream>): void {
+    this.#routes = routes;
+  }
+
   /**
    * Upgrade (WebSocket) requests go to upstreams that can take them: HTTP upstreams, and the app
    * itself when it runs in this process. uwsgi has no upgrade (nginx's uwsgi_pass has none): 501.

@@ -13,7 +13,13 @@ import { registerCompression } from './compress.ts';
 import { RouteTable, type RouteEntry } from './routes.ts';
 import type { Upstream } from './upstream.ts';
 
-export async function buildRoutes(config: StratumConfig, pool: Upstream | null): Promise<RouteTable<Upstream>> {
+/** The upstream of `pool` (app undefined: the default app) or `pool:NAME`, when there are several apps. */
+export type PoolResolver = (app: string | undefined) => Upstream | null;
+
+export async function buildRoutes(
+  config: StratumConfig,
+  pool: Upstream | PoolResolver | null,
+): Promise<RouteTable<Upstream>> {
   const kinds = new Set(config.routes.map((route) => route.targets[0]!.kind));
   const uwsgi = kinds.has('uwsgi') ? await import('./upstream-uwsgi.ts') : null;
   const http = kinds.has('http') ? await import('./upstream-http.ts') : null;
@@ -23,10 +29,12 @@ export async function buildRoutes(config: StratumConfig, pool: Upstream | null):
     registerCompression(config, route); // read back per request by compressionFor(ctx.route)
     let upstream: Upstream;
     switch (t.kind) {
-      case 'pool':
-        if (!pool) throw new ConfigInvalid(`routes.${index}.target`, '"pool" needs stratum serve');
-        upstream = pool;
+      case 'pool': {
+        const p = typeof pool === 'function' ? pool(t.app) : pool;
+        if (!p) throw new ConfigInvalid(`routes.${index}.target`, `"${t.raw}" needs stratum serve and that app`);
+        upstream = p;
         break;
+      }
       case 'uwsgi':
         upstream = new uwsgi!.ExternalUwsgiUpstream(
           route.targets.map((x) => (x as { address: typeof t.address }).address),

@@ -5,6 +5,7 @@
 import { h, panel } from '../dom.ts';
 import { mib, ms, span } from '../format.ts';
 import type { PoolStats } from '../model.ts';
+import type { AppStats } from '../../../src/pool/apps.ts';
 
 const NEW_FOR_MS = 10_000;
 
@@ -14,8 +15,8 @@ export class WorkersPanel {
   readonly root: HTMLElement;
   #chips = h('ul', { class: 'chips' });
   #rows = h('tbody');
-  /** What each worker slot looked like last time, and when it last changed hands. */
-  #seen = new Map<number, { pid: number; respawns: number; changedAt: number }>();
+  /** What each worker slot (of each app) looked like last time, and when it last changed hands. */
+  #seen = new Map<string, { pid: number; respawns: number; changedAt: number }>();
 
   constructor() {
     const p = panel('workers', 'Workers');
@@ -56,7 +57,7 @@ export class WorkersPanel {
   }
 
   /** `now`: the server's clock (the tick's time), so a skewed browser clock marks nothing. */
-  update(pool: PoolStats | null, now: number): void {
+  update(pool: (PoolStats & { apps?: AppStats[] }) | null, now: number): void {
     if (!pool) {
       this.#chips.replaceChildren(h('li', {}, 'No worker pool: this Stratum runs in proxy mode.'));
       this.#rows.replaceChildren();
@@ -88,11 +89,12 @@ export class WorkersPanel {
       ...(pool.socket ? [h('li', { class: 'socket' }, 'socket ', h('code', {}, pool.socket))] : []),
     );
 
-    const rows = pool.workers.map((w) => {
-      const before = this.#seen.get(w.id);
+    const workerRow = (w: PoolStats['workers'][number]) => {
+      const key = `${w.app ?? ''}/${w.id}`;
+      const before = this.#seen.get(key);
       const changed = before !== undefined && (before.pid !== w.pid || w.respawns > before.respawns);
       const changedAt = changed ? now : (before?.changedAt ?? 0);
-      this.#seen.set(w.id, { pid: w.pid, respawns: w.respawns, changedAt });
+      this.#seen.set(key, { pid: w.pid, respawns: w.respawns, changedAt });
       const started = Date.parse(w.startedAt);
       const fresh = now - started < NEW_FOR_MS || now - changedAt < NEW_FOR_MS;
       return h(
@@ -117,7 +119,47 @@ export class WorkersPanel {
         h('td', { class: `num ${w.respawns > 0 ? 'warn' : ''}` }, w.respawns),
         h('td', { title: w.startedAt }, `${span(now - started)} ago`),
       );
-    });
+    };
+    const apps = pool.apps ?? [];
+    if (apps.length <= 1 && apps.every((a) => a.name === 'default')) {
+      this.#rows.replaceChildren(...pool.workers.map(workerRow));
+      return;
+    }
+    // Several apps: a heading row per app, then its workers (http) or its processes (process).
+    const rows: HTMLElement[] = [];
+    for (const a of apps) {
+      const what =
+        a.kind === 'process'
+          ? `process · ${a.processes?.length ?? 0} processes · restarts ${a.restarts ?? 0}`
+          : `http · ${a.workers?.length ?? 0} workers · queue ${a.queue ?? 0}${a.socket ? ` · ${a.socket}` : ''}`;
+      rows.push(
+        h(
+          'tr',
+          { class: 'app-row', 'data-app': a.name },
+          h('th', { colspan: 11, scope: 'rowgroup' }, a.name, ' ', what),
+        ),
+      );
+      if (a.kind === 'http') rows.push(...(a.workers ?? []).map(workerRow));
+      else
+        for (const p of a.processes ?? [])
+          rows.push(
+            h(
+              'tr',
+              { 'data-pid': p.pid, 'data-state': p.up ? 'busy' : 'starting' },
+              h('td', {}, `#${p.id}`),
+              h('td', { class: 'mono' }, p.pid),
+              h('td', {}, h('span', { class: `state state-${p.up ? 'busy' : 'starting'}` }, p.up ? '● up' : '◐ down')),
+              h('td', { class: 'num' }, '–'),
+              h('td', { class: 'num' }, '–'),
+              h('td', { class: 'num' }, mib(p.rss).replace(' MiB', '')),
+              h('td', { class: 'num' }, '–'),
+              h('td', { class: 'num' }, '–'),
+              h('td', { class: 'num' }, '–'),
+              h('td', { class: `num ${p.restarts > 0 ? 'warn' : ''}` }, p.restarts),
+              h('td', { title: p.startedAt }, `${span(now - Date.parse(p.startedAt))} ago`),
+            ),
+          );
+    }
     this.#rows.replaceChildren(...rows);
   }
 }
