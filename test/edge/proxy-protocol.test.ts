@@ -5,6 +5,7 @@
 // the worker as REMOTE_ADDR). Plus what nginx cannot send — a v2 header, IPv6, LOCAL — written by
 // hand, and connections without a header: closed, logged, and the service keeps serving.
 import http from 'node:http';
+import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import { writeFileSync } from 'node:fs';
@@ -206,6 +207,35 @@ describe.skipIf(!peers).each(['worker', 'master'])('PROXY protocol behind nginx 
       const doc = JSON.parse(body.slice(body.indexOf('\r\n\r\n') + 4)) as Echo;
       expect([doc.remoteAddress, doc.scheme]).toEqual(['192.0.2.77', 'https']);
       expect(doc.headers.filter(([k]) => k === 'x-forwarded-proto').map(([, v]) => v)).toEqual(['https']);
+      // HTTP/2 (ALPN h2, on by default): two streams on the one connection, each sees the header's client.
+      const raw = net.connect(port, '127.0.0.1');
+      await new Promise<void>((resolve, reject) => {
+        raw.once('connect', resolve);
+        raw.once('error', reject);
+      });
+      raw.write('PROXY TCP6 2001:db8::77 2001:db8::1 4322 443\r\n');
+      const session = http2.connect(`https://front.test:${port}`, {
+        createConnection: () =>
+          tls.connect({ socket: raw, servername: 'front.test', rejectUnauthorized: false, ALPNProtocols: ['h2'] }),
+      });
+      try {
+        const one = () =>
+          new Promise<Echo>((resolve, reject) => {
+            const st = session.request({ ':path': '/echo' });
+            let text = '';
+            st.setEncoding('utf8');
+            st.on('data', (d: string) => (text += d));
+            st.once('end', () => resolve(JSON.parse(text) as Echo));
+            st.once('error', reject);
+          });
+        const docs = await Promise.all([one(), one()]);
+        expect(docs.map((d) => [d.remoteAddress, d.scheme])).toEqual([
+          ['2001:db8::77', 'https'],
+          ['2001:db8::77', 'https'],
+        ]);
+      } finally {
+        session.close();
+      }
     } finally {
       await s.stop();
     }
