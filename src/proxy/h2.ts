@@ -304,7 +304,8 @@ class StreamBridge extends Duplex {
     // The front closed its side: a body delimited by the close ends here.
     if (!this.#done && this.#framing === Framing.Close) this.#finish();
     cb();
-    this.destroy();
+    // Closed once 'finish' has run its callbacks: destroying here would fail them (ERR_STREAM_DESTROYED).
+    this.once('finish', () => this.destroy());
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
