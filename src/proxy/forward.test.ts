@@ -1,7 +1,9 @@
 import type { IncomingMessage } from 'node:http';
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../config/load.ts';
 import type { StratumConfig } from '../config/schema.ts';
+import type { StratumError } from '../errors.ts';
 import { schema } from '../config/schema.ts';
 import {
   compileTrust,
@@ -217,5 +219,27 @@ describe('presentClient: an app in this process reads the client from its socket
     const { req, socket } = request([], { address: '203.0.113.9' });
     presentClient(socket, forwardInfo(req, socket, 'r', proxyConfig([])));
     expect(Object.getOwnPropertyDescriptor(socket, 'encrypted')).toBeUndefined();
+  });
+});
+
+describe('--trusted-proxy on the command line', () => {
+  const base = { mode: 'check' as const, flags: { route: ['/=http://127.0.0.1:9'] }, env: {} };
+
+  it('sets proxy.trustedProxies, repeatable, over the file', () => {
+    const c = loadConfig({ ...base, flags: { ...base.flags, trustedProxy: ['10.0.0.0/8', '::1'] } });
+    expect(c.proxy.trustedProxies).toEqual(['10.0.0.0/8', '::1']);
+    expect(loadConfig(base).proxy.trustedProxies).toEqual([]);
+  });
+
+  it('refuses a bad one with a ConfigInvalid naming the entry and the flag', () => {
+    let err: unknown;
+    try {
+      loadConfig({ ...base, flags: { ...base.flags, trustedProxy: ['10.0.0.0/8', '10.0.0.0/40'] } });
+    } catch (e) {
+      err = e;
+    }
+    expect((err as StratumError).code).toBe('STRATUM_ERR_CONFIG');
+    expect((err as { path?: string }).path).toBe('proxy.trustedProxies.1');
+    expect((err as Error).message).toContain('--trusted-proxy');
   });
 });
