@@ -27,6 +27,7 @@ import {
   reviveConfig, WORKER_ENV, type MasterMessage, type Question, type WorkerMessage, type WorkerSpec,
 } from './ipc.ts';
 import { listenOnFd } from './sockets.ts';
+import { SiblingPoolUpstream } from './sibling-upstream.ts';
 import type { Address } from '../config/schema.ts';
 import type { PoolResolver } from '../proxy/targets.ts';
 import type { Upstream } from '../proxy/upstream.ts';
@@ -269,7 +270,7 @@ if (workerTopology) {
       if (!at || samePlace(at, pools[spec.app.name])) return pool;
       const key = `${JSON.stringify(at)} ${cfg.proxy.connectTimeout} ${cfg.proxy.readTimeout}`;
       let up = others.get(key);
-      if (!up) others.set(key, (up = new uwsgi!.ExternalUwsgiUpstream([at], cfg)));
+      if (!up) others.set(key, (up = new SiblingPoolUpstream(new uwsgi!.ExternalUwsgiUpstream([at], cfg))));
       return up;
     };
   };

@@ -217,10 +217,22 @@ describe('two http apps and a process app in one service', () => {
     writeFileSync(file, configText(EXTRA_APP));
   });
 
-  it('stratum reload prints the outcome: an edited app is rolled, the others keep their pids', async () => {
+  it('stratum reload prints the outcome: an edited app is rolled under load, the others keep their pids', async () => {
     const before = await stats(s);
+    // Its route is served in its own worker and, from the other apps' workers, over uwsgi to its socket:
+    // the kept connections to the worker that drains must not fail a request.
+    const load = requirePeer('wrk')
+      ? run('wrk', ['-t1', '-c10', '-d4s', `${s.front}/new/load`], { timeout: 20_000 })
+      : null;
+    await new Promise((r) => setTimeout(r, 1000));
     writeFileSync(file, configText(EXTRA_APP).replace('APP_COLOR: green', 'APP_COLOR: red'));
     const { stdout } = await run(process.execPath, [STRATUM_BIN, 'reload', '--admin', s.admin.replace('http://', '')]);
+    if (load) {
+      const out = (await load).stdout;
+      const w = parseWrk(out);
+      expect(w.requests, out).toBeGreaterThan(100);
+      expect(w.non2xx + w.socketErrors, out).toBe(0);
+    }
     expect(stdout).toMatch(/^stratum: reloaded: added -; rolled extra; removed -; kept web, api, consumer/);
     const after = await stats(s);
     expect(pidsOf(after, 'extra')).not.toEqual(pidsOf(before, 'extra'));
