@@ -6,11 +6,25 @@
 // it (writeHead, or an implicit head at the first write). Upstreams that relay a response through
 // the front write their head through sendHead() and leave the hook unset.
 
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
+import type { Transform } from 'node:stream';
 import { ResponseBuffer, type BufferLimits, type WriteCallback } from '../proxy/response-buffer.ts';
 
 const { ServerResponse } = process.getBuiltinModule('node:http');
+
+/**
+ * What stratumTransform may choose: a Transform, or a writer together with the stream its output
+ * comes out of — compress.ts's Compression, whose write() also flushes the encoder when the app pauses.
+ */
+export type BodyTransform =
+  | Transform
+  | { readonly stream: Transform; write(chunk: Buffer | string): boolean; end(chunk?: Buffer | string): void };
+
+interface BodyWriter {
+  write(chunk: unknown, encoding?: BufferEncoding): boolean;
+  end(chunk?: unknown, encoding?: BufferEncoding): void;
+}
 
 type RawWrite = (data: Buffer | string, encoding: unknown, cb: unknown, size?: number) => boolean;
 const proto = ServerResponse.prototype as unknown as { _writeRaw: RawWrite };
@@ -37,7 +51,17 @@ export class HostResponse<R extends IncomingMessage = IncomingMessage> extends S
    * within these limits. null: Node's own back-pressure (write() false once the socket is full).
    */
   stratumBuffering: BufferLimits | null = null;
+  /**
+   * Chosen once, just before the head goes out (after stratumHead, with every header already set
+   * on the response, those given to writeHead included): a transform every body byte the app
+   * writes passes through on its way to the socket and the response buffer — compression, for
+   * one. It may change the headers (setHeader/removeHeader: Content-Encoding, Vary, ETag); a
+   * Content-Length is dropped when it returns one. null: the body goes as the app writes it.
+   */
+  stratumTransform: ((statusCode: number) => BodyTransform | null) | null = null;
   #buffer: ResponseBuffer | null = null;
+  /** Where the app's body goes when a transform was chosen. */
+  #transform: BodyWriter | null = null;
   #proxyWrites = false;
 
   static {
@@ -108,23 +132,102 @@ export class HostResponse<R extends IncomingMessage = IncomingMessage> extends S
       hook(extra);
       for (let i = 0; i < extra.length; i += 2) this.setHeader(extra[i]!, extra[i + 1]!);
     }
+    const choose = this.stratumTransform;
+    if (choose !== null && !this.headersSent && !this.#proxyWrites) {
+      this.stratumTransform = null;
+      // The chooser sees the whole head: writeHead's own headers are set on the response first.
+      if (typeof rest[0] !== 'string') rest.unshift(undefined);
+      this.#setHeaders(rest[1]);
+      rest.length = 1;
+      const t = choose(statusCode);
+      if (t !== null) this.#pipeFrom(t);
+    }
     return (super.writeHead as (code: number, ...r: unknown[]) => this)(statusCode, ...rest);
   }
 
   override write(chunk: unknown, ...rest: unknown[]): boolean {
     if (this.stratumAbandon && !this.#proxyWrites) return true;
     this.stratumBytes += byteLength(chunk);
+    if (this.stratumTransform !== null && !this.headersSent) this.#implicitHeader();
+    const t = this.#transform;
+    if (t !== null) return t.write(chunk, typeof rest[0] === 'string' ? (rest[0] as BufferEncoding) : undefined);
     return (super.write as (c: unknown, ...r: unknown[]) => boolean)(chunk, ...rest);
   }
 
   override end(...args: unknown[]): this {
     if (this.stratumAbandon && !this.#proxyWrites) return this;
-    if (args.length > 0 && typeof args[0] !== 'function') this.stratumBytes += byteLength(args[0]);
+    const chunk = args.length > 0 && typeof args[0] !== 'function' ? args[0] : undefined;
+    if (chunk !== undefined && chunk !== null) this.stratumBytes += byteLength(chunk);
+    if (this.stratumTransform !== null && !this.headersSent && !this.#proxyWrites) {
+      // As Node does for end(body) with no head yet: the length is the body's, unless a transform is chosen.
+      (this as unknown as { _contentLength: number | null })._contentLength = byteLength(chunk);
+      this.#implicitHeader();
+    }
     const ended = this.stratumEnd;
     this.stratumEnd = null;
-    const out = (super.end as (...a: unknown[]) => this)(...args);
+    const t = this.#transform;
+    if (t !== null && !this.#proxyWrites) {
+      const cb = args.find((a) => typeof a === 'function') as (() => void) | undefined;
+      if (cb) this.once('finish', cb);
+      if (chunk !== undefined && chunk !== null) {
+        t.end(chunk, typeof args[1] === 'string' ? (args[1] as BufferEncoding) : undefined);
+      } else t.end();
+    } else (super.end as (...a: unknown[]) => this)(...args);
     ended?.();
-    return out;
+    return this;
+  }
+
+  /** Node's own implicit head (writeHead with the status set), which runs the chooser. */
+  #implicitHeader(): void {
+    (this as unknown as { _implicitHeader(): void })._implicitHeader();
+  }
+
+  /** The transform's output becomes the body: written on as it comes, ended when it ends. */
+  #pipeFrom(chosen: BodyTransform): void {
+    const t = 'pipe' in chosen ? chosen : chosen.stream;
+    if ('pipe' in chosen) this.#transform = chosen as unknown as BodyWriter;
+    else {
+      // A string with an encoding other than UTF-8 reaches a writer that takes none as bytes.
+      const bytes = (c: unknown, enc?: BufferEncoding) =>
+        typeof c === 'string' && enc !== undefined ? Buffer.from(c, enc) : (c as Buffer | string);
+      this.#transform = {
+        write: (c, enc) => chosen.write(bytes(c, enc)),
+        end: (c, enc) => (c === undefined ? chosen.end() : chosen.end(bytes(c, enc))),
+      };
+    }
+    this.removeHeader('content-length');
+    (this as unknown as { _contentLength: number | null })._contentLength = null;
+    const write = super.write.bind(this) as (c: Buffer) => boolean;
+    const end = super.end.bind(this) as () => this;
+    t.on('data', (c: Buffer) => {
+      if (!write(c)) t.pause();
+    });
+    // The socket (or the response buffer) took what was waiting: the transform goes on.
+    this.on('drain', () => t.resume());
+    // Room again in the transform: the app, told to wait by write(), may go on.
+    t.on('drain', () => {
+      if (!this.destroyed) this.emit('drain');
+    });
+    t.once('end', () => {
+      if (!this.destroyed) end();
+    });
+    // A transform fails only on a bug or a destroyed stream: the client gets a cut response.
+    t.once('error', () => this.destroy());
+    this.once('close', () => t.destroy());
+  }
+
+  #setHeaders(headers: unknown): void {
+    if (headers === undefined || headers === null) return;
+    if (Array.isArray(headers)) {
+      const pairs: Array<[string, unknown]> = [];
+      if (headers.length > 0 && Array.isArray(headers[0]))
+        for (const h of headers as Array<[string, unknown]>) pairs.push([h[0], h[1]]);
+      else for (let i = 0; i + 1 < headers.length; i += 2) pairs.push([String(headers[i]), headers[i + 1]]);
+      for (const [k] of pairs) this.removeHeader(k);
+      for (const [k, v] of pairs) this.appendHeader(k, v as string);
+      return;
+    }
+    for (const [k, v] of Object.entries(headers as OutgoingHttpHeaders)) if (v !== undefined) this.setHeader(k, v);
   }
 
   /**

@@ -4,12 +4,14 @@
 // slows the writer down instead of failing.
 import http from 'node:http';
 import net from 'node:net';
-import { Writable } from 'node:stream';
+import { Transform, Writable } from 'node:stream';
+import zlib from 'node:zlib';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { HostResponse } from '../host/response.ts';
+import { compressServerResponse } from './compress.ts';
 import { ResponseBuffer, responseBufferStats, type BufferLimits } from './response-buffer.ts';
 
 const KiB = 1024;
@@ -250,5 +252,134 @@ describe('HostResponse with response buffering', () => {
     } finally {
       s.close();
     }
+  });
+});
+
+describe('HostResponse.stratumTransform (the hook compression plugs into)', () => {
+  /** One request to a server whose app is `app`, its responses given `setup` first; the raw answer. */
+  async function exchange(
+    setup: (res: HostResponse) => void,
+    app: (res: HostResponse) => void,
+    readDelayMs = 0,
+    onRead: () => void = () => {},
+  ): Promise<{ head: string; body: Buffer }> {
+    const server = http.createServer({ ServerResponse: HostResponse as unknown as typeof http.ServerResponse });
+    server.on('request', (_req, response) => {
+      const res = response as HostResponse;
+      setup(res);
+      app(res);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const port = (server.address() as net.AddressInfo).port;
+      const socket = net.connect({ host: '127.0.0.1', port });
+      socket.pause();
+      socket.write('GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n');
+      await new Promise((r) => setTimeout(r, readDelayMs));
+      const raw = await new Promise<Buffer>((resolve) => {
+        const parts: Buffer[] = [];
+        socket.on('data', (c: Buffer) => parts.push(c));
+        socket.on('end', () => resolve(Buffer.concat(parts)));
+        onRead();
+        socket.resume();
+      });
+      const at = raw.indexOf('\r\n\r\n');
+      return { head: raw.subarray(0, at).toString('latin1'), body: raw.subarray(at + 4) };
+    } finally {
+      server.close();
+    }
+  }
+
+  /** A chunked body, de-chunked. */
+  function dechunk(body: Buffer): Buffer {
+    const parts: Buffer[] = [];
+    for (let at = 0; ;) {
+      const eol = body.indexOf('\r\n', at);
+      const n = parseInt(body.subarray(at, eol).toString('latin1'), 16);
+      if (n === 0) return Buffer.concat(parts);
+      parts.push(body.subarray(eol + 2, eol + 2 + n));
+      at = eol + 2 + n + 2;
+    }
+  }
+
+  it('a transform chosen at the head carries the body; its headers change; buffering behind it', async () => {
+    const total = 3 * 1024 * KiB;
+    let statusSeen = 0;
+    let endedBeforeRead = false;
+    let reading = false;
+    const r = await exchange(
+      (res) => {
+        res.stratumBuffering = { memory: 256 * KiB, maxTempFile: 64 * 1024 * KiB, tempDir: tempDir() };
+        res.stratumTransform = (status) => {
+          statusSeen = status;
+          // The head given to writeHead is on the response already: the chooser decides on it.
+          expect(res.getHeader('content-type')).toBe('text/plain');
+          res.setHeader('content-encoding', 'gzip');
+          return zlib.createGzip({ level: 1 });
+        };
+      },
+      (res) => {
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': total });
+        const body = pattern(0, total);
+        let at = 0;
+        const more = () => {
+          while (at < total) {
+            const ok = res.write(body.subarray(at, at + 64 * KiB));
+            at += 64 * KiB;
+            if (!ok) return void res.once('drain', more);
+          }
+          res.end();
+          endedBeforeRead = !reading;
+        };
+        more();
+      },
+      1000,
+      () => (reading = true),
+    );
+    expect(statusSeen).toBe(200);
+    expect(endedBeforeRead).toBe(true);
+    expect(r.head).toMatch(/\r\ncontent-encoding: gzip/i);
+    expect(r.head).not.toMatch(/content-length/i);
+    expect(r.head).toMatch(/transfer-encoding: chunked/i);
+    expect(zlib.gunzipSync(dechunk(r.body)).equals(pattern(0, total))).toBe(true);
+  });
+
+  it("compress.ts's Compression plugs in as it is (compressServerResponse at the head)", async () => {
+    const settings = { encodings: ['gzip'] as const, gzipLevel: 1, brotliQuality: 4, zstdLevel: 3, minLength: 0 };
+    const text = 'stratum '.repeat(40_000);
+    const r = await exchange(
+      (res) => {
+        res.req.headers['accept-encoding'] = 'gzip';
+        res.stratumBuffering = { memory: 64 * KiB, maxTempFile: 0 };
+        res.stratumTransform = (status) =>
+          compressServerResponse(res.req, res, status, { ...settings, types: ['text/*'] });
+      },
+      (res) => {
+        res.setHeader('content-type', 'text/plain');
+        res.end(text);
+      },
+    );
+    expect(r.head).toMatch(/\r\ncontent-encoding: gzip/i);
+    expect(r.head).toMatch(/\r\nvary: accept-encoding/i);
+    expect(zlib.gunzipSync(dechunk(r.body)).toString()).toBe(text);
+  });
+
+  it('an implicit head runs the chooser too; end(body) with none chosen keeps its Content-Length', async () => {
+    const plain = await exchange(
+      (res) => (res.stratumTransform = () => null),
+      (res) => res.end('hello'),
+    );
+    expect(plain.head).toMatch(/\r\ncontent-length: 5/i);
+    expect(plain.body.toString()).toBe('hello');
+    const upper = await exchange(
+      (res) =>
+        (res.stratumTransform = () =>
+          new Transform({ transform: (c: Buffer, _e, cb) => cb(null, Buffer.from(c.toString().toUpperCase())) })),
+      (res) => {
+        res.write('hello ');
+        res.end('world');
+      },
+    );
+    expect(dechunk(upper.body).toString()).toBe('HELLO WORLD');
   });
 });
