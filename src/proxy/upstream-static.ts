@@ -148,7 +148,7 @@ export class StaticUpstream implements Upstream {
     const stat = await fsp.stat(real).catch(() => null);
     if (stat === null) return null;
     if (stat.isDirectory()) {
-      if (!rel.endsWith('/') && rel !== '') return 'directory';
+      if (!rel.endsWith('/')) return 'directory';
       if (opts.index === null) return null;
       return this.#lookup(`${rel.endsWith('/') ? rel : `${rel}/`}${opts.index}`, opts);
     }

@@ -359,6 +359,8 @@ routes:
       const moved = await curl(`${base}/static/docs?x=1`);
       expect(moved.status).toBe(301);
       expect(moved.headers.location).toBe('/static/docs/?x=1');
+      // The route's own root too: its index page's relative links need the slash.
+      expect((await curl(`${base}/static`)).headers.location).toBe('/static/');
       expect((await curl(`${base}/static/empty/`)).status).toBe(404);
     });
 
