@@ -112,6 +112,8 @@ async function run(config: StratumConfig, mode: Mode, opts: RunOptions = {}): Pr
       const status = e.code === 'STRATUM_ERR_CONFIG' ? 400 : 500;
       return { status, body: { error: { code: e.code ?? 'STRATUM_ERR_RELOAD', path: e.path, message: e.message } } };
     };
+    // SIGHUP reloads the certificates itself (above); a POST does it here, as part of the same reload.
+    if (source !== 'SIGHUP') certs?.reload(source);
     let next: StratumConfig;
     try {
       next = opts.reload ? await opts.reload() : config;

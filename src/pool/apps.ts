@@ -356,6 +356,9 @@ export class AppSet extends EventEmitter {
     const prev = this.config;
     const needsRestart = (['listen', 'topology'] as const).filter((k) => prev[k] !== next[k]).map(String);
     if (JSON.stringify(prev.admin) !== JSON.stringify(next.admin)) needsRestart.push('admin');
+    // The front in the master (master topology) is built once: its limits stay; its routes do change.
+    if (next.topology === 'master' && JSON.stringify(prev.proxy) !== JSON.stringify(next.proxy))
+      needsRestart.push('proxy');
     if (needsRestart.length > 0)
       this.log.warn({ fields: needsRestart }, 'config reload: these settings need a restart; the old ones stay');
     const wanted = new Map(specs.map((s) => [s.name, s]));
