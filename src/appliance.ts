@@ -162,10 +162,11 @@ async function run(config: StratumConfig, mode: Mode, opts: RunOptions = {}): Pr
       res.end(body);
     },
   });
-  let upstreamHealth: () => Array<{ target: string; up: boolean }> = () => [];
+  let upstreamHealth: () => Array<{ target: string; up: boolean; active?: number; fails?: number }> = () => [];
   if (frontInWorkers && pool) {
     upstreamHealth = () => pool.upstreamHealth();
-    if (config.routes.some((r) => r.targets[0]!.kind === 'uwsgi')) metrics?.attachUpstreamHealth(upstreamHealth);
+    const groups = config.routes.some((r) => r.targets[0]!.kind === 'uwsgi' || r.targets[0]!.kind === 'http');
+    if (groups) metrics?.attachUpstreamHealth(upstreamHealth);
   }
   const parts =
     frontInWorkers && pool ? async () => (await pool.ask({ what: 'live' })).map((r) => r.data as LivePart) : undefined;
@@ -250,7 +251,11 @@ async function run(config: StratumConfig, mode: Mode, opts: RunOptions = {}): Pr
         return replies.map((r) => r.data as WorkerMetrics);
       }, frontInWorkers);
     }
-    admin.add({ method: 'GET', path: '/stats', handler: (_q, res) => sendJson(res, 200, pool.stats()) });
+    admin.add({
+      method: 'GET',
+      path: '/stats',
+      handler: (_q, res) => sendJson(res, 200, { ...pool.stats(), upstreams: upstreamHealth() }),
+    });
     admin.add({
       method: 'POST',
       path: '/reload',
@@ -298,7 +303,8 @@ async function run(config: StratumConfig, mode: Mode, opts: RunOptions = {}): Pr
         upstreamHealth = health(table);
       };
       upstreamHealth = health(routes);
-      if (routes.entries.some((e) => e.upstream.kind === 'uwsgi')) metrics?.attachUpstreamHealth(upstreamHealth);
+      const groups = routes.entries.some((e) => e.upstream.kind === 'uwsgi' || e.upstream.kind === 'http');
+      if (groups) metrics?.attachUpstreamHealth(upstreamHealth);
       proxy = new FrontProxy(config, routes, log, observer!, { tls: certs ?? undefined });
       metrics?.attachFront(proxy);
       frontUrl = await proxy.listen();

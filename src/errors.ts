@@ -161,6 +161,12 @@ export const UpstreamTimeout = define(
 );
 export const UpstreamReset = define('STRATUM_ERR_UPSTREAM_RESET', (target: string, cause: string) =>
   `upstream ${target} failed mid-response: ${cause}`, { status: 502 });
+export const UpstreamNextServer = define('STRATUM_ERR_UPSTREAM_NEXT', (target: string, status: number) =>
+  `upstream ${target} answered ${status}: the request went on to the group's next server`, {
+  status: 502,
+  hint: 'Internal to an upstream group\'s retry (proxy_next_upstream http_502 http_503): the answer is dropped ' +
+    'before any byte reaches the client and counts as a failure of that server; the client sees the next one\'s.',
+});
 
 // --- proxy (src/proxy/) -------------------------------------------------------------------
 area('front proxy (src/proxy/)');

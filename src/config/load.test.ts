@@ -228,12 +228,12 @@ describe('errors name the field', () => {
 
   test('an unknown field inside a route', () => {
     const e = failure({
-      file: yaml('unknown-route.yaml', 'routes:\n  - { path: /, target: pool, upstream: x }\n'),
+      file: yaml('unknown-route.yaml', 'routes:\n  - { path: /, target: pool, backend: x }\n'),
       mode: 'check',
       env: {},
       flags: { app },
     });
-    expect(e.message).toMatch(/^routes\.0\.upstream: unknown field/);
+    expect(e.message).toMatch(/^routes\.0\.backend: unknown field/);
   });
 
   test('a bad target URL', () => {

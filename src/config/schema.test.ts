@@ -73,6 +73,15 @@ describe('defaults', () => {
         static: { index: 'index.html', fallback: null, cacheControl: null, precompressed: true, allowSymlinksOutside: false },
         clientMaxBodySize: null,
         buffering: null,
+        upstream: {
+          balance: 'round-robin',
+          hashKey: 'client',
+          maxFails: 1,
+          failTimeout: 10,
+          tries: 0,
+          tryTimeout: 0,
+          healthCheck: { enabled: false, interval: 5, timeout: 2, path: '/', status: [200], fails: 1, passes: 1 },
+        },
       },
     ]);
     expect(c.log).toEqual({ level: 'info', access: true });
@@ -170,6 +179,38 @@ describe('targets', () => {
       routes: [{ target: ['uwsgi://10.0.0.1:3031', 'uwsgi://[::1]:3031', 'unix:/run/a.sock'] }],
     });
     expect(c.routes[0]!.targets.map((t) => t.kind)).toEqual(['uwsgi', 'uwsgi', 'uwsgi']);
+  });
+
+  test('a list of http servers is a group; each may carry weight= and backup', () => {
+    const c = schema.parse({
+      routes: [
+        {
+          target: ['http://10.0.0.1:80 weight=3', 'http://10.0.0.2:80', 'http://10.0.0.3:80 backup'],
+          upstream: { balance: 'least-conn', healthCheck: { enabled: true, path: '/health' } },
+        },
+      ],
+    });
+    const r = c.routes[0]!;
+    expect(r.targets.map((t) => [t.kind, t.raw, 'weight' in t ? t.weight : 1, 'backup' in t && t.backup])).toEqual([
+      ['http', 'http://10.0.0.1:80', 3, false],
+      ['http', 'http://10.0.0.2:80', 1, false],
+      ['http', 'http://10.0.0.3:80', 1, true],
+    ]);
+    expect(r.upstream.balance).toBe('least-conn');
+    expect(r.upstream.healthCheck).toMatchObject({ enabled: true, path: '/health', interval: 5, status: [200] });
+  });
+
+  test('a group may not mix kinds, and server parameters are checked', () => {
+    const bad = (target: unknown, upstream?: unknown) =>
+      schema.safeParse({ routes: [{ target, ...(upstream ? { upstream } : {}) }] });
+    expect(bad(['http://10.0.0.1:80', 'uwsgi://10.0.0.2:3031']).success).toBe(false);
+    expect(bad(['http://10.0.0.1:80', 'pool']).success).toBe(false);
+    expect(bad(['http://10.0.0.1:80 weight=0']).success).toBe(false);
+    expect(bad(['http://10.0.0.1:80 heavy']).success).toBe(false);
+    expect(bad('static:/tmp weight=2').success).toBe(false);
+    expect(bad('pool', { balance: 'random' }).success).toBe(false);
+    expect(bad('pool', { hashKey: 'header:' }).success).toBe(false);
+    expect(bad(['uwsgi://10.0.0.2:3031 weight=2', 'unix:/run/a.sock backup'], { balance: 'hash' }).success).toBe(true);
   });
 
   test('a bad target URL names the route and lists the accepted forms', () => {

@@ -18,9 +18,12 @@ export type Address = { kind: 'tcp'; host: string; port: number } | { kind: 'uni
 
 export type Target =
   | { kind: 'pool'; raw: string; app?: string }
-  | { kind: 'uwsgi'; raw: string; address: Address }
-  | { kind: 'http'; raw: string; url: URL; address: Address }
+  | ({ kind: 'uwsgi'; raw: string; address: Address } & ServerOptions)
+  | ({ kind: 'http'; raw: string; url: URL; address: Address } & ServerOptions)
   | { kind: 'static'; raw: string; root: string };
+
+/** A group server's options, written after its address (`http://10.0.0.2:80 weight=3 backup`), as nginx's `server`. */
+export type ServerOptions = { weight?: number; backup?: boolean };
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -299,6 +302,115 @@ function parseTarget(raw: string): Target | TargetIssue {
   return bad();
 }
 
+// --- upstream groups (src/proxy/balancer.ts, health.ts) ----------------------------------------
+
+/** `http://10.0.0.2:80 weight=3 backup`: the target, then nginx `server` parameters. */
+function parseServer(raw: string): Target | TargetIssue {
+  const [head = '', ...params] = raw.trim().split(/\s+/);
+  const t = parseTarget(params.length === 0 ? raw : head);
+  if ('message' in t || params.length === 0) return t;
+  if (t.kind !== 'uwsgi' && t.kind !== 'http') {
+    return { message: `only uwsgi and http servers take weight= or backup, got ${show(raw)}`, input: raw };
+  }
+  const opts: ServerOptions = {};
+  for (const p of params) {
+    const w = /^weight=(\d{1,4})$/.exec(p);
+    if (w && Number(w[1]) >= 1 && Number(w[1]) <= 1000) opts.weight = Number(w[1]);
+    else if (p === 'backup') opts.backup = true;
+    else {
+      const message = `expected weight=1..1000 or backup after the server, got ${show(p)} in ${show(raw)}`;
+      return { message, input: raw };
+    }
+  }
+  return { ...t, ...opts };
+}
+
+const HASH_KEY_FORMS = '"client", "uri", "header:NAME" or "cookie:NAME"';
+
+const healthCheck = z
+  .strictObject(
+    {
+      enabled: bool()
+        .default(false)
+        .describe('Check every server of the group on its own, as nginx Plus `health_check`.'),
+      interval: positiveSeconds().default(5).describe('Seconds between two checks of a server.'),
+      timeout: positiveSeconds()
+        .default(2)
+        .describe('Seconds a check may take (connect and answer) before it counts as failed.'),
+      path: z
+        .string({ error: expected('a request target starting with "/"') })
+        .regex(/^\/\S*$/, { error: expected('a request target starting with "/"') })
+        .meta({ docType: 'string' })
+        .default('/')
+        .describe('Path a check asks for with GET (over uwsgi for uwsgi servers, as a request from the front).'),
+      status: z
+        .array(int(100, 599), { error: expected('a list of HTTP status codes') })
+        .min(1, { error: expected('at least one status code') })
+        .default([200])
+        .describe('Answers that count as healthy.'),
+      fails: int(1).default(1).describe('Consecutive failed checks that take a server out (nginx Plus `fails`).'),
+      passes: int(1).default(1).describe('Consecutive good checks that bring it back (nginx Plus `passes`).'),
+    },
+    { error: expected('a mapping') },
+  )
+  .prefault({})
+  .describe(
+    "Active health checks. Each process that runs the front checks its own groups' servers (every worker in the " +
+      'worker topology): one small GET per server per interval and process.',
+  );
+
+const upstreamGroup = z
+  .strictObject(
+    {
+      balance: z
+        .enum(['round-robin', 'least-conn', 'hash'], { error: expected('"round-robin", "least-conn" or "hash"') })
+        .default('round-robin')
+        .describe(
+          'Which server takes a request: `round-robin` (smooth and weighted, as nginx), `least-conn` (fewest ' +
+            'active requests per weight; ties rotate; nginx `least_conn`) or `hash` (consistent hash of `hashKey`, ' +
+            'so a client sticks to a server; nginx `hash … consistent`).',
+        ),
+      hashKey: z
+        .string({ error: expected(HASH_KEY_FORMS) })
+        .regex(/^(client|uri|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+|cookie:[^\s;=,]+)$/, {
+          error: expected(HASH_KEY_FORMS),
+        })
+        .meta({ docType: 'string' })
+        .default('client')
+        .describe(
+          'What `hash` hashes: `client` (the client address, sticky sessions; nginx `hash $remote_addr consistent`), ' +
+            '`uri`, `header:NAME` or `cookie:NAME`. A request without that header or cookie goes round-robin.',
+        ),
+      maxFails: int(0)
+        .default(1)
+        .describe(
+          'Failed tries within `failTimeout` that take a server out for `failTimeout` (nginx `max_fails`); ' +
+            '0 = never. When every server is out, the one whose time out ends first is still tried (a lone ' +
+            'server always is), as a blip should not refuse all traffic.',
+        ),
+      failTimeout: positiveSeconds()
+        .default(10)
+        .describe('Window in which failures are counted, and how long a server stays out (nginx `fail_timeout`).'),
+      tries: int(0)
+        .default(0)
+        .describe(
+          'Most servers one request is tried on (nginx `proxy_next_upstream_tries`); 0 = each server of the group ' +
+            'once. A failed connection moves any request on; a reset before the answer or a 502/503 answer only ' +
+            'GET, HEAD, PUT, DELETE, OPTIONS; a body streamed without buffering never (it cannot be sent twice).',
+        ),
+      tryTimeout: seconds()
+        .default(0)
+        .describe(
+          'Seconds after the first try past which no other server is tried (nginx `proxy_next_upstream_timeout`); ' +
+            '0 = no bound.',
+        ),
+      healthCheck,
+    },
+    { error: expected('a mapping') },
+  )
+  .prefault({})
+  .describe('How a route with several http or uwsgi servers spreads and retries requests (nginx `upstream {}`).');
+
 const HOST_PATTERN = /^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$|^\[[0-9a-f:.]+\]$/;
 const HOST_FORMS = 'a host name like "example.com" or "*.example.com" (no port), or null';
 
@@ -328,13 +440,16 @@ const route = z
             'matches `/api` and `/api/x`, not `/apix`.',
         ),
       target: z
-        .union([z.string(), z.array(z.string())], { error: expected(`${TARGET_FORMS}, or a list of uwsgi servers`) })
+        .union([z.string(), z.array(z.string())], {
+          error: expected(`${TARGET_FORMS}, or a list of uwsgi or http servers`),
+        })
         .describe(
           'Where matching requests go: `pool` (the built-in worker pool, like uWSGI behind nginx), ' +
             '`uwsgi://HOST:PORT` or `unix:/path` ' +
             '(an external uwsgi server; nginx `uwsgi_pass`), `http://HOST:PORT` (nginx `proxy_pass`) or ' +
               '`static:/dir` (files; nginx `root`). ' +
-            'A list of uwsgi servers is load-balanced (nginx `upstream`).',
+            'A list of uwsgi servers, or of http servers, is a group balanced by `upstream` (nginx `upstream`); ' +
+            'each may be followed by `weight=N` and `backup`, as nginx\'s `server` line.',
         )
         .meta({ docType: 'string | string[]' }),
       readTimeout: positiveSeconds()
@@ -358,6 +473,7 @@ const route = z
         .nullable()
         .default(null)
         .describe("Buffer this route's responses (pool targets; true/false); null = `proxy.buffering.enabled`."),
+      upstream: upstreamGroup,
     },
     { error: expected('a route mapping with a target') },
   )
@@ -370,13 +486,19 @@ const route = z
     const targets: Target[] = [];
     raws.forEach((raw, i) => {
       const path = typeof r.target === 'string' ? ['target'] : ['target', i];
-      const t = parseTarget(raw);
+      const t = parseServer(raw);
+      const first = targets[0]?.kind;
       if ('message' in t) {
         ctx.issues.push({ code: 'custom', ...t, path });
-      } else if (typeof r.target !== 'string' && t.kind !== 'uwsgi') {
+      } else if (
+        typeof r.target !== 'string' &&
+        (t.kind === 'pool' || t.kind === 'static' || (first !== undefined && t.kind !== first))
+      ) {
         ctx.issues.push({
           code: 'custom',
-          message: `a list of targets may only hold uwsgi servers (uwsgi://HOST:PORT or unix:/path), got ${show(raw)}`,
+          message:
+            'a list of targets may only hold uwsgi servers (uwsgi://HOST:PORT or unix:/path) or only http servers, ' +
+            `got ${show(raw)}`,
           input: raw,
           path,
         });

@@ -412,15 +412,36 @@ export class Metrics {
     this.#counterNames.set(restarts as client.Metric, 'stratum_process_restarts_total');
   }
 
-  attachUpstreamHealth(read: () => Array<{ target: string; up: boolean }>): void {
+  attachUpstreamHealth(read: () => Array<{ target: string; up: boolean; active?: number; fails?: number }>): void {
     new client.Gauge({
       name: 'stratum_upstream_up',
-      help: 'Passive health of each external uwsgi server (1 up, 0 taken out after failures).',
+      help: 'Health of each server of an upstream group, uwsgi or http (1 up, 0 out by passive or active checks).',
       labelNames: ['target'] as const,
       registers: [this.registry],
       collect() {
         this.reset();
         for (const h of read()) this.set({ target: h.target }, h.up ? 1 : 0);
+      },
+    });
+    // Upstream groups (src/proxy/balancer.ts): requests in flight and failed tries per server.
+    new client.Gauge({
+      name: 'stratum_upstream_active_requests',
+      help: 'Requests in flight to each server of an upstream group (least-conn balances on it).',
+      labelNames: ['target'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const h of read()) this.set({ target: h.target }, h.active ?? 0);
+      },
+    });
+    new client.Counter({
+      name: 'stratum_upstream_fails_total',
+      help: 'Failed tries per server of an upstream group (connect errors, resets, timeouts, 502/503 answers).',
+      labelNames: ['target'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const h of read()) this.inc({ target: h.target }, h.fails ?? 0);
       },
     });
   }

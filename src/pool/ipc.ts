@@ -51,8 +51,8 @@ export interface WorkerStatus {
   /** Requests waiting for a slot under maxInflight, and refused with 503 when that queue was full (worker topology). */
   queued: number;
   rejected: number;
-  /** Passive health of the external uwsgi servers as this worker's front sees them. */
-  upstreams: Array<{ target: string; up: boolean }>;
+  /** Each upstream group server as this worker's front sees it (src/proxy/balancer.ts PeerHealth). */
+  upstreams: Array<{ target: string; up: boolean; active?: number; fails?: number }>;
   /** This worker's front: its open client connections, its proxy.maxConnections and its refusals (worker topology). */
   connections?: ConnectionCounts;
 }

@@ -643,12 +643,21 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
     return (await Promise.all(replies)).filter((r): r is { pid: number; data: unknown } => r !== null);
   }
 
-  /** External uwsgi servers' health as the workers' fronts see it: down in any worker is down. */
-  upstreamHealth(): Array<{ target: string; up: boolean }> {
-    const up = new Map<string, boolean>();
+  /**
+   * Upstream group servers as the workers' fronts see them: down in any worker is down; requests
+   * in flight and failed tries summed over the workers.
+   */
+  upstreamHealth(): Array<{ target: string; up: boolean; active: number; fails: number }> {
+    const all = new Map<string, { target: string; up: boolean; active: number; fails: number }>();
     for (const w of this.#live)
-      for (const h of w.status.upstreams) up.set(h.target, (up.get(h.target) ?? true) && h.up);
-    return [...up].map(([target, isUp]) => ({ target, up: isUp }));
+      for (const h of w.status.upstreams) {
+        const s = all.get(h.target) ?? { target: h.target, up: true, active: 0, fails: 0 };
+        s.up &&= h.up;
+        s.active += h.active ?? 0;
+        s.fails += h.fails ?? 0;
+        all.set(h.target, s);
+      }
+    return [...all.values()];
   }
 
   get queueLength(): number {

@@ -10,6 +10,7 @@
 import type { StratumConfig } from '../config/schema.ts';
 import { ConfigInvalid } from '../errors.ts';
 import { registerCompression } from './compress.ts';
+import type { PeerHealth } from './balancer.ts';
 import { RouteTable, type RouteEntry } from './routes.ts';
 import type { Upstream } from './upstream.ts';
 
@@ -36,13 +37,10 @@ export async function buildRoutes(
         break;
       }
       case 'uwsgi':
-        upstream = new uwsgi!.ExternalUwsgiUpstream(
-          route.targets.map((x) => (x as { address: typeof t.address }).address),
-          config,
-        );
+        upstream = new uwsgi!.ExternalUwsgiUpstream(route.targets, config, route);
         break;
       case 'http':
-        upstream = new http!.HttpUpstream(t.url, config);
+        upstream = new http!.HttpUpstream(route.targets, route, config);
         break;
       case 'static':
         upstream = new files!.StaticUpstream(t.root, config);
@@ -53,12 +51,12 @@ export async function buildRoutes(
   return new RouteTable(entries);
 }
 
-/** Health per external uwsgi server, for metrics and the dashboard. */
-export function upstreamHealth(routes: RouteTable<Upstream>): () => Array<{ target: string; up: boolean }> {
-  const external = routes.entries
+/** State of each server of the routes' upstream groups (uwsgi and http), for metrics and the dashboard. */
+export function upstreamHealth(routes: RouteTable<Upstream>): () => PeerHealth[] {
+  const groups = routes.entries
     .map((e) => e.upstream)
     .filter(
-      (u): u is Upstream & { health(): Array<{ target: string; up: boolean }> } => u.kind === 'uwsgi' && 'health' in u,
+      (u): u is Upstream & { health(): PeerHealth[] } => (u.kind === 'uwsgi' || u.kind === 'http') && 'health' in u,
     );
-  return () => external.flatMap((u) => u.health());
+  return () => groups.flatMap((u) => u.health());
 }

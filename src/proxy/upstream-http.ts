@@ -13,18 +13,22 @@
 //
 // WebSocket upgrades stay on node:http (upgrade() below): one request per connection, the
 // socket then leaves the pool for good, so a pool brings nothing there.
+//
+// A route's http target is a group (balancer.ts): one server, or several balanced, retried and
+// health-checked as nginx's `upstream {}`; each server is an HttpOrigin with its own Pool.
 
 import http, { type IncomingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
 import { PassThrough, type Duplex } from 'node:stream';
 import { errors, Pool, type Dispatcher } from 'undici';
-import type { StratumConfig } from '../config/schema.ts';
+import type { Route, StratumConfig, Target } from '../config/schema.ts';
 import {
   ClientBadRequest,
   ClientClosed,
   StratumError,
   UpstreamBadResponse,
   UpstreamHeadersTooLarge,
+  UpstreamNextServer,
   UpstreamReset,
   UpstreamTimeout,
   UpstreamTruncated,
@@ -32,6 +36,8 @@ import {
   UNREACHABLE_CODES,
   rawHttpAnswer,
 } from '../errors.ts';
+import { Balancer, hashKeyOf, serveFromGroup, type Attempt, type PeerHealth } from './balancer.ts';
+import { groupOptions, HealthChecker } from './health.ts';
 import { compressResponse, compressionFor, type Compression } from './compress.ts';
 import { httpRequestHeaders, responseHeaders } from './forward.ts';
 import { sendHead, type ProxyContext, type RequestBody, type UpgradeContext, type Upstream } from './upstream.ts';
@@ -39,8 +45,54 @@ import { sendHead, type ProxyContext, type RequestBody, type UpgradeContext, typ
 /** Response head limit, as Node's own client (http.maxHeaderSize, 16 KiB unless --max-http-header-size). */
 const MAX_RESPONSE_HEAD = http.maxHeaderSize;
 
+/** A route's HTTP servers: a group of one or more, as nginx's `upstream {}` (balancer.ts). */
 export class HttpUpstream implements Upstream {
   readonly kind = 'http' as const;
+  readonly label: string;
+  #group: Balancer<HttpOrigin>;
+  #checker: HealthChecker<HttpOrigin> | null = null;
+
+  constructor(targets: Target[], route: Route, config: StratumConfig) {
+    const specs = targets.map((t) => {
+      if (t.kind !== 'http') throw new TypeError(`not an http target: ${t.raw}`);
+      const origin = new HttpOrigin(t.url, config);
+      return { label: origin.label, weight: t.weight ?? 1, backup: t.backup ?? false, target: origin };
+    });
+    this.#group = new Balancer(specs, groupOptions(route));
+    this.label = specs.map((s) => s.label).join(',');
+    const hc = route.upstream.healthCheck;
+    if (hc.enabled) this.#checker = new HealthChecker(this.#group, hc, (o, path, ms) => o.probe(path, ms));
+  }
+
+  /** Each server's state, for metrics, /stats and the dashboard. */
+  health(): PeerHealth[] {
+    return this.#group.health();
+  }
+
+  handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
+    return serveFromGroup(this.#group, this.label, ctx, body, (origin, c, b, next) => origin.exchange(c, b, next));
+  }
+
+  /** An upgrade goes to one server as the policy picks it, not retried (the client's socket is the body). */
+  upgrade(ctx: UpgradeContext, clientSocket: Duplex, head: Buffer): void {
+    const { options } = this.#group;
+    const key = options.policy === 'hash' ? hashKeyOf(options.hashKey, ctx.req, ctx.forward.clientAddress) : null;
+    const peer = this.#group.pick(key, new Set());
+    if (!peer) {
+      ctx.error = new UpstreamUnreachable(this.label, 'no live server in the group');
+      return void clientSocket.end(rawHttpAnswer(ctx.error));
+    }
+    peer.target.upgrade(ctx, clientSocket, head);
+  }
+
+  close(): void {
+    this.#checker?.close();
+    for (const p of this.#group.peers) p.target.close();
+  }
+}
+
+/** One HTTP server of a group: its kept connections (an undici Pool) and how a request goes over them. */
+class HttpOrigin {
   readonly label: string;
   #url: URL;
   #base: string;
@@ -66,10 +118,11 @@ export class HttpUpstream implements Upstream {
     });
   }
 
-  handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
+  /** One try of ctx on this server; `next` lets the group drop a 502/503 for its next server. */
+  exchange(ctx: ProxyContext, body: RequestBody | null, next: Attempt | null): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const { req } = ctx;
-      const exchange = new Exchange(ctx, this.label, this.#connectTimeoutMs, resolve, reject);
+      const exchange = new Exchange(ctx, this.label, this.#connectTimeoutMs, next, resolve, reject);
       let headers = httpRequestHeaders(
         req,
         ctx.forward,
@@ -153,6 +206,20 @@ export class HttpUpstream implements Upstream {
     upstream.end();
   }
 
+  /** An active health check: GET `path` on a kept connection; resolves with the status. */
+  async probe(path: string, timeoutMs: number): Promise<number> {
+    const res = await this.#pool.request({
+      method: 'GET',
+      path: this.#base + path,
+      headers: { host: this.#url.host, 'user-agent': 'stratum-health-check' },
+      headersTimeout: timeoutMs,
+      bodyTimeout: timeoutMs,
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    await res.body.dump();
+    return res.statusCode;
+  }
+
   close(): void {
     void this.#pool.destroy().catch(() => {});
   }
@@ -175,6 +242,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   #ctx: ProxyContext;
   #label: string;
   #connectTimeoutMs: number;
+  #next: Attempt | null;
   #resolve: () => void;
   #reject: (err: StratumError) => void;
   #controller: Dispatcher.DispatchController | null = null;
@@ -188,12 +256,14 @@ class Exchange implements Dispatcher.DispatchHandler {
     ctx: ProxyContext,
     label: string,
     connectTimeoutMs: number,
+    next: Attempt | null,
     resolve: () => void,
     reject: (err: StratumError) => void,
   ) {
     this.#ctx = ctx;
     this.#label = label;
     this.#connectTimeoutMs = connectTimeoutMs;
+    this.#next = next;
     this.#resolve = resolve;
     this.#reject = reject;
   }
@@ -214,6 +284,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   ): void {
     // 1xx interim answers (103 Early Hints) are not relayed, as node:http's client did not either.
     if (statusCode < 200 || this.#settled) return;
+    // An upstream group drops a 502/503 for its next server before a byte goes to the client.
+    if (this.#next?.nextOnStatus(statusCode)) return this.#fail(new UpstreamNextServer(this.#label, statusCode));
     const ctx = this.#ctx;
     ctx.timings.headAt = performance.now();
     if (ctx.res.destroyed) return this.#fail(new UpstreamReset(this.#label, 'client went away'));

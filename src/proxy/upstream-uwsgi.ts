@@ -1,12 +1,15 @@
 // uwsgi upstreams: the exchange of one request over a UwsgiClient (used by the pool route in the
-// master topology too, upstream-pool.ts), and external uwsgi servers (a real uWSGI; several
-// balanced with passive health, as nginx's `upstream` block with max_fails/fail_timeout).
+// master topology too, upstream-pool.ts), and external uwsgi servers (a real uWSGI): a group of
+// them balanced, retried and health-checked as nginx's `upstream` block (balancer.ts, health.ts).
 
-import type { StratumConfig, Address } from '../config/schema.ts';
-import { type StratumError, UpstreamUnreachable } from '../errors.ts';
+import type { Address, StratumConfig, Route, Target } from '../config/schema.ts';
+import { UpstreamNextServer } from '../errors.ts';
 import { UwsgiClient } from '../uwsgi/client.ts';
+import type { UwsgiVars } from '../uwsgi/codec.ts';
 import type { ResponseHead } from '../uwsgi/response.ts';
 import { KEEPALIVE_HEADER, TIMING_HEADER } from '../uwsgi/server.ts';
+import { Balancer, serveFromGroup, type Attempt, type GroupOptions, type PeerHealth } from './balancer.ts';
+import { groupOptions, HealthChecker } from './health.ts';
 import { responseHeaders, uwsgiVars } from './forward.ts';
 import { sendHead, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
 
@@ -18,7 +21,7 @@ export function uwsgiExchange(
   client: UwsgiClient,
   ctx: ProxyContext,
   body: RequestBody | null,
-  opts: { joinRepeated: boolean; extraVars?: string[] },
+  opts: { joinRepeated: boolean; extraVars?: string[]; next?: Attempt },
 ): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const extra = opts.extraVars ?? [];
@@ -53,11 +56,19 @@ export function uwsgiExchange(
               break;
             }
           }
+          // An upstream group drops a 502/503 for its next server before a byte goes to the client.
+          if (opts.next?.nextOnStatus(head.statusCode)) {
+            settle();
+            exchange.abort();
+            reject(new UpstreamNextServer(client.label, head.statusCode));
+            return;
+          }
           if (res.destroyed) return;
           whole = head.framing === 'length' && head.contentLength <= 16384 ? head.contentLength : -1;
           sendHead(ctx, head.statusCode, head.statusMessage, headers);
         },
         onBody(chunk) {
+          if (settled) return true;
           if (chunk.length === whole && ctx.bytesOut === 0) {
             ctx.bytesOut = chunk.length;
             ended = true;
@@ -70,11 +81,13 @@ export function uwsgiExchange(
           return false;
         },
         onComplete() {
+          if (settled) return;
           settle();
           if (!ended) res.end();
           resolve();
         },
         onError(err) {
+          if (settled) return;
           settle();
           reject(err);
         },
@@ -108,85 +121,120 @@ export function parseTiming(v: string): { worker: number; app: number } {
   return out;
 }
 
-interface Server {
-  client: UwsgiClient;
-  inflight: number;
-  failures: number;
-  downUntil: number;
+/** A GET for `path` as uwsgi vars, as the front would send it: what an active health check asks a uwsgi server. */
+export function checkVars(path: string, client: UwsgiClient): UwsgiVars {
+  const q = path.indexOf('?');
+  const a = client.address;
+  const host = a.kind === 'tcp' ? a.host : 'localhost';
+  const port = a.kind === 'tcp' ? String(a.port) : '80';
+  return [
+    'REQUEST_METHOD',
+    'GET',
+    'REQUEST_URI',
+    path,
+    'PATH_INFO',
+    decodeURIComponent(q >= 0 ? path.slice(0, q) : path),
+    'QUERY_STRING',
+    q >= 0 ? path.slice(q + 1) : '',
+    'SERVER_PROTOCOL',
+    'HTTP/1.1',
+    'REQUEST_SCHEME',
+    'http',
+    'REMOTE_ADDR',
+    '127.0.0.1',
+    'REMOTE_PORT',
+    '0',
+    'SERVER_NAME',
+    host,
+    'SERVER_PORT',
+    port,
+    'HTTP_HOST',
+    a.kind === 'tcp' ? `${host.includes(':') ? `[${host}]` : host}:${port}` : host,
+    'HTTP_USER_AGENT',
+    'stratum-health-check',
+  ];
 }
 
+/** One GET over uwsgi; resolves with the answer's status (the body is read and dropped). */
+export function probeUwsgi(client: UwsgiClient, path: string, timeoutMs: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let status = 0;
+    const timer = setTimeout(() => {
+      exchange.abort();
+      reject(new Error(`no answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const exchange = client.request(
+      checkVars(path, client),
+      null,
+      {
+        onConnect() {},
+        onHead(head) {
+          status = head.statusCode;
+        },
+        onBody: () => true,
+        onComplete() {
+          clearTimeout(timer);
+          resolve(status);
+        },
+        onError(err) {
+          clearTimeout(timer);
+          reject(err);
+        },
+      },
+      { isHead: false, readTimeoutMs: timeoutMs },
+    );
+  });
+}
+
+/** A list without a route's `upstream` section (another app's pool): round-robin, nginx's defaults. */
+const PLAIN_GROUP: GroupOptions = {
+  policy: 'round-robin',
+  hashKey: 'client',
+  maxFails: 1,
+  failTimeoutMs: 10_000,
+  tries: 0,
+  tryTimeoutMs: 0,
+};
+
+/** A route's uwsgi servers: one, or a group balanced, retried and checked as nginx's `upstream`. */
 export class ExternalUwsgiUpstream implements Upstream {
   readonly kind = 'uwsgi' as const;
   readonly label: string;
-  #servers: Server[];
-  #rr = 0;
-  readonly failTimeoutMs = 10_000;
-  readonly maxFails = 1;
+  #group: Balancer<UwsgiClient>;
+  #checker: HealthChecker<UwsgiClient> | null = null;
 
-  constructor(addresses: Address[], config: StratumConfig) {
-    this.#servers = addresses.map((a) => ({
-      client: new UwsgiClient(a, {
+  /** `servers`: a route's uwsgi targets (with their weight and backup), or plain addresses. */
+  constructor(servers: Array<Target | Address>, config: StratumConfig, route?: Route) {
+    const specs = servers.map((s) => {
+      const t = s.kind === 'tcp' || s.kind === 'unix' ? { kind: 'uwsgi' as const, raw: '', address: s } : s;
+      if (t.kind !== 'uwsgi') throw new TypeError(`not a uwsgi target: ${t.raw}`);
+      const client = new UwsgiClient(t.address, {
         // Offer keep-alive: a Stratum pool answers it, a real uWSGI never sees more than plain uwsgi.
         negotiate: true,
         connectTimeoutMs: config.proxy.connectTimeout * 1000,
         readTimeoutMs: config.proxy.readTimeout * 1000,
-      }),
-      inflight: 0,
-      failures: 0,
-      downUntil: 0,
-    }));
-    this.label = this.#servers.map((s) => s.client.label).join(',');
+      });
+      return { label: client.label, weight: t.weight ?? 1, backup: t.backup ?? false, target: client };
+    });
+    this.#group = new Balancer(specs, route ? groupOptions(route) : PLAIN_GROUP);
+    this.label = specs.map((s) => s.label).join(',');
+    const hc = route?.upstream.healthCheck;
+    if (hc?.enabled) this.#checker = new HealthChecker(this.#group, hc, (c, path, ms) => probeUwsgi(c, path, ms));
   }
 
-  /** Health per server for metrics and stats. */
-  health(): Array<{ target: string; up: boolean; inflight: number }> {
-    const now = Date.now();
-    return this.#servers.map((s) => ({ target: s.client.label, up: s.downUntil <= now, inflight: s.inflight }));
+  /** Each server's state, for metrics, /stats and the dashboard. */
+  health(): PeerHealth[] {
+    return this.#group.health();
   }
 
-  #pick(exclude: Set<Server>): Server | null {
-    const now = Date.now();
-    let best: Server | null = null;
-    const n = this.#servers.length;
-    for (let k = 0; k < n; k++) {
-      const s = this.#servers[(this.#rr + k) % n]!;
-      if (exclude.has(s) || s.downUntil > now) continue;
-      if (!best || s.inflight < best.inflight) best = s;
-    }
-    this.#rr = (this.#rr + 1) % n;
-    // All down: try the one that failed longest ago rather than refusing outright (nginx does too).
-    if (!best) for (const s of this.#servers) if (!exclude.has(s) && (!best || s.downUntil < best.downUntil)) best = s;
-    return best;
-  }
-
-  async handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
-    const tried = new Set<Server>();
-    for (;;) {
-      const s = this.#pick(tried);
-      if (!s) throw new UpstreamUnreachable(this.label, 'no server left to try');
-      tried.add(s);
-      ctx.upstreamLabel = s.client.label;
-      s.inflight++;
-      try {
-        await uwsgiExchange(s.client, ctx, body, { joinRepeated: true });
-        s.failures = 0;
-        return;
-      } catch (err) {
-        const e = err as StratumError;
-        // Passive health: a server that refuses or resets is out for fail_timeout.
-        if (e.code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE' || e.code === 'STRATUM_ERR_UPSTREAM_RESET') {
-          if (++s.failures >= this.maxFails) s.downUntil = Date.now() + this.failTimeoutMs;
-        }
-        // Retry on another server only when the request was never sent (refused connection).
-        const neverSent = e.code === 'STRATUM_ERR_UPSTREAM_UNREACHABLE';
-        if (!neverSent || ctx.res.headersSent || tried.size >= this.#servers.length) throw e;
-      } finally {
-        s.inflight--;
-      }
-    }
+  handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
+    return serveFromGroup(this.#group, this.label, ctx, body, (client, c, b, next) =>
+      uwsgiExchange(client, c, b, { joinRepeated: true, next }),
+    );
   }
 
   close(): void {
-    for (const s of this.#servers) s.client.close();
+    this.#checker?.close();
+    for (const p of this.#group.peers) p.target.close();
   }
 }
