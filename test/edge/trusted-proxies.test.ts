@@ -4,12 +4,15 @@
 // uwsgi-fed) app's address and scheme, the headers an HTTP upstream gets, REMOTE_ADDR and
 // wsgi.url_scheme in a real uWSGI + Flask, and the access log. Then a real nginx
 // (`proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for`) in front.
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hasPeer, requirePeer, startNginx, startUwsgi, type PeerProcess } from '../helpers/peers.ts';
-import { waitUntil } from '../helpers/processes.ts';
+import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp.ts';
+import { makeTempDir, waitUntil } from '../helpers/processes.ts';
 import { REPO_ROOT, startStratum, stopAllStratum, type StratumProcess } from '../helpers/stratum.ts';
 
 afterAll(stopAllStratum);
@@ -174,4 +177,50 @@ describe.each(['worker', 'master'])('trusted proxies (%s topology)', (topology) 
       }
     },
   );
+});
+
+describe('trusted proxies in traces', () => {
+  let receiver: OtlpReceiver;
+  let s: StratumProcess;
+
+  beforeAll(async () => {
+    receiver = await startOtlpReceiver();
+    const dir = makeTempDir('trusted-tracing');
+    const config = join(dir, 'stratum.yaml');
+    writeFileSync(config, 'tracing:\n  enabled: true\n  sampleRatio: 1\n');
+    s = await startStratum(
+      [
+        'serve',
+        '--config',
+        config,
+        '--listen',
+        '127.0.0.1:0',
+        '--admin',
+        '127.0.0.1:0',
+        '--workers',
+        '1',
+        '--trusted-proxy',
+        PROXY,
+        '--app',
+        join(REPO_ROOT, 'test/fixtures/apps/listener.ts'),
+      ],
+      { env: receiver.env },
+    );
+  });
+  afterAll(async () => {
+    await s?.stop();
+    await receiver?.close();
+  });
+
+  it("the proxy's SERVER span has the real client's address and scheme", async () => {
+    const port = Number(new URL(s.front!).port);
+    const traceId = randomBytes(16).toString('hex');
+    const traceparent = `00-${traceId}-${randomBytes(8).toString('hex')}-01`;
+    await echo(port, '/echo', PROXY, { ...FORGED, traceparent });
+    const proxySpan = () =>
+      receiver.spansOf(traceId).find((sp) => sp.kind === 'SERVER' && sp.attributes['stratum.layer'] === 'proxy');
+    await receiver.waitFor(() => proxySpan() !== undefined, { describe: () => `no proxy span in trace ${traceId}` });
+    expect(proxySpan()!.attributes['client.address']).toBe('198.51.100.7');
+    expect(proxySpan()!.attributes['url.scheme']).toBe('https');
+  });
 });
