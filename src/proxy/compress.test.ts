@@ -271,6 +271,43 @@ describe('compressResponse (a relayed head of flat pairs)', () => {
     expect(compressResponse(req, res, 200, ['content-type', 'text/html'], null)).toBeNull();
   });
 
+  it('a client that leaves mid-body stops the encoder, and writes after it are harmless', async () => {
+    let done: (value: { destroyed: boolean; threw: boolean }) => void = () => {};
+    const seen = new Promise<{ destroyed: boolean; threw: boolean }>((resolve) => (done = resolve));
+    const port = await serve((req, res) => {
+      const c = compressResponse(req, res, 200, ['content-type', 'text/plain'], settings)!;
+      res.writeHead(200, c.headers);
+      const chunk = json(64 * 1024);
+      const pump = () => {
+        while (c.compression!.write(chunk));
+        c.compression!.once('drain', pump);
+      };
+      res.once('close', () =>
+        setImmediate(() => {
+          let threw = false;
+          try {
+            c.compression!.write(chunk);
+            c.compression!.end();
+          } catch {
+            threw = true;
+          }
+          done({ destroyed: c.compression!.stream.destroyed, threw });
+        }),
+      );
+      pump();
+    });
+    await new Promise<void>((resolve) => {
+      const req = http.get({ port, host: '127.0.0.1', headers: { 'accept-encoding': 'gzip' }, agent: false }, (res) => {
+        res.once('data', () => {
+          req.destroy();
+          resolve();
+        });
+      });
+      req.on('error', () => {});
+    });
+    expect(await seen).toEqual({ destroyed: true, threw: false });
+  });
+
   it('flushes what was written once the writer pauses: a trickled body reaches the client before its end', async () => {
     let finish: (() => void) | null = null;
     const port = await serve((req, res) => {

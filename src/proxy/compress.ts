@@ -348,7 +348,7 @@ function attach(res: ServerResponse, c: Compression): void {
   });
   enc.pipe(res);
   // zlib fails only on a bug or a destroyed stream; the client then gets a cut response, not a crash.
-  enc.once('error', () => res.destroy());
+  enc.on('error', () => res.destroy());
   res.once('close', () => enc.destroy());
 }
 
