@@ -212,12 +212,14 @@ const staticFiles = z
       index: z
         .string({ error: expected('a file name or null') })
         .regex(/^[^/\\\0]+$/, { error: expected('a file name (no "/") or null') })
+        .meta({ docType: 'string' })
         .nullable()
         .default('index.html')
         .describe('File served for a directory (nginx `index`); null = none, a directory is 404.'),
       fallback: z
         .string({ error: expected('a file path inside the root, or null') })
         .regex(RELATIVE_FILE, { error: expected('a file path inside the root (no "..")') })
+        .meta({ docType: 'string' })
         .nullable()
         .default(null)
         .describe(
