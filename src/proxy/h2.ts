@@ -18,8 +18,7 @@
 // (ENHANCE_YOUR_CALM) and is closed. test/edge/h2.test.ts sends each flood.
 
 import type { IncomingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
-import type { Server as HttpServer } from 'node:http';
-import type { TLSSocket } from 'node:tls';
+import type { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 
@@ -59,9 +58,47 @@ const resetBudget = new WeakMap<ServerHttp2Session, { tokens: number; at: number
 /** Streams the front reset itself (a response cut short): not the client's cancel. */
 const ourResets = new WeakSet<ServerHttp2Stream>();
 
-/** The front's HTTP/1 server and h2 sessions on the same TLS listener. */
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+
+/**
+ * h2c with prior knowledge on a plain listener: reads a connection's first bytes and tells
+ * whether they are the HTTP/2 connection preface; the bytes are put back (unshift) and the socket
+ * left paused for whichever server takes it. A connection that sends nothing within timeoutMs is
+ * closed (the HTTP/1 header timeout would have answered it 408).
+ */
+export function sniffPreface(socket: Socket, timeoutMs: number, then: (h2: boolean) => void): void {
+  let got: Buffer | null = null;
+  const done = (h2: boolean | null) => {
+    clearTimeout(timer);
+    socket.off('data', onData);
+    socket.off('close', onClose);
+    if (h2 === null) return;
+    socket.pause();
+    if (got) socket.unshift(got);
+    then(h2);
+    // HTTP/1's parser reads the put-back bytes first, then the handle; an h2 session took them itself.
+    if (!h2) socket.resume();
+  };
+  const onData = (chunk: Buffer) => {
+    got = got ? Buffer.concat([got, chunk]) : chunk;
+    const n = Math.min(got.length, PREFACE.length);
+    const same = got.subarray(0, n).equals(PREFACE.subarray(0, n));
+    if (same && got.length < PREFACE.length) return; // the preface so far: wait for the rest
+    done(same);
+  };
+  const onClose = () => done(null);
+  const timer = setTimeout(() => {
+    done(null);
+    socket.destroy();
+  }, timeoutMs);
+  socket.on('data', onData);
+  socket.once('close', onClose);
+}
+
+/** The front's HTTP/1 server and h2 sessions on the same listener (ALPN h2, or h2c's preface). */
 export class H2Front {
-  readonly #h1: HttpServer;
+  /** Hands a stream's bridge to the front's HTTP/1 server as a connection of its own. */
+  readonly #serve: (bridge: Duplex) => void;
   readonly #server: ReturnType<typeof http2.createServer>;
   readonly #sessions = new Set<ServerHttp2Session>();
   readonly #settings: H2Settings;
@@ -71,8 +108,8 @@ export class H2Front {
   streams = 0;
   resetCloses = 0;
 
-  constructor(h1: HttpServer, settings: H2Settings, log: Logger) {
-    this.#h1 = h1;
+  constructor(serve: (bridge: Duplex) => void, settings: H2Settings, log: Logger) {
+    this.#serve = serve;
     this.#settings = settings;
     this.#log = log;
     // Never listens: sessions come from the TLS listener's handshakes (accept()).
@@ -97,8 +134,8 @@ export class H2Front {
     );
   }
 
-  /** A TLS connection that chose h2. */
-  accept(socket: TLSSocket): void {
+  /** A TLS connection that chose h2, or a plain one that began with the h2 preface. */
+  accept(socket: Socket): void {
     if (this.#closing) return void socket.destroy();
     this.#server.emit('connection', socket);
   }
@@ -203,7 +240,7 @@ export class H2Front {
         if (chunked) bridge.push('0\r\n\r\n');
       });
     }
-    this.#h1.emit('secureConnection', bridge);
+    this.#serve(bridge);
   }
 }
 
@@ -234,7 +271,7 @@ class StreamBridge extends Duplex {
   remoteFamily: string | undefined;
   localAddress: string | undefined;
   localPort: number | undefined;
-  readonly encrypted = true;
+  readonly encrypted: boolean;
   readonly alpnProtocol = 'h2-stream';
   /** The TCP connection under the session's TLS: where a PROXY protocol header was read (forward.ts). */
   readonly _parent: unknown;
@@ -258,6 +295,7 @@ class StreamBridge extends Duplex {
     this.remoteFamily = socket?.remoteFamily;
     this.localAddress = socket?.localAddress;
     this.localPort = socket?.localPort;
+    this.encrypted = (socket as { encrypted?: boolean } | undefined)?.encrypted === true;
     this._parent = (socket as { _parent?: unknown } | undefined)?._parent ?? socket;
     // The client reset the stream, or the session went: the front sees its client go.
     stream.once('close', () => {

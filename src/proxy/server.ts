@@ -17,7 +17,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { StratumConfig } from '../config/schema.ts';
 import { TlsStore } from './tls.ts';
-import { H2Front } from './h2.ts';
+import { H2Front, sniffPreface } from './h2.ts';
 import { listenOnFd } from '../pool/sockets.ts';
 import {
   BodySpoolUnavailable,
@@ -168,7 +168,6 @@ export class FrontProxy {
       ? (https.createServer({ ...options, ...this.tls.serverOptions(), ...alpn }) as unknown as HttpServer)
       : http.createServer(options);
     if (this.tls) this.tls.attach(this.server as unknown as TlsServer);
-    this.h2 = config.tls?.http2 ? this.#offerH2(config, log) : null;
     // Before TLS or HTTP sees a byte: the balancer's header (proxy-protocol.ts).
     if (config.proxy.proxyProtocol)
       requireProxyProtocol(this.server, { timeoutMs: headersTimeout, log });
@@ -177,14 +176,16 @@ export class FrontProxy {
     this.server.on('request', (req, res) => this.#handle(req, res as HostResponse, false));
     // Expect: 100-continue — the size limit is checked before the client is invited to send.
     this.server.on('checkContinue', (req, res) => this.#handle(req, res as HostResponse, true));
-    this.server.on(accepted, (socket: Socket) => {
+    const track = (socket: Socket) => {
       this.#sockets.add(socket);
       (socket as FrontSocket)[IDLE_SINCE] = Date.now();
       socket.once('close', () => {
         this.#sockets.delete(socket);
         if (this.#sockets.size === 0) for (const w of this.#goneWaiters.splice(0)) w();
       });
-    });
+    };
+    this.server.on(accepted, track);
+    this.h2 = (this.tls ? config.tls!.http2 : config.proxy.h2c) ? this.#offerH2(config, log, track) : null;
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.#clientError(err, socket));
     this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#upgrade(req, socket, head));
     this.#cap = new ConnectionCap(maxConnections(config.proxy.maxConnections), config.listen, log);
@@ -207,12 +208,22 @@ export class FrontProxy {
   }
 
   /**
-   * ALPN h2 connections go to the h2 sessions instead of HTTP/1's parser (the listener https.Server
-   * registered); a drain leaves them to their GOAWAY, as it leaves upgraded ones.
+   * ALPN h2 connections (TLS), or those that begin with the h2 preface (h2c, plain), go to the h2
+   * sessions instead of HTTP/1's parser (the listener http/https.Server registered); a drain leaves
+   * them to their GOAWAY, as it leaves upgraded ones. `track` is what the front keeps of a connection.
    */
-  #offerH2(config: StratumConfig, log: Logger): H2Front {
+  #offerH2(config: StratumConfig, log: Logger, track: (socket: Socket) => void): H2Front {
+    const h1 = (http as unknown as { _connectionListener: (this: HttpServer, s: Socket) => void })._connectionListener;
+    // A stream's bridge is a connection of HTTP/1's, tracked as one; on a plain listener it skips the
+    // 'connection' listeners (the connection cap, a PROXY header), which its real connection has been through.
+    const serve = this.tls
+      ? (bridge: Socket) => this.server.emit('secureConnection', bridge)
+      : (bridge: Socket) => {
+          h1.call(this.server, bridge);
+          track(bridge);
+        };
     const h2 = new H2Front(
-      this.server,
+      serve as never,
       {
         maxConcurrentStreams: 100,
         maxHeaderListSize: config.proxy.maxHeaderSize,
@@ -222,13 +233,27 @@ export class FrontProxy {
       },
       log,
     );
-    const h1 = (http as unknown as { _connectionListener: (this: HttpServer, s: Socket) => void })._connectionListener;
-    this.server.removeListener('secureConnection', h1);
-    this.server.prependListener('secureConnection', (socket: Socket) => {
-      if ((socket as Socket & { alpnProtocol?: string }).alpnProtocol !== 'h2') return h1.call(this.server, socket);
+    const toH2 = (socket: Socket) => {
       (socket as FrontSocket)[UPGRADED] = true;
-      h2.accept(socket as never);
-    });
+      h2.accept(socket);
+    };
+    if (this.tls) {
+      this.server.removeListener('secureConnection', h1);
+      this.server.prependListener('secureConnection', (socket: Socket) => {
+        if ((socket as Socket & { alpnProtocol?: string }).alpnProtocol !== 'h2') return h1.call(this.server, socket);
+        toH2(socket);
+      });
+    } else {
+      const timeoutMs = config.proxy.clientHeaderTimeout * 1000;
+      this.server.removeListener('connection', h1);
+      this.server.prependListener('connection', (socket: Socket) =>
+        sniffPreface(socket, timeoutMs, (isH2) => {
+          if (socket.destroyed) return;
+          if (isH2) toH2(socket);
+          else h1.call(this.server, socket);
+        }),
+      );
+    }
     return h2;
   }
 

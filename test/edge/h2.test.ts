@@ -407,3 +407,87 @@ describe.skipIf(!peers)('HTTP/2 on the TLS listener', () => {
     }
   });
 });
+
+describe.skipIf(!peers)('h2c with prior knowledge on a plain listener (proxy.h2c, opt-in)', () => {
+  let s: StratumProcess;
+  let base: string;
+  beforeAll(async () => {
+    const dir = makeTempDir('h2c');
+    writeFileSync(join(dir, 'stratum.yaml'), 'proxy: { h2c: true }\n');
+    s = await startStratum([
+      'serve',
+      '--config',
+      join(dir, 'stratum.yaml'),
+      '--listen',
+      '127.0.0.1:0',
+      '--admin',
+      '127.0.0.1:0',
+      '--workers',
+      '1',
+      '--app',
+      join(REPO_ROOT, 'test/edge/h2-app.ts'),
+    ]);
+    base = s.front!;
+    expect(base).toMatch(/^http:\/\//);
+  });
+  afterAll(async () => {
+    await s?.stop();
+  });
+
+  it('curl --http2-prior-knowledge gets h2, a plain HTTP/1.1 client still gets HTTP/1.1', async () => {
+    const h2 = await run('curl', [
+      '-sS',
+      '--http2-prior-knowledge',
+      '-w',
+      '\n%{http_version}',
+      '-d',
+      'up',
+      `${base}/echo`,
+    ]);
+    const [body, version] = h2.out.split('\n');
+    expect(version).toBe('2');
+    const doc = JSON.parse(body!) as { body: string; headers: Record<string, string> };
+    expect(doc.body).toBe('up');
+    expect(doc.headers['x-forwarded-proto']).toBe('http');
+    const h1 = await run('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_version} %{http_code}', `${base}/`]);
+    expect(h1.out).toBe('1.1 200');
+    const t = await run('curl', ['-sS', '--http2-prior-knowledge', `${base}/trailers`]);
+    expect(t.out).toBe('hello trailers');
+  });
+
+  it('h2load over h2c: 2000 requests, none failed', async () => {
+    const r = await run('h2load', ['-n', '2000', '-c', '4', '-m', '10', `${base}/`]);
+    expect(r.out).toMatch(/requests: 2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed/);
+  });
+});
+
+describe.skipIf(!peers)('h2c off (the default)', () => {
+  it('a plain listener does not speak h2 to a client with prior knowledge', async () => {
+    const s = await startStratum([
+      'serve',
+      '--listen',
+      '127.0.0.1:0',
+      '--admin',
+      '127.0.0.1:0',
+      '--workers',
+      '1',
+      '--app',
+      join(REPO_ROOT, 'test/edge/h2-app.ts'),
+    ]);
+    try {
+      const r = await run('curl', [
+        '-sS',
+        '--http2-prior-knowledge',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_version}',
+        `${s.front}/`,
+      ]);
+      expect(r.code).not.toBe(0);
+      expect(r.out).not.toBe('2');
+    } finally {
+      await s.stop();
+    }
+  });
+});
