@@ -259,7 +259,11 @@ export class FrontProxy {
 
   /** A config reload's routes (src/pool/apps.ts): requests matched from now on use them; those in flight finish. */
   replaceRoutes(routes: RouteTable<Upstream>): void {
+    const old = this.#routes;
     this.#routes = routes;
+    // What the new table no longer holds stops its health checks and lets its connections go.
+    const kept = new Set(routes.entries.map((e) => e.upstream));
+    for (const e of old.entries) if (!kept.has(e.upstream)) e.upstream.retire?.();
   }
 
   /**

@@ -85,6 +85,11 @@ export class HttpUpstream implements Upstream {
     peer.target.upgrade(ctx, clientSocket, head);
   }
 
+  retire(): void {
+    this.#checker?.close();
+    for (const p of this.#group.peers) p.target.retire();
+  }
+
   close(): void {
     this.#checker?.close();
     for (const p of this.#group.peers) p.target.close();
@@ -218,6 +223,11 @@ class HttpOrigin {
     });
     await res.body.dump();
     return res.statusCode;
+  }
+
+  /** Closes the connections once the requests on them are done (undici's graceful close). */
+  retire(): void {
+    void this.#pool.close().catch(() => {});
   }
 
   close(): void {

@@ -202,6 +202,7 @@ export class ExternalUwsgiUpstream implements Upstream {
   readonly label: string;
   #group: Balancer<UwsgiClient>;
   #checker: HealthChecker<UwsgiClient> | null = null;
+  #routed: boolean;
 
   /** `servers`: a route's uwsgi targets (with their weight and backup), or plain addresses. */
   constructor(servers: Array<Target | Address>, config: StratumConfig, route?: Route) {
@@ -216,6 +217,7 @@ export class ExternalUwsgiUpstream implements Upstream {
       });
       return { label: client.label, weight: t.weight ?? 1, backup: t.backup ?? false, target: client };
     });
+    this.#routed = route !== undefined;
     this.#group = new Balancer(specs, route ? groupOptions(route) : PLAIN_GROUP);
     this.label = specs.map((s) => s.label).join(',');
     const hc = route?.upstream.healthCheck;
@@ -231,6 +233,14 @@ export class ExternalUwsgiUpstream implements Upstream {
     return serveFromGroup(this.#group, this.label, ctx, body, (client, c, b, next) =>
       uwsgiExchange(client, c, b, { joinRepeated: true, next }),
     );
+  }
+
+  retire(): void {
+    this.#checker?.close();
+    // Built for a route: its own clients (UwsgiClient.close() drops idle connections, busy ones
+    // close when their exchange ends). Without a route it is another app's pool, which the worker
+    // keeps and may hand to the next table.
+    if (this.#routed) for (const p of this.#group.peers) p.target.close();
   }
 
   close(): void {

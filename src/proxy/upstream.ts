@@ -65,6 +65,11 @@ export interface Upstream {
   /** Take an upgrade (absent: the proxy answers 501, as nginx's uwsgi_pass cannot upgrade). */
   upgrade?(ctx: UpgradeContext, socket: Duplex, head: Buffer): void;
   close(): void;
+  /**
+   * Out of the route table after a reload: stop what runs on its own (health checks) and let kept
+   * connections go once the requests still on them are done. Absent: nothing to stop.
+   */
+  retire?(): void;
 }
 
 /** A request body ready to send: the live stream (known length) or a spooled copy. */

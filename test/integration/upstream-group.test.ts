@@ -3,6 +3,7 @@
 // under load, taken out by the active checks while the requests it refused are retried on the
 // others; a POST not retried; a group of two uwsgi servers (two Stratum pools) reached by
 // sequential requests, and a real uWSGI + Flask checked over uwsgi beside a Stratum pool.
+import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
@@ -345,6 +346,53 @@ routes:
     expect(posts.every((r) => r.status === 200 || r.status === 502)).toBe(true);
     expect(post502).toBeGreaterThanOrEqual(cutPosts);
     expect(metric(text, 'stratum_upstream_up', `127.0.0.1:${d.port}`)).toBe(1);
+  });
+});
+
+describe('a config reload that drops a group', () => {
+  it("stops the old group's health checks", async () => {
+    const health = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      if (req.url !== '/health') return false;
+      res.writeHead(200);
+      res.end();
+      return true;
+    };
+    const [x, y] = await Promise.all([origin('x', health), origin('y', health)]);
+    const checks = (o: Origin) => hitsOf(o, 'GET /health');
+    const yaml = (servers: Origin[]) => `
+listen: 127.0.0.1:0
+admin: { listen: 127.0.0.1:0 }
+app: { module: ${APP} }
+pool: { workers: 1 }
+routes:
+  - path: /r
+    target: [${servers.map((o) => `"http://127.0.0.1:${o.port}"`).join(', ')}]
+    upstream: { healthCheck: { enabled: true, interval: 0.1, path: /health } }
+  - { path: /, target: pool }
+`;
+    const { file } = writeConfig('upstream-group-reload', yaml([x, y]));
+    const stratum = await startStratum(['serve', '--config', file]);
+    try {
+      await waitUntil(async () => checks(x) >= 3, { timeoutMs: 10_000, describe: () => 'x was never checked' });
+      writeFileSync(file, yaml([y]));
+      const res = await fetch(`${stratum.admin}/reload?wait=1`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{}',
+      });
+      expect(res.status).toBeLessThan(300);
+      await res.arrayBuffer();
+      expect((await request(stratum.front!, '/r/after')).body).toBe('y');
+      await new Promise((r) => setTimeout(r, 300)); // a check already on its way may still land
+      const settled = checks(x);
+      const yBefore = checks(y);
+      await new Promise((r) => setTimeout(r, 600));
+      expect(checks(x)).toBe(settled);
+      expect(checks(y)).toBeGreaterThan(yBefore); // the new table's group checks y
+    } finally {
+      await stratum.stop();
+      await Promise.all([x.stop(), y.stop()]);
+    }
   });
 });
 
