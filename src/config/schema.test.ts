@@ -57,6 +57,7 @@ describe('defaults', () => {
         types: COMPRESSIBLE_TYPES,
       },
       serverTiming: true,
+      h2c: false,
       trustedProxies: [],
       proxyProtocol: false,
       buffering: { enabled: true, memory: 256 * 1024, maxTempFile: 1024 * 1024 * 1024 },
