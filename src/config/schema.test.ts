@@ -60,7 +60,7 @@ describe('defaults', () => {
       h2c: false,
       trustedProxies: [],
       proxyProtocol: false,
-      buffering: { enabled: true, memory: 256 * 1024, maxTempFile: 1024 * 1024 * 1024 },
+      buffering: { enabled: true, memory: 256 * 1024, maxTempFile: 1024 * 1024 * 1024, sendTimeout: 60 },
     });
     expect(c.routes).toEqual([
       {

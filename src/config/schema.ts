@@ -1074,6 +1074,12 @@ export const schema = z
                         'it the app is slowed to the client\'s pace (write() returns false), as nginx ' +
                         '`uwsgi_max_temp_file_size`. 0 = memory only.',
                     ),
+                  sendTimeout: seconds()
+                    .default(60)
+                    .describe(
+                      'Seconds a client may read nothing while its response waits in the buffer; then its ' +
+                        'connection is closed and what was held dropped (nginx `send_timeout`). 0 = no limit.',
+                    ),
                 },
                 { error: expected('a mapping') },
               )

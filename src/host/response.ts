@@ -109,7 +109,8 @@ export class HostResponse<R extends IncomingMessage = IncomingMessage> extends S
       onRelieved: () => {
         if (this.writableNeedDrain) this.emit('drain');
       },
-      // The temp file failed with part of the response in it: it cannot be completed.
+      // The temp file failed with part of the response in it, or the client stopped reading for
+      // sendTimeout: the response cannot be completed.
       onFailure: () => socket.destroy(),
     });
     this.#buffer = buffer;

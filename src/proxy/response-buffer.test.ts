@@ -169,6 +169,21 @@ describe('ResponseBuffer', () => {
     expect(seen.failures).toEqual([]);
   });
 
+  it('a client that takes nothing for sendTimeout is given up on: what is held is dropped', async () => {
+    const sink = new GatedSink();
+    const { b, seen } = buffer(sink, {
+      memory: 64 * KiB,
+      maxTempFile: 1024 * KiB,
+      tempDir: tempDir(),
+      sendTimeout: 0.2,
+    });
+    for (let i = 0; i < 8; i++) b.push(pattern(0, 32 * KiB), null, null);
+    expect(b.length).toBeGreaterThan(0);
+    await until('given up', () => seen.failures.length === 1);
+    expect((seen.failures[0] as NodeJS.ErrnoException).code).toBe('ETIMEDOUT');
+    expect(b.length).toBe(0);
+  });
+
   it('discard() drops what is held and takes no more', () => {
     const sink = new GatedSink();
     const { b } = buffer(sink, { memory: 64 * KiB, maxTempFile: 0 });

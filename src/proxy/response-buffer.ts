@@ -26,6 +26,12 @@ export interface BufferLimits {
   maxTempFile: number;
   /** Where the temp file goes; the OS temp dir by default (the request body spool's). */
   tempDir?: string;
+  /**
+   * Seconds the client may take nothing while bytes wait for it (nginx `send_timeout`); then the
+   * connection is closed and what is held dropped. A reader that stops cannot pin memory and a temp
+   * file forever. 0 or absent: no limit.
+   */
+  sendTimeout?: number;
 }
 
 /** proxy.buffering as the config has it. */
@@ -63,7 +69,7 @@ export const responseBufferStats = {
 export interface BufferEvents {
   /** Back under the limits after push() returned false: the writer may go on. */
   onRelieved(): void;
-  /** The temp file failed with bytes in it: the response cannot be completed. */
+  /** The temp file failed with bytes in it, or the client took nothing for sendTimeout: give up on the response. */
   onFailure(err: Error): void;
 }
 
@@ -114,8 +120,11 @@ export class ResponseBuffer {
   #pumping = false;
   #over = false;
   #dead = false;
+  #stall: NodeJS.Timeout | null = null;
   #onDrain = () => {
     this.#waitingDrain = false;
+    if (this.#stall !== null) clearTimeout(this.#stall);
+    this.#stall = null;
     this.#pump();
   };
 
@@ -146,6 +155,13 @@ export class ResponseBuffer {
     if (this.#waitingDrain || this.#dead) return;
     this.#waitingDrain = true;
     this.#sink.once('drain', this.#onDrain);
+    const secs = this.limits.sendTimeout ?? 0;
+    if (secs > 0) {
+      this.#stall = setTimeout(() => {
+        this.#fail(Object.assign(new Error(`the client took nothing for ${secs} s`), { code: 'ETIMEDOUT' }));
+      }, secs * 1000);
+      this.#stall.unref();
+    }
   }
 
   /** Queue bytes for the socket. False: over the limits, the writer should wait for onRelieved. */
@@ -178,6 +194,8 @@ export class ResponseBuffer {
     if (this.#dead) return;
     this.#dead = true;
     this.#sink.removeListener('drain', this.#onDrain);
+    if (this.#stall !== null) clearTimeout(this.#stall);
+    this.#stall = null;
     this.#mem = [];
     this.#spans = [];
     this.#toWrite = [];
