@@ -24,6 +24,11 @@ export default function app(req: IncomingMessage, res: ServerResponse): void {
     );
     return;
   }
+  if (url.pathname === '/slow') {
+    const ms = Math.min(Number(url.searchParams.get('ms')) || 0, 10_000);
+    setTimeout(() => json(res, { slept: ms, pid: process.pid }), ms);
+    return;
+  }
   if (url.pathname === '/trailers') {
     res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum' });
     res.write('hello ');

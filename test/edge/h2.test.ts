@@ -385,6 +385,31 @@ describe.skipIf(!peers)('HTTP/2 on the TLS listener', () => {
       expect(after - before).toBeGreaterThanOrEqual(2000);
     });
 
+    it('a rolling reload (SIGHUP): streams in flight finish after their GOAWAY; a new session is served', async () => {
+      const c = await connect(port, cert);
+      let goawayAt = 0;
+      c.on('goaway', () => (goawayAt = performance.now()));
+      try {
+        // Long enough for the replacement worker to start and this one to drain while they run.
+        const slow = Array.from({ length: 4 }, () => h2request(c, { ':path': '/slow?ms=6000' }));
+        await new Promise((r) => setTimeout(r, 300));
+        process.kill(s.proc.pid!, 'SIGHUP');
+        const answers = await Promise.all(slow);
+        const answeredAt = performance.now();
+        expect(answers.map((a) => a.status)).toEqual([200, 200, 200, 200]);
+        expect(goawayAt).toBeGreaterThan(0);
+        expect(goawayAt).toBeLessThan(answeredAt);
+      } finally {
+        c.destroy();
+      }
+      const fresh = await connect(port, cert);
+      try {
+        expect((await h2request(fresh, { ':path': '/' })).status).toBe(200);
+      } finally {
+        fresh.close();
+      }
+    });
+
     for (const [kind, max] of [
       ['rapid-reset', 200_000],
       ['continuation', 20_000],
