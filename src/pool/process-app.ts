@@ -92,6 +92,7 @@ export class ProcessApp extends EventEmitter {
     this.#timer = setInterval(() => this.#check(), 1000);
     this.#timer.unref();
     await this.#settled(this.#instances);
+    this.#check(); // a first reading now: /stats and the metrics have one from the start
   }
 
   #blank(id: number): Instance {

@@ -260,9 +260,60 @@ describe('two http apps and a process app in one service', () => {
       timeoutMs: 5_000,
       describe: () => 'the new process logged nothing under its app name',
     });
+    await waitUntil(async () => s.logs().some((l) => l.msg === 'process died' && l.app === 'consumer'), {
+      timeoutMs: 5_000,
+      describe: () => 'the death was not logged',
+    });
     expect(s.logs().find((l) => l.msg === 'process died' && l.app === 'consumer')).toMatchObject({
       signal: 'SIGKILL',
       workerPid: pid,
     });
+  });
+});
+
+describe('a process app past its memory limit', () => {
+  it('is restarted gracefully (SIGTERM), counted, and logged with its name', async () => {
+    const dir = makeTempDir('multi-app-rss');
+    const file = join(dir, 'stratum.yaml');
+    // Any Node process is past 1 MiB resident: every check (once a second) restarts it.
+    writeFileSync(
+      file,
+      [
+        'listen: 127.0.0.1:0',
+        'admin: { listen: 127.0.0.1:0 }',
+        'apps:',
+        '  - name: web',
+        `    module: ${join(FIXTURES, 'web.ts')}`,
+        '    workers: 1',
+        '  - name: hog',
+        '    kind: process',
+        `    module: ${join(FIXTURES, 'consumer.ts')}`,
+        '    reloadOnRss: 1',
+        '',
+      ].join('\n'),
+    );
+    const s = await startStratum(['serve', '--config', file], { readyTimeoutMs: 30_000 });
+    try {
+      await waitUntil(async () => ((await stats(s)).apps.find((a) => a.name === 'hog')?.restarts ?? 0) >= 1, {
+        timeoutMs: 8_000,
+        describe: () => 'the process app was never restarted for its memory',
+      });
+      // Log lines go out in batches: wait for the one that says why.
+      await waitUntil(
+        async () => s.logs().some((l) => l.msg === 'restarting process' && l.reason === 'reload-on-rss'),
+        {
+          timeoutMs: 5_000,
+          describe: () => 'no restart for reload-on-rss was logged',
+        },
+      );
+      const over = s.logs().find((l) => l.msg === 'process over its memory limit');
+      expect(over).toMatchObject({ app: 'hog', limit: 1024 * 1024 });
+      expect(over!.rss as number).toBeGreaterThan(1024 * 1024);
+      expect(s.logs().some((l) => l.msg === 'restarting process' && l.reason === 'reload-on-rss')).toBe(true);
+      // Graceful: it got SIGTERM and exited by itself (its handler exits 0), no "process died" for it.
+      expect(s.logs().filter((l) => l.msg === 'process died' && l.app === 'hog')).toEqual([]);
+    } finally {
+      expect(await s.stop()).toBe(0);
+    }
   });
 });
