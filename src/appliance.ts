@@ -66,6 +66,7 @@ async function run(config: StratumConfig, mode: Mode, opts: RunOptions = {}): Pr
   // Registered without TLS too (no series then): the alert rule's metric always exists.
   metrics?.attachTls(() => certs?.expiries() ?? []);
   if (certs && frontInWorkers) certs.watch();
+  let redirect: { url: string; close(): void } | null = null; // tls.redirect, once the front listens
   const admin = new AdminServer(config, log);
   let ready = false;
   let proxy: FrontProxy | null = null;
@@ -84,6 +85,7 @@ async function run(config: StratumConfig, mode: Mode, opts: RunOptions = {}): Pr
     await pool?.stop();
     frontHandle?.close();
     certs?.close();
+    redirect?.close();
     admin.close();
     await tracing?.shutdown().catch(() => {}); // bounded and logged by tracing.ts
     log.info('stopped');
@@ -310,8 +312,15 @@ async function run(config: StratumConfig, mode: Mode, opts: RunOptions = {}): Pr
       frontUrl = await proxy.listen();
     }
     adminUrl = await admin.listen();
+    if (config.tls?.redirect && frontUrl?.startsWith('https://'))
+      redirect = await (await import('./proxy/tls.ts')).startRedirect(
+        config.tls.redirect,
+        Number(new URL(frontUrl).port),
+        log,
+      );
   } catch (err) {
     // A listener that cannot bind: leave nothing running behind the error.
+    redirect?.close();
     await proxy?.close(0);
     await pool?.stop();
     frontHandle?.close();
@@ -323,6 +332,7 @@ async function run(config: StratumConfig, mode: Mode, opts: RunOptions = {}): Pr
   log.info(
     {
       front: frontUrl,
+      redirect: redirect?.url,
       topology: mode === 'serve' ? config.topology : undefined,
       admin: adminUrl,
       pool: pool?.publicLabel ?? undefined,

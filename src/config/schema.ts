@@ -580,6 +580,24 @@ const tlsSettings = z
           'Offer HTTP/2 by ALPN (`h2`, then `http/1.1`), as nginx `listen … ssl http2`: at most 100 concurrent ' +
             'streams, header lists up to proxy.maxHeaderSize, flood limits of nghttp2. false = HTTP/1.1 only.',
         ),
+      redirect: address
+        .nullable()
+        .default(null)
+        .describe(
+          'HOST:PORT of a plain HTTP listener that answers every request with 308 to the same host and path on ' +
+            'the TLS listener (nginx `return 308 https://$host$request_uri`); null = none.',
+        ),
+      hsts: z
+        .string({ error: expected('a Strict-Transport-Security value like "max-age=31536000" or null') })
+        .regex(/^max-age=\d+(\s*;\s*(includeSubDomains|preload))*$/i, {
+          error: expected('a Strict-Transport-Security value like "max-age=31536000; includeSubDomains"'),
+        })
+        .nullable()
+        .default(null)
+        .describe(
+          'Strict-Transport-Security header added to every response of the TLS listener (nginx `add_header ' +
+            'Strict-Transport-Security … always`); null = none.',
+        ),
       watchInterval: seconds()
         .default(5)
         .describe(

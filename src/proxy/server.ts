@@ -116,6 +116,8 @@ export class FrontProxy {
   readonly tls: TlsStore | null;
   /** HTTP/2 sessions on the TLS listener (ALPN h2), each stream bridged into this server (h2.ts). */
   readonly h2: H2Front | null;
+  /** tls.hsts: the Strict-Transport-Security every response of this TLS listener carries, or null. */
+  readonly #hsts: string | null;
   #routes: RouteTable<Upstream>;
   #log: Logger;
   #hooks: ProxyHooks;
@@ -162,6 +164,7 @@ export class FrontProxy {
       noDelay: true,
     };
     this.tls = config.tls ? (opts.tls ?? new TlsStore(config.tls, log)) : null;
+    this.#hsts = config.tls?.hsts ?? null;
     // An https.Server is an http.Server over TLS sockets: the same events, options and request path.
     const alpn = config.tls?.http2 ? { ALPNProtocols: ['h2', 'http/1.1'] } : {};
     this.server = this.tls
@@ -484,6 +487,7 @@ export class FrontProxy {
       traceparent: null,
       beforeHead: (headers) => {
         headers.push('x-request-id', requestId);
+        if (this.#hsts !== null) headers.push('strict-transport-security', this.#hsts);
         this.#hooks.onHead?.(ctx, headers);
       },
       bytesOut: 0,

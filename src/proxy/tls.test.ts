@@ -22,6 +22,8 @@ function settings(certificates: Array<{ cert: string; key: string; names?: strin
     minVersion: 'TLSv1.2',
     ciphers: TLS_DEFAULT_CIPHERS,
     http2: false,
+    redirect: null,
+    hsts: null,
     watchInterval: 0,
     certificates: certificates.map((c) => ({ names: null, ...c })),
   };

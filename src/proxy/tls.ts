@@ -346,3 +346,34 @@ function fromSnapshot(dir: string, i: number, e: CertificateEntry, settings: Tls
     return null;
   }
 }
+
+const REDIRECT_HOST =
+  /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])$/;
+
+/**
+ * An HTTP listener that sends every request to HTTPS (nginx `return 308 https://$host$request_uri`):
+ * the same host and path on the TLS listener's port; 308 keeps the method and body of a POST. A Host
+ * that is not a plain name or address literal gets 400 rather than a Location made from it.
+ */
+export async function startRedirect(
+  listen: string,
+  httpsPort: number,
+  log: Logger,
+): Promise<{ url: string; close(): void }> {
+  const http = process.getBuiltinModule('node:http');
+  const server = http.createServer({ requestTimeout: 10_000, headersTimeout: 10_000 }, (req, res) => {
+    const host = (req.headers.host ?? '').replace(/:\d{1,5}$/, '');
+    if (!REDIRECT_HOST.test(host) || !(req.url ?? '').startsWith('/')) {
+      res.writeHead(400, { 'content-type': 'text/plain; charset=utf-8', 'content-length': 12, connection: 'close' });
+      return void res.end('Bad Request\n');
+    }
+    const location = `https://${host}${httpsPort === 443 ? '' : `:${httpsPort}`}${req.url}`;
+    res.writeHead(308, { location, 'content-length': 0, 'cache-control': 'no-store' });
+    res.end();
+  });
+  server.on('clientError', (_err, socket) => socket.destroy());
+  const { listenAt } = await import('../listen.ts');
+  const url = await listenAt(server, listen, 'tls.redirect');
+  log.debug({ redirect: url, httpsPort }, 'HTTP to HTTPS redirect listening');
+  return { url, close: () => server.close() };
+}

@@ -358,3 +358,82 @@ describe.skipIf(!peers)('a bad certificate at start', () => {
     expect(half.stderr).toMatch(/tls\.key: missing/);
   });
 });
+
+describe.skipIf(!peers)('HTTP → HTTPS redirect (tls.redirect) and HSTS (tls.hsts)', () => {
+  let s: StratumProcess;
+  let cert: TestCert;
+  let tlsPort: number;
+  let httpPort: number;
+  beforeAll(async () => {
+    const dir = makeTempDir('tls-redirect');
+    cert = makeCert(dir, 'a', ['a.test']);
+    const config = {
+      listen: '127.0.0.1:0',
+      admin: { listen: '127.0.0.1:0' },
+      app: { module: APP },
+      pool: { workers: 1 },
+      tls: { cert: cert.cert, key: cert.key, redirect: '127.0.0.1:0', hsts: 'max-age=600; includeSubDomains' },
+    };
+    writeFileSync(join(dir, 'stratum.yaml'), stringify(config));
+    s = await startStratum(['serve', '--config', join(dir, 'stratum.yaml')]);
+    tlsPort = portOf(s.front);
+    expect(s.ready.redirect).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    httpPort = Number(new URL(String(s.ready.redirect)).port);
+  });
+  afterAll(async () => {
+    await s?.stop();
+  });
+
+  it('answers 308 to the same host and path on the TLS port; curl -L lands there, with HSTS', async () => {
+    const head = await run('curl', [
+      '-sS',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code} %{redirect_url}',
+      '-H',
+      'Host: a.test',
+      '-X',
+      'POST',
+      '-d',
+      'x',
+      `http://127.0.0.1:${httpPort}/echo?q=1`,
+    ]);
+    expect(head.out).toBe(`308 https://a.test:${tlsPort}/echo?q=1`);
+    const followed = await run('curl', [
+      '-sS',
+      '-L',
+      '-D',
+      '-',
+      '-o',
+      '/dev/null',
+      '--resolve',
+      `a.test:${httpPort}:127.0.0.1`,
+      '--resolve',
+      `a.test:${tlsPort}:127.0.0.1`,
+      '--cacert',
+      cert.cert,
+      `http://a.test:${httpPort}/`,
+    ]);
+    const heads = followed.out.split(/\r?\n\r?\n/).filter((h) => h.trim() !== '');
+    expect(heads).toHaveLength(2);
+    expect(heads[0]).toMatch(/^HTTP\/1\.1 308/);
+    expect(heads[0]).not.toMatch(/strict-transport-security/i);
+    expect(heads[1]).toMatch(/^HTTP\/2 200/);
+    expect(heads[1]).toMatch(/strict-transport-security: max-age=600; includeSubDomains/i);
+  });
+
+  it('refuses to build a Location from a Host that is not a name', async () => {
+    const r = await run('curl', [
+      '-sS',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      '-H',
+      'Host: evil.test/x?',
+      `http://127.0.0.1:${httpPort}/`,
+    ]);
+    expect(r.out).toBe('400');
+  });
+});
