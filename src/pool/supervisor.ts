@@ -376,6 +376,8 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
   }
 
   #countHarakiri(rec: WorkerRecord, requests: string[], why: string): void {
+    // A process dies once: the last-resort kill and a watchdog note of that same death count once.
+    if (rec.harakiri > 0) return;
     this.#suspects.add(rec);
     rec.harakiri++;
     this.#counters.harakiriKills++;
