@@ -124,6 +124,10 @@ async function run(config: StratumConfig, mode: Mode, opts: RunOptions = {}): Pr
       return refuse(err);
     }
     const applied = pool!.reload(next, onRoutes).then((outcome) => {
+      if (outcome.status === 'failed') {
+        log.error({ source, ...outcome }, 'config reload failed: an app did not start, the routes stay as they were');
+        return outcome;
+      }
       config = next;
       log.info({ source, ...outcome }, 'config reloaded');
       return outcome;
@@ -133,7 +137,12 @@ async function run(config: StratumConfig, mode: Mode, opts: RunOptions = {}): Pr
       return { status: 202, body: { status: 'reloading' } };
     }
     try {
-      return { status: 200, body: { ...(await applied) } };
+      const outcome = await applied;
+      if (outcome.status === 'failed') {
+        const why = `apps that did not start: ${outcome.failed.join(', ')} (see the log)`;
+        return { status: 500, body: { ...outcome, error: { code: 'STRATUM_ERR_RELOAD', message: why } } };
+      }
+      return { status: 200, body: { ...outcome } };
     } catch (err) {
       return refuse(err);
     }

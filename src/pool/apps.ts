@@ -155,7 +155,10 @@ export interface ServiceStats extends PoolStats {
 }
 
 export interface ReloadOutcome {
-  status: 'reloaded';
+  /** failed: an added or changed app did not start; the routes and the removed apps were left as they were. */
+  status: 'reloaded' | 'failed';
+  /** The apps that did not start (their old processes, if any, still run). */
+  failed: string[];
   added: string[];
   changed: string[];
   removed: string[];
@@ -364,6 +367,7 @@ export class AppSet extends EventEmitter {
     const wanted = new Map(specs.map((s) => [s.name, s]));
     const outcome: ReloadOutcome = {
       status: 'reloaded',
+      failed: [],
       added: [],
       changed: [],
       removed: [],
@@ -441,6 +445,13 @@ export class AppSet extends EventEmitter {
         retired.push(old);
       }
     }
+    if (failed.length > 0) {
+      // The new routes may name an app that is not running: keep the old ones, and the apps they reach.
+      this.config = prev;
+      await Promise.all(retired.map((r) => (r.kind === 'http' ? r.sup.stop() : r.proc.stop())));
+      this.log.error({ apps: failed }, 'config reload failed: these apps did not start; the routes stay as they were');
+      return { ...outcome, status: 'failed', failed };
+    }
     // 3. Routes, and every pool's socket, to every worker's front (and the master's).
     for (const r of this.#apps.values()) {
       if (r.kind !== 'http') continue;
@@ -456,7 +467,6 @@ export class AppSet extends EventEmitter {
       retired.push(r);
     }
     await Promise.all(retired.map((r) => (r.kind === 'http' ? r.sup.stop() : r.proc.stop())));
-    if (failed.length > 0) this.log.error({ apps: failed }, 'config reload: some apps kept their old state');
     return outcome;
   }
 
