@@ -12,6 +12,7 @@ import type { IncomingMessage, OutgoingHttpHeader, ServerResponse } from 'node:h
 import zlib from 'node:zlib';
 import type { Transform } from 'node:stream';
 import type { Route, StratumConfig } from '../config/schema.ts';
+import type { HostResponse } from '../host/response.ts';
 
 export type Encoding = 'br' | 'zstd' | 'gzip';
 
@@ -384,6 +385,18 @@ export function compressResponse(
   const compression = new Compression(encoding, createEncoder(encoding, settings, length));
   attach(res, compression);
   return { headers: out, compression };
+}
+
+/**
+ * Offer compression to a response relayed or produced through HostResponse (an in-process app, a
+ * pool worker's or an external uwsgi server's answer): the choice is made when its head goes out,
+ * from the route's settings, the client's Accept-Encoding and the response's own headers.
+ */
+export function offerCompression(ctx: { req: IncomingMessage; res: HostResponse; route: Route }): void {
+  const settings = compressionFor(ctx.route);
+  if (settings === null) return;
+  const { req, res } = ctx;
+  res.stratumTransform = (statusCode) => compressServerResponse(req, res, statusCode, settings);
 }
 
 /**

@@ -17,6 +17,7 @@ import { Dispatcher } from '../pool/dispatch.ts';
 import { socketFd, type HarakiriKeeper } from '../pool/harakiri.ts';
 import { httpRequestHeaders, presentClient, type ForwardInfo } from './forward.ts';
 import type { HostResponse } from '../host/response.ts';
+import { offerCompression } from './compress.ts';
 import { bufferingFor, type BufferingConfig } from './response-buffer.ts';
 import { slotFor, type ProxyContext, type RequestBody, type Upstream, type UpgradeContext } from './upstream.ts';
 
@@ -94,6 +95,7 @@ export class AppUpstream implements Upstream {
           finish(new HarakiriTimeout(ctx.harakiriMs / 1000));
         }) ?? null;
       res.stratumBuffering = bufferingFor(ctx.route, this.#opts.buffering);
+      offerCompression(ctx);
       res.stratumHead = (headers) => {
         const now = (t.headAt = performance.now());
         t.worker = { worker: appAt - slotAt, app: now - appAt };

@@ -7,6 +7,7 @@ import { HARAKIRI_VAR } from '../uwsgi/server.ts';
 import type { StratumError } from '../errors.ts';
 import type { Ticket } from '../pool/dispatch.ts';
 import type { UwsgiClient } from '../uwsgi/client.ts';
+import { offerCompression } from './compress.ts';
 import { bufferingFor, type BufferingConfig } from './response-buffer.ts';
 import { uwsgiExchange } from './upstream-uwsgi.ts';
 import { slotFor, type ProxyContext, type RequestBody, type Upstream } from './upstream.ts';
@@ -49,6 +50,8 @@ export class PoolUpstream implements Upstream {
     // to the buffer's limits): the worker's socket never waits on a slow client, and the slot is
     // released when the worker is done.
     ctx.res.stratumBuffering = bufferingFor(ctx.route, this.#buffering);
+    // Encoded here, at the front, never on the worker's uwsgi bridge (it would be encoded twice).
+    offerCompression(ctx);
     for (let attempt = 1; ; attempt++) {
       const got = this.#pool.acquire(this.#queueTimeoutMs);
       const queued = slotFor(got, ctx);

@@ -8,6 +8,7 @@ import { UwsgiClient } from '../uwsgi/client.ts';
 import type { UwsgiVars } from '../uwsgi/codec.ts';
 import type { ResponseHead } from '../uwsgi/response.ts';
 import { KEEPALIVE_HEADER, TIMING_HEADER } from '../uwsgi/server.ts';
+import { offerCompression } from './compress.ts';
 import { Balancer, serveFromGroup, type Attempt, type GroupOptions, type PeerHealth } from './balancer.ts';
 import { groupOptions, HealthChecker } from './health.ts';
 import { responseHeaders, uwsgiVars } from './forward.ts';
@@ -230,6 +231,7 @@ export class ExternalUwsgiUpstream implements Upstream {
   }
 
   handle(ctx: ProxyContext, body: RequestBody | null): Promise<void> {
+    offerCompression(ctx);
     return serveFromGroup(this.#group, this.label, ctx, body, (client, c, b, next) =>
       uwsgiExchange(client, c, b, { joinRepeated: true, next }),
     );
