@@ -240,6 +240,31 @@ describe('two http apps and a process app in one service', () => {
     expect((await get(s.front!, '/new/z')).body.color).toBe('red');
   });
 
+  it('an app removed from the file is drained once no route names it; the others keep their pids', async () => {
+    const before = await stats(s);
+    const gone = pidsOf(before, 'extra');
+    const load = requirePeer('wrk')
+      ? run('wrk', ['-t1', '-c10', '-d3s', `${s.front}/api/load`], { timeout: 20_000 })
+      : null;
+    await new Promise((r) => setTimeout(r, 500));
+    writeFileSync(file, configText());
+    const r = await reloadPost(s);
+    expect(r.status).toBe(200);
+    expect(r.body).toMatchObject({ status: 'reloaded', removed: ['extra'], added: [], changed: [], routes: true });
+    if (load) {
+      const out = (await load).stdout;
+      const w = parseWrk(out);
+      expect(w.requests, out).toBeGreaterThan(100);
+      expect(w.non2xx + w.socketErrors, out).toBe(0);
+    }
+    const after = await stats(s);
+    expect(after.apps.map((a) => a.name)).toEqual(['web', 'api', 'consumer']);
+    for (const n of ['web', 'api', 'consumer']) expect(pidsOf(after, n)).toEqual(pidsOf(before, n));
+    for (const pid of gone) expect(() => process.kill(pid, 0), `pid ${pid} still alive`).toThrow();
+    // Its route is gone too: /new/ is the web app's now.
+    expect((await get(s.front!, '/new/q')).body.app).toBe('web');
+  });
+
   it('a process app killed with -9 is respawned, and shows in /stats and the metrics', async () => {
     const [pid] = pidsOf(await stats(s), 'consumer');
     process.kill(pid!, 'SIGKILL');
