@@ -226,7 +226,8 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
       args: [],
       execArgv: workerExecArgv(),
       stdio,
-      ...(this.app.cwd ? { cwd: this.app.cwd } : {}),
+      // Always set: the cluster merges each call's settings into the last, so another app's cwd would stay.
+      cwd: this.app.cwd ?? process.cwd(),
     });
     const worker = cluster.fork({ ...this.app.env, [WORKER_ENV]: JSON.stringify(spec), ...acceptEnv() });
     const client = new UwsgiClient(

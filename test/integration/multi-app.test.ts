@@ -14,12 +14,14 @@ import type { ServiceStats } from '../../src/pool/apps.ts';
 
 const FIXTURES = join(REPO_ROOT, 'test/fixtures/multi-app');
 const run = promisify(execFile);
+const API_CWD = makeTempDir('multi-app-cwd');
 
 afterAll(stopAllStratum);
 
 /** The config: web (Fastify, 2 workers) on /, api (fetch, 1 worker) on /api/, a consumer process; `extra` adds more. */
 function configText(extra = ''): string {
   return [
+    `# api runs in ${API_CWD}, the others in stratum's own working directory`,
     'listen: 127.0.0.1:0',
     'admin: { listen: 127.0.0.1:0 }',
     'log: { access: false }',
@@ -31,6 +33,7 @@ function configText(extra = ''): string {
     `    module: ${join(FIXTURES, 'api.ts')}`,
     '    workers: 1',
     '    env: { APP_COLOR: blue }',
+    `    cwd: ${API_CWD}`,
     '  - name: consumer',
     '    kind: process',
     `    module: ${join(FIXTURES, 'consumer.ts')}`,
@@ -55,7 +58,7 @@ const EXTRA_APP = [
 
 interface Answer {
   status: number;
-  body: { app: string; kind: string; pid: number; url: string; color?: string | null };
+  body: { app: string; kind: string; pid: number; url: string; color?: string | null; cwd: string };
 }
 
 /** GET on a fresh connection (no keep-alive), so that requests spread over every worker that accepts. */
@@ -128,11 +131,16 @@ describe('two http apps and a process app in one service', () => {
     for (let i = 0; i < 30; i++) {
       const w = await get(s.front!, `/page/${i}`);
       expect(w.status).toBe(200);
-      expect(w.body).toMatchObject({ app: 'web', kind: 'fastify', url: `/page/${i}` });
+      expect(w.body).toMatchObject({
+        app: 'web',
+        kind: 'fastify',
+        url: `/page/${i}`,
+        cwd: REPO_ROOT.replace(/\/$/, ''),
+      });
       seen.web.add(w.body.pid);
       const a = await get(s.front!, `/api/item/${i}`);
       expect(a.status).toBe(200);
-      expect(a.body).toMatchObject({ app: 'api', kind: 'fetch', url: `/api/item/${i}`, color: 'blue' });
+      expect(a.body).toMatchObject({ app: 'api', kind: 'fetch', url: `/api/item/${i}`, color: 'blue', cwd: API_CWD });
       seen.api.add(a.body.pid);
     }
     expect(
