@@ -41,6 +41,7 @@ describe('defaults', () => {
       readTimeout: 60,
       sendTimeout: 60,
       keepAliveTimeout: 75,
+      maxConnections: null,
       clientHeaderTimeout: 60,
       clientBodyTimeout: 60,
       clientBodyMinRate: 1024,
@@ -71,7 +72,13 @@ describe('defaults', () => {
         readTimeout: null,
         harakiri: null,
         compression: null,
-        static: { index: 'index.html', fallback: null, cacheControl: null, precompressed: true, allowSymlinksOutside: false },
+        static: {
+          index: 'index.html',
+          fallback: null,
+          cacheControl: null,
+          precompressed: true,
+          allowSymlinksOutside: false,
+        },
         clientMaxBodySize: null,
         buffering: null,
         upstream: {

@@ -1062,7 +1062,8 @@ export const schema = z
               .describe(
                 'On a plain (non-TLS) listener, also take HTTP/2 from clients that start with its preface (h2c with ' +
                   'prior knowledge, `curl --http2-prior-knowledge`; no Upgrade: h2c), as nginx `listen … http2` ' +
-                  'without ssl. Each new connection is read a little before HTTP/1 sees it. TLS listeners use tls.http2.',
+                  'without ssl. Each new connection is read a little before HTTP/1 sees it. ' +
+                  'TLS listeners use tls.http2.',
               ),
             serverTiming: bool()
               .default(true)
