@@ -137,9 +137,13 @@ export class HostResponse<R extends IncomingMessage = IncomingMessage> extends S
     if (choose !== null && !this.headersSent && !this.#proxyWrites) {
       this.stratumTransform = null;
       // The chooser sees the whole head: writeHead's own headers are set on the response first.
-      if (typeof rest[0] !== 'string') rest.unshift(undefined);
-      this.#setHeaders(rest[1]);
-      rest.length = 1;
+      // As Node reads its arguments: (code, reason, headers), or (code, headers) — and a reason
+      // that is not a string (undefined, as a fetch Response's empty statusText gives) leaves
+      // headers in the third place, else in the second (`obj ??= reason`).
+      const reason = typeof rest[0] === 'string' ? rest[0] : undefined;
+      this.#setHeaders(typeof rest[0] === 'string' ? rest[1] : (rest[1] ?? rest[0]));
+      rest.length = 0;
+      if (reason !== undefined) rest.push(reason);
       const t = choose(statusCode);
       if (t !== null) this.#pipeFrom(t);
     }

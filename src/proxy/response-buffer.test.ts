@@ -397,4 +397,27 @@ describe('HostResponse.stratumTransform (the hook compression plugs into)', () =
     );
     expect(dechunk(upper.body).toString()).toBe('HELLO WORLD');
   });
+
+  it('keeps the headers of writeHead(code, undefined, headers), as a fetch app without statusText writes', async () => {
+    const seen: Array<string | undefined> = [];
+    const r = await exchange(
+      (res) =>
+        (res.stratumTransform = () => {
+          seen.push(String(res.getHeader('x-app')));
+          return null;
+        }),
+      (res) =>
+        res
+          .writeHead(201, undefined, [
+            ['x-app', 'yes'],
+            ['set-cookie', 'a=1'],
+            ['set-cookie', 'b=2'],
+          ])
+          .end('ok'),
+    );
+    expect(seen).toEqual(['yes']);
+    expect(r.head).toMatch(/^HTTP\/1\.1 201 Created\r\n/);
+    expect(r.head).toMatch(/\r\nx-app: yes\r\n/i);
+    expect(r.head.match(/\r\nset-cookie: /gi)).toHaveLength(2);
+  });
 });
