@@ -2,6 +2,7 @@
 // `stratum proxy` (kept connections, not "foreign") are watched by the pool's workers too.
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { waitUntil } from '../helpers/processes.ts';
 import { REPO_ROOT, startStratum, stopAllStratum } from '../helpers/stratum.ts';
 
 afterAll(stopAllStratum);
@@ -41,10 +42,14 @@ describe('harakiri behind a remote stratum proxy', () => {
     // The pool's worker is blocked: its watchdog answers 504 on the uwsgi connection and kills it.
     expect(res.status).toBe(504);
     expect(took).toBeLessThan(2_500);
-    const stats = (await (await fetch(`${pool.admin}/stats`)).json()) as {
-      harakiriKills: number;
-      workers: Array<{ pid: number }>;
-    };
+    type Stats = { harakiriKills: number; workers: Array<{ pid: number }> };
+    const read = async () => (await (await fetch(`${pool.admin}/stats`)).json()) as Stats;
+    // The master counts the kill when it reads the watchdog's note of the dead worker, a moment after the 504.
+    await waitUntil(async () => (await read()).harakiriKills > 0, {
+      timeoutMs: 5000,
+      describe: () => 'the kill counted by the pool master',
+    });
+    const stats = await read();
     expect(stats.harakiriKills).toBe(1);
     expect(stats.workers.map((w) => w.pid)).not.toContain(before);
     const after = await fetch(`${proxy.front}/pid`);
