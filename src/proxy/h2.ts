@@ -19,8 +19,9 @@
 
 import type { IncomingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
-import { Duplex } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import { ConnectionBridge } from '../host/connection.ts';
 
 const http2 = process.getBuiltinModule('node:http2');
 
@@ -264,7 +265,7 @@ type Framing = (typeof Framing)[keyof typeof Framing];
  * One h2 stream as the connection the HTTP/1 server reads a request from and writes its answer
  * to. What it writes is parsed (Node's own serialisation of the front's response) into h2 frames.
  */
-class StreamBridge extends Duplex {
+class StreamBridge extends ConnectionBridge {
   readonly stream: ServerHttp2Stream;
   remoteAddress: string | undefined;
   remotePort: number | undefined;
@@ -303,22 +304,6 @@ class StreamBridge extends Duplex {
     });
   }
 
-  // Node's http.Server calls these on sockets; a stream has no such options.
-  setTimeout(): this {
-    return this;
-  }
-  setNoDelay(): this {
-    return this;
-  }
-  setKeepAlive(): this {
-    return this;
-  }
-  ref(): this {
-    return this;
-  }
-  unref(): this {
-    return this;
-  }
   address(): { address: string; family: string; port: number } | Record<string, never> {
     return this.localAddress ? { address: this.localAddress, family: 'IPv4', port: this.localPort ?? 0 } : {};
   }

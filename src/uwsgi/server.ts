@@ -9,9 +9,9 @@
 // connection for the next packet. Anyone else (nginx, a uwsgi client) gets plain uwsgi: one
 // request, the body raw (Content-Length or until close, never chunked), then close.
 
-import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import type { Server as HttpServer, IncomingMessage, ServerResponse } from 'node:http';
+import { ConnectionBridge } from '../host/connection.ts';
 import type { HostResponse } from '../host/response.ts';
 import { PacketHeadDecoder, type UwsgiVars } from './codec.ts';
 import {
@@ -124,7 +124,7 @@ export function serveUwsgiConnection(socket: Socket, server: HttpServer, opts: U
   return bridge;
 }
 
-export class UwsgiBridge extends Duplex {
+export class UwsgiBridge extends ConnectionBridge {
   readonly socket: Socket;
   readonly metas: UwsgiRequestMeta[] = [];
   remoteAddress: string | undefined;
@@ -172,22 +172,6 @@ export class UwsgiBridge extends Duplex {
     this.#fail(new UwsgiReadTimeout(ms));
   }
 
-  // Node's http.Server calls these on sockets; a bridge has no timers or options of its own.
-  setTimeout(): this {
-    return this;
-  }
-  setNoDelay(): this {
-    return this;
-  }
-  setKeepAlive(): this {
-    return this;
-  }
-  ref(): this {
-    return this;
-  }
-  unref(): this {
-    return this;
-  }
   address(): ReturnType<Socket['address']> {
     return this.socket.address();
   }
