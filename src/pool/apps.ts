@@ -19,7 +19,13 @@ import { nextRun, parseCron } from './cron.ts';
 import type { Question } from './ipc.ts';
 import { ProcessApp, type ProcessStats } from './process-app.ts';
 import type { BoundSocket } from './sockets.ts';
-import type { PoolCounters, PoolStats, WorkerRow } from './stats.ts';
+import {
+  mergeUpstreamHealth,
+  type PoolCounters,
+  type PoolStats,
+  type UpstreamHealth,
+  type WorkerRow,
+} from './stats.ts';
 import { Supervisor, type WorkerRecord } from './supervisor.ts';
 
 /** One app as the master runs it: the config its processes get, with the app's own settings applied. */
@@ -270,17 +276,8 @@ export class AppSet extends EventEmitter {
   }
 
   /** Upstream servers over every app's workers: down in any is down; in-flight and failed tries summed. */
-  upstreamHealth(): Array<{ target: string; up: boolean; active: number; fails: number }> {
-    const all = new Map<string, { target: string; up: boolean; active: number; fails: number }>();
-    for (const s of this.supervisors)
-      for (const h of s.upstreamHealth() as Array<{ target: string; up: boolean; active?: number; fails?: number }>) {
-        const t = all.get(h.target) ?? { target: h.target, up: true, active: 0, fails: 0 };
-        t.up &&= h.up;
-        t.active += h.active ?? 0;
-        t.fails += h.fails ?? 0;
-        all.set(h.target, t);
-      }
-    return [...all.values()];
+  upstreamHealth(): UpstreamHealth[] {
+    return mergeUpstreamHealth(this.supervisors.map((s) => s.upstreamHealth()));
   }
 
   get queueLength(): number {

@@ -71,3 +71,35 @@ export function workerRow(w: WorkerFacts): WorkerRow {
     generation: w.generation,
   };
 }
+
+/** One upstream server as a front process reports it (active and fails absent from older reports). */
+export interface UpstreamReport {
+  target: string;
+  up: boolean;
+  active?: number;
+  fails?: number;
+}
+
+export interface UpstreamHealth {
+  target: string;
+  up: boolean;
+  active: number;
+  fails: number;
+}
+
+/**
+ * Upstream servers over several front processes (the workers of a pool, the pools of several apps):
+ * down in any is down; requests in flight and failed tries summed.
+ */
+export function mergeUpstreamHealth(reports: Iterable<Iterable<UpstreamReport>>): UpstreamHealth[] {
+  const all = new Map<string, UpstreamHealth>();
+  for (const list of reports)
+    for (const h of list) {
+      const s = all.get(h.target) ?? { target: h.target, up: true, active: 0, fails: 0 };
+      s.up &&= h.up;
+      s.active += h.active ?? 0;
+      s.fails += h.fails ?? 0;
+      all.set(h.target, s);
+    }
+  return [...all.values()];
+}

@@ -29,7 +29,14 @@ import {
   type WorkerStatus,
 } from './ipc.ts';
 import { bindSocket, boundPort, removeStaleSocket, socketLabel, type BoundSocket } from './sockets.ts';
-import { workerRow, type PoolCounters, type PoolStats, type WorkerState } from './stats.ts';
+import {
+  mergeUpstreamHealth,
+  workerRow,
+  type PoolCounters,
+  type PoolStats,
+  type UpstreamHealth,
+  type WorkerState,
+} from './stats.ts';
 
 export type { PoolStats, WorkerState } from './stats.ts';
 
@@ -650,17 +657,8 @@ export class Supervisor extends EventEmitter implements WorkerDispatch, CheckedP
    * Upstream group servers as the workers' fronts see them: down in any worker is down; requests
    * in flight and failed tries summed over the workers.
    */
-  upstreamHealth(): Array<{ target: string; up: boolean; active: number; fails: number }> {
-    const all = new Map<string, { target: string; up: boolean; active: number; fails: number }>();
-    for (const w of this.#live)
-      for (const h of w.status.upstreams) {
-        const s = all.get(h.target) ?? { target: h.target, up: true, active: 0, fails: 0 };
-        s.up &&= h.up;
-        s.active += h.active ?? 0;
-        s.fails += h.fails ?? 0;
-        all.set(h.target, s);
-      }
-    return [...all.values()];
+  upstreamHealth(): UpstreamHealth[] {
+    return mergeUpstreamHealth([...this.#live].map((w) => w.status.upstreams));
   }
 
   get queueLength(): number {
