@@ -11,22 +11,12 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
 import zlib from 'node:zlib';
-import { parseArgs } from 'node:util';
-import { cpuSnapshot, installCleanup, makeTempDir, processTree, sleep, startChild, waitForLine } from './procs.ts';
+import { cpuSnapshot, installCleanup, makeTempDir, processTree, sleep, standaloneOptions, startChild,
+  waitForLine } from './procs.ts';
 import { REPO } from './stacks.ts';
 import { parseWrk, type WrkResult } from './wrk.ts';
 
-const { values: opts } = parseArgs({
-  options: {
-    duration: { type: 'string', default: '5' },
-    warmup: { type: 'string', default: '2' },
-    connections: { type: 'string', default: '50' },
-    json: { type: 'string' },
-  },
-});
-const DURATION = Number(opts.duration);
-const WARMUP = Number(opts.warmup);
-const CONNECTIONS = Number(opts.connections);
+const { duration: DURATION, warmup: WARMUP, connections: CONNECTIONS, json: JSON_OUT } = standaloneOptions();
 
 installCleanup();
 const dir = makeTempDir('compression');
@@ -186,7 +176,7 @@ const lines = [
   }),
 ];
 console.log(lines.join('\n'));
-if (opts.json) writeFileSync(opts.json, JSON.stringify({ bytes: body.length, rows }, null, 2));
+if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ bytes: body.length, rows }, null, 2));
 await stratum.stop('SIGTERM', 5000);
 await upstream.stop('SIGTERM', 2000);
 process.exit(0);

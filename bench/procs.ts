@@ -8,6 +8,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { parseArgs } from 'node:util';
 
 export interface Child {
   name: string;
@@ -351,4 +352,22 @@ export function cpuBetween(before: CpuMark, after: CpuMark, pids: Set<number>, i
   }
   const others = after.machine - before.machine - mine - ignored - (after.self - before.self);
   return { mine, others: Math.max(0, others) };
+}
+
+/** The options of a benchmark run apart from the main harness (bench/tls.ts, bench/compression.ts). */
+export function standaloneOptions(): { duration: number; warmup: number; connections: number; json?: string } {
+  const { values } = parseArgs({
+    options: {
+      duration: { type: 'string', default: '5' },
+      warmup: { type: 'string', default: '2' },
+      connections: { type: 'string', default: '50' },
+      json: { type: 'string' },
+    },
+  });
+  return {
+    duration: Number(values.duration),
+    warmup: Number(values.warmup),
+    connections: Number(values.connections),
+    json: values.json,
+  };
 }

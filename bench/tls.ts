@@ -9,22 +9,11 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
-import { canConnect, cpuSnapshot, installCleanup, makeTempDir, processTree, sleep, startChild, waitForLine,
-  waitUntil, type Child } from './procs.ts';
+import { canConnect, cpuSnapshot, installCleanup, makeTempDir, processTree, sleep, standaloneOptions, startChild,
+  waitForLine, waitUntil, type Child } from './procs.ts';
 import { REPO } from './stacks.ts';
 
-const { values: opts } = parseArgs({
-  options: {
-    duration: { type: 'string', default: '5' },
-    warmup: { type: 'string', default: '2' },
-    connections: { type: 'string', default: '50' },
-    json: { type: 'string' },
-  },
-});
-const DURATION = Number(opts.duration);
-const WARMUP = Number(opts.warmup);
-const CONNECTIONS = Number(opts.connections);
+const { duration: DURATION, warmup: WARMUP, connections: CONNECTIONS, json: JSON_OUT } = standaloneOptions();
 
 installCleanup();
 const dir = makeTempDir('tls');
@@ -155,5 +144,5 @@ const lines = [
   ),
 ];
 console.log(lines.join('\n'));
-if (opts.json) writeFileSync(opts.json, JSON.stringify({ rows }, null, 2));
+if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows }, null, 2));
 process.exit(0);
