@@ -390,8 +390,9 @@ describe.skipIf(!peers)('HTTP/2 on the TLS listener', () => {
       let goawayAt = 0;
       c.on('goaway', () => (goawayAt = performance.now()));
       try {
-        // Long enough for the replacement worker to start and this one to drain while they run.
-        const slow = Array.from({ length: 4 }, () => h2request(c, { ':path': '/slow?ms=6000' }));
+        // Long enough for the roll to reach this connection's worker while they run: with 2 workers it
+        // may be the second one drained, after a replacement start each (6 s was not always enough in CI).
+        const slow = Array.from({ length: 4 }, () => h2request(c, { ':path': '/slow?ms=15000' }));
         await new Promise((r) => setTimeout(r, 300));
         process.kill(s.proc.pid!, 'SIGHUP');
         const answers = await Promise.all(slow);
